@@ -1,4 +1,4 @@
-"""Stream payloads shared by the datapath units: the contract between line buffer, PE array and post-processing.
+"""Stream payloads shared by the datapath units: the line buffer, PE array and post-processing contract.
 
 Data order (see docs/ARCHITECTURE.md):
 

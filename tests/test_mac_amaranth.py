@@ -39,7 +39,8 @@ def test_stream_mac_random(seed):
     sim.add_testbench(monitor, background=True)
     sim.run()
     want = expected_sums(packets)
-    assert got == want, f"seed={seed}: first mismatch at packet {next(i for i in range(len(want)) if got[i] != want[i])}"
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, f"seed={seed}: packet {i}: expected {w}, got {g}"
 
 
 def test_stream_mac_wraps_like_int32():

@@ -1,0 +1,70 @@
+"""nox sessions. They all run in the project's own .venv (made by `make setup`), never in a copy."""
+
+import glob
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.default_venv_backend = "none"
+
+
+def _env() -> dict[str, str]:
+    # nox runs from the project's .venv (`make setup` installed jacquard there, editable).
+    from jacquard.host.toolchain import toolchain_env
+
+    # Only the variables that differ from nox's own environment: the toolchain on PATH, YoWASP, Spark.
+    full = toolchain_env()
+    return {k: v for k, v in full.items() if os.environ.get(k) != v}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (default tier; `-- -m slow` for long Verilator runs and ECP5 P&R)."""
+    session.run("python", "-m", "pytest", *session.posargs, env=_env())
+
+
+@nox.session
+@nox.parametrize("simulator", ["icarus", "verilator"])
+def sim(session: nox.Session, simulator: str) -> None:
+    """Only the cocotb benches, on one simulator."""
+    session.run("python", "-m", "pytest", "-k", simulator, *session.posargs, env=_env())
+
+
+@nox.session
+def synthesize(session: nox.Session) -> None:
+    """Build a bitstream with YoWASP yosys/nextpnr: `nox -s synthesize -- BOARD [--block NAME]`."""
+    args = session.posargs or ["icebreaker"]
+    session.run("python", "-m", "jacquard.boards", "synthesize", *args, env=_env())
+
+
+@nox.session
+def flash(session: nox.Session) -> None:
+    """Program a board: `nox -s flash -- BOARD`."""
+    if not session.posargs:
+        session.error("name the board: nox -s flash -- icebreaker | ulx3s-85f")
+    session.run("python", "-m", "jacquard.boards", "flash", *session.posargs, env=_env())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; each writes its section of docs/RESULTS.md. `-- NAME` runs tests/bench/bench_NAME.py."""
+    scripts = sorted(glob.glob("tests/bench/bench_*.py"))
+    if session.posargs:
+        scripts = [s for s in scripts if any(f"bench_{name}.py" in s for name in session.posargs)]
+    if not scripts:
+        session.error(f"no benchmark matches {session.posargs}")
+    for script in scripts:
+        session.run("python", script, env=_env())
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main end-to-end job (what `make demo` runs)."""
+    session.run("python", "-m", "jacquard.host.demo", *session.posargs, env=_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole project."""
+    session.run("ruff", "check", ".", *session.posargs, env=_env())
