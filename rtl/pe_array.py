@@ -1,0 +1,336 @@
+"""The PE array: OC_PAR x C_PAR int8 multiply-accumulates, weight-stationary per output-channel tile.
+
+Taps arrive as ``tap_layout(c_par)`` beats in the order of :mod:`jacquard.rtl.layouts`: for each
+output position, for each oc tile, for ky, for kx, for c_tile. The weights of every oc tile of a
+layer sit in an on-chip weight buffer (:class:`lib.memory.Memory`) in the same order, one
+``oc_par x c_par`` block per tap, so the weight address of a tap is simply the running count of
+taps modulo ``taps * n_oc_tiles``. The array reads one block per cycle, so it accepts one tap per
+cycle whenever its output is not stalled: 100% of the MACs are busy in steady state for any
+layer with C_in >= C_PAR and C_out >= OC_PAR.
+
+Pipeline (all stages advance together on ``adv``; ``adv`` is a register output, see below)::
+
+    s0  accept the tap, read weight block (address = w_base + offset)
+    s1  weight block out of the memory; tap held            -> s2_ registers (multiplier inputs)
+    s2  oc_par x c_par products                             -> s3_prod (multiplier outputs)
+    s3.. adder tree per output channel, 2 levels per stage  -> st<k>_sum
+    sa  int32 accumulators (``first`` restarts them)        -> acc, acc_done
+    out output register + one skid register
+
+The skid register catches the one result that leaves the accumulators in the cycle the output
+stalls, so ``adv = ~skid_valid`` comes straight from a flop: the downstream ``ready`` never
+fans out combinationally into the 2000-odd pipeline enables.
+
+Depthwise mode (``depthwise = 1``, groups = C): the line buffer sends, per output position and
+channel tile, the KH*KW taps of that one channel tile (``taps = KH*KW``, ``n_oc_tiles = C/c_par``).
+Lane ``c`` of the tap is multiplied by the diagonal weight ``block[c][c]`` (off-diagonal products
+are forced to zero), and output lane ``c`` holds channel ``tile*c_par + c``; lanes ``c_par..oc_par-1``
+are 0. It needs ``oc_par >= c_par`` (refused otherwise). Only ``c_par`` of the ``c_par*oc_par``
+multipliers do useful work, so depthwise utilization is ``1/oc_par`` (6.25% for 8x16).
+"""
+
+
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .layouts import acc_layout, pixel_layout, tap_layout
+
+__all__ = ["PEArray", "PEError", "weight_block_layout", "weight_row_layout"]
+
+# Widths of the run-time configuration ports. 16 bits cover 7x7 kernels over 8192 input channels
+# at c_par=8, and 65535 oc tiles.
+TAPS_BITS = 16
+TILES_BITS = 16
+
+
+class PEError(enum.Enum, shape=3):
+    """Why the PE array stopped. Codes other than ``CONFIG`` are sticky until ``clear``."""
+
+    NONE = 0
+    #: ``taps`` or ``n_oc_tiles`` is 0, ``w_base`` is outside the buffer, or depthwise with oc_par < c_par.
+    CONFIG = 1
+    #: A tap's ``first``/``last`` flags disagree with ``taps`` (the beat is discarded).
+    FRAMING = 2
+    #: An accumulation would read weight blocks past the end of the buffer (its first tap is discarded).
+    WEIGHT_RANGE = 3
+    #: A weight row would be written past the end of the buffer (the beat is discarded).
+    LOAD_RANGE = 4
+
+
+def weight_row_layout(c_par: int) -> data.StructLayout:
+    """One beat of the weight load stream: the ``c_par`` weights of one output channel of a block.
+
+    A block is ``oc_par`` such rows, output channel 0 first (oc major). ``first`` restarts the
+    write pointer at block ``wl_base``, row 0.
+    """
+    return data.StructLayout({"data": pixel_layout(c_par), "first": 1})
+
+
+def weight_block_layout(c_par: int, oc_par: int) -> data.ArrayLayout:
+    """One weight buffer word: ``block[oc][c]`` for one (oc tile, ky, kx, c_tile)."""
+    return data.ArrayLayout(pixel_layout(c_par), oc_par)
+
+
+class PEArray(wiring.Component):
+    """OC_PAR x C_PAR int8 MAC array with an on-chip weight buffer and int32 accumulators.
+
+    Parameters
+    ----------
+    c_par : int
+        Input channels per tap beat (1..64).
+    oc_par : int
+        Output channels per accumulator beat (1..64).
+    weight_depth : int
+        Weight buffer size in ``oc_par x c_par`` blocks (1..65536). A layer (or the part of it the
+        sequencer runs at once) needs ``taps * n_oc_tiles`` blocks.
+
+    Members
+    -------
+    i : In(stream.Signature(tap_layout(c_par)))
+        Window taps. ``first``/``last`` must match ``taps``; they are checked, not trusted.
+    o : Out(stream.Signature(acc_layout(oc_par)))
+        One beat of int32 sums (wrapping like int32 hardware) per (output position, oc tile).
+    wl : In(stream.Signature(weight_row_layout(c_par)))
+        Weight load stream, one block row per beat, blocks in tap order (oc_tile, ky, kx, c_tile).
+        It may run while the array computes on other blocks; writing a block that is being read
+        gives the read the old or new weights, not a mix that matters to anyone.
+    wl_base : In(range(weight_depth))
+        Block where a load starting with a ``first`` beat goes.
+    taps : In(16)
+        Taps per accumulation: ``KH*KW*C_in/c_par``, or ``KH*KW`` in depthwise mode.
+    n_oc_tiles : In(16)
+        Output-channel tiles per output position: ``ceil(C_out/oc_par)``, or ``C/c_par`` in depthwise mode.
+    depthwise : In(1)
+        Depthwise mode (see module docstring).
+    w_base : In(range(weight_depth))
+        Block holding the first tap of oc tile 0. The configuration ports must be stable while taps
+        of a layer are in flight.
+    clear : In(1)
+        Restarts the tap and load counters and clears a sticky error. Assert it between layers
+        only (the pipeline is not flushed).
+    error : Out(1)
+        Set while the configuration is invalid (taps are then not accepted) or after a sticky
+        error; the array accepts nothing until the cause is fixed and ``clear`` pulsed.
+    error_code : Out(PEError)
+        The cause of ``error``.
+    mac_active : Out(1)
+        High in each cycle the multipliers compute a useful tap (for the MAC-active perf counter).
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an int.
+    ValueError
+        If a parameter is out of range.
+    """
+
+    def __init__(self, c_par: int = 8, oc_par: int = 16, weight_depth: int = 512) -> None:
+        for name, value, hi in (("c_par", c_par, 64), ("oc_par", oc_par, 64),
+                                ("weight_depth", weight_depth, 65536)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            if not 1 <= value <= hi:
+                raise ValueError(f"{name} must be 1..{hi}, not {value!r}")
+        self._c_par = c_par
+        self._oc_par = oc_par
+        self._weight_depth = weight_depth
+        super().__init__({
+            "i": In(stream.Signature(tap_layout(c_par))),
+            "o": Out(stream.Signature(acc_layout(oc_par))),
+            "wl": In(stream.Signature(weight_row_layout(c_par))),
+            "wl_base": In(range(weight_depth)),
+            "taps": In(TAPS_BITS),
+            "n_oc_tiles": In(TILES_BITS),
+            "depthwise": In(1),
+            "w_base": In(range(weight_depth)),
+            "clear": In(1),
+            "error": Out(1),
+            "error_code": Out(PEError),
+            "mac_active": Out(1),
+        })
+
+    @property
+    def c_par(self) -> int:
+        return self._c_par
+
+    @property
+    def oc_par(self) -> int:
+        return self._oc_par
+
+    @property
+    def weight_depth(self) -> int:
+        return self._weight_depth
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
+        return 5 + self._tree_stages()
+
+    def _tree_stages(self) -> int:
+        return (ceil_log2(self._c_par) + 1) // 2
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        c_par, oc_par, depth = self._c_par, self._oc_par, self._weight_depth
+        addr_bits = max(1, ceil_log2(depth))
+        wide = max(addr_bits, TAPS_BITS, TILES_BITS) + 2  # for bound checks without wrap-around
+
+        m.submodules.weights = mem = memory.Memory(shape=weight_block_layout(c_par, oc_par),
+                                                   depth=depth, init=[])
+        wr = mem.write_port(granularity=1)
+        rd = mem.read_port()
+
+        # --- errors -----------------------------------------------------------------------
+        cfg_ok = Signal()
+        m.d.comb += cfg_ok.eq((self.taps != 0) & (self.n_oc_tiles != 0) & (self.w_base < depth)
+                              & (~self.depthwise | (oc_par >= c_par)))
+        sticky = Signal(PEError)
+        raise_err = Signal(PEError)  # set by whichever check fails this cycle
+        with m.If(self.clear):
+            m.d.sync += sticky.eq(PEError.NONE)
+        with m.Elif((sticky == PEError.NONE) & (raise_err != PEError.NONE)):
+            m.d.sync += sticky.eq(raise_err)
+        halted = sticky != PEError.NONE
+        m.d.comb += self.error.eq(halted | ~cfg_ok)
+        with m.If(halted):
+            m.d.comb += self.error_code.eq(sticky)
+        with m.Elif(~cfg_ok):
+            m.d.comb += self.error_code.eq(PEError.CONFIG)
+
+        # --- weight load ------------------------------------------------------------------
+        wl_block = Signal(addr_bits + 1)  # one extra bit so running past the end is visible
+        wl_row = Signal(range(oc_par))
+        cur_block = Signal(addr_bits + 1)
+        cur_row = Signal(range(oc_par))
+        m.d.comb += [
+            cur_block.eq(Mux(self.wl.payload.first, self.wl_base, wl_block)),
+            cur_row.eq(Mux(self.wl.payload.first, 0, wl_row)),
+            self.wl.ready.eq(~halted),
+            wr.addr.eq(cur_block),
+        ]
+        for r in range(oc_par):
+            m.d.comb += wr.data[r].eq(self.wl.payload.data)
+        with m.If(self.clear):
+            m.d.sync += [wl_block.eq(self.wl_base), wl_row.eq(0)]
+        with m.Elif(self.wl.valid & self.wl.ready):
+            with m.If(cur_block >= depth):
+                m.d.comb += raise_err.eq(PEError.LOAD_RANGE)
+            with m.Else():
+                m.d.comb += wr.en.eq(1 << cur_row)
+                last_row = cur_row == oc_par - 1
+                m.d.sync += [wl_row.eq(Mux(last_row, 0, cur_row + 1)),
+                             wl_block.eq(cur_block + last_row)]
+
+        # --- s0: accept a tap, check it, read its weights --------------------------------
+        # Everything advances together; only a full skid register stops the pipeline.
+        skid_valid = Signal()
+        adv = Signal()
+        m.d.comb += adv.eq(~skid_valid)
+
+        tap_idx = Signal(TAPS_BITS)
+        tile = Signal(TILES_BITS)
+        offset = Signal(wide)  # blocks past w_base of the current tap
+        m.d.comb += [
+            self.i.ready.eq(adv & cfg_ok & ~halted),
+            rd.en.eq(adv),
+            rd.addr.eq(self.w_base + offset),
+        ]
+        tap = self.i.payload
+        at_first = tap_idx == 0
+        at_last = tap_idx == self.taps - 1
+        framing_ok = (tap.first == at_first) & (tap.last == at_last)
+        # Checked once per accumulation, so an accumulation never reads outside the buffer.
+        fits = ~at_first | (self.w_base + offset + self.taps <= depth)
+        s0_good = Signal()
+        with m.If(self.clear):
+            m.d.sync += [tap_idx.eq(0), tile.eq(0), offset.eq(0)]
+        with m.Elif(self.i.valid & self.i.ready):
+            with m.If(~framing_ok):
+                m.d.comb += raise_err.eq(PEError.FRAMING)
+            with m.Elif(~fits):
+                m.d.comb += raise_err.eq(PEError.WEIGHT_RANGE)
+            with m.Else():
+                m.d.comb += s0_good.eq(1)
+                with m.If(at_last):
+                    last_tile = tile == self.n_oc_tiles - 1
+                    m.d.sync += [tap_idx.eq(0), tile.eq(Mux(last_tile, 0, tile + 1)),
+                                 offset.eq(Mux(last_tile, 0, offset + 1))]
+                with m.Else():
+                    m.d.sync += [tap_idx.eq(tap_idx + 1), offset.eq(offset + 1)]
+
+        # --- s1: the weight block comes out of the memory --------------------------------
+        s1_valid = Signal()
+        s1_tap = Signal(pixel_layout(c_par))
+        s1_first = Signal()
+        s1_last = Signal()
+        # --- s2: registered multiplier operands (they map onto the DSP input registers) -----
+        s2_valid = Signal()
+        s2_tap = Signal(pixel_layout(c_par))
+        s2_w = Signal(weight_block_layout(c_par, oc_par))
+        s2_first = Signal()
+        s2_last = Signal()
+        # --- s3: products -----------------------------------------------------------------
+        s3_valid = Signal()
+        s3_prod = [[Signal(signed(16), name=f"s3_prod_{o}_{c}") for c in range(c_par)]
+                   for o in range(oc_par)]
+        s3_first = Signal()
+        s3_last = Signal()
+        with m.If(adv):
+            m.d.sync += [
+                s1_valid.eq(s0_good), s1_tap.eq(tap.data), s1_first.eq(tap.first), s1_last.eq(tap.last),
+                s2_valid.eq(s1_valid), s2_tap.eq(s1_tap), s2_first.eq(s1_first), s2_last.eq(s1_last),
+                s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+            ]
+            for o in range(oc_par):
+                for c in range(c_par):
+                    w = rd.data[o][c]
+                    if o != c:
+                        w = Mux(self.depthwise, 0, w)  # depthwise keeps the diagonal only
+                    m.d.sync += [s2_w[o][c].eq(w), s3_prod[o][c].eq(s2_tap[c] * s2_w[o][c])]
+        m.d.comb += self.mac_active.eq(adv & s2_valid)
+
+        # --- adder trees: two levels per register stage -----------------------------------
+        sums = [list(row) for row in s3_prod]
+        valid, first, last = s3_valid, s3_first, s3_last
+        for k in range(self._tree_stages()):
+            nxt_valid = Signal(name=f"st{k}_valid")
+            nxt_first = Signal(name=f"st{k}_first")
+            nxt_last = Signal(name=f"st{k}_last")
+            nxt_sums = []
+            with m.If(adv):
+                m.d.sync += [nxt_valid.eq(valid), nxt_first.eq(first), nxt_last.eq(last)]
+                for o in range(oc_par):
+                    terms = sums[o]
+                    for _ in range(2):
+                        if len(terms) > 1:
+                            terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j]
+                                     for j in range(0, len(terms), 2)]
+                    regs = [Signal(signed(16 + ceil_log2(c_par)), name=f"st{k}_sum_{o}_{j}")
+                            for j in range(len(terms))]
+                    m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
+                    nxt_sums.append(regs)
+            sums, valid, first, last = nxt_sums, nxt_valid, nxt_first, nxt_last
+
+        # --- accumulators --------------------------------------------------------------------
+        acc = Signal(acc_layout(oc_par))
+        acc_done = Signal()  # acc holds a finished sum that leaves on the next advance
+        with m.If(adv):
+            m.d.sync += acc_done.eq(valid & last)
+            with m.If(valid):
+                for o in range(oc_par):
+                    m.d.sync += acc[o].eq(Mux(first, 0, acc[o]) + sums[o][0])
+
+        # --- output register and skid ------------------------------------------------------
+        skid = Signal(acc_layout(oc_par))
+        with m.If(adv & acc_done):
+            with m.If(self.o.valid & ~self.o.ready):
+                m.d.sync += [skid.eq(acc), skid_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(acc), self.o.valid.eq(1)]
+        with m.Elif(self.o.ready | ~self.o.valid):
+            m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(skid_valid), skid_valid.eq(0)]
+
+        return m
