@@ -2,11 +2,16 @@
 
 import glob
 import os
+import sys
 
 import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.default_venv_backend = "none"
+
+# nox itself runs from the project's .venv; run every tool with that interpreter, never a `python`
+# found first on the caller's PATH (pyenv shims, the system Python).
+PY = sys.executable
 
 
 def _env() -> dict[str, str]:
@@ -21,21 +26,21 @@ def _env() -> dict[str, str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (default tier; `-- -m slow` for long Verilator runs and ECP5 P&R)."""
-    session.run("python", "-m", "pytest", *session.posargs, env=_env())
+    session.run(PY, "-m", "pytest", *session.posargs, env=_env())
 
 
 @nox.session
 @nox.parametrize("simulator", ["icarus", "verilator"])
 def sim(session: nox.Session, simulator: str) -> None:
     """Only the cocotb benches, on one simulator."""
-    session.run("python", "-m", "pytest", "-k", simulator, *session.posargs, env=_env())
+    session.run(PY, "-m", "pytest", "-k", simulator, *session.posargs, env=_env())
 
 
 @nox.session
 def synthesize(session: nox.Session) -> None:
     """Build a bitstream with YoWASP yosys/nextpnr: `nox -s synthesize -- BOARD [--block NAME]`."""
     args = session.posargs or ["icebreaker"]
-    session.run("python", "-m", "jacquard.boards", "synthesize", *args, env=_env())
+    session.run(PY, "-m", "jacquard.boards", "synthesize", *args, env=_env())
 
 
 @nox.session
@@ -43,7 +48,7 @@ def flash(session: nox.Session) -> None:
     """Program a board: `nox -s flash -- BOARD`."""
     if not session.posargs:
         session.error("name the board: nox -s flash -- icebreaker | ulx3s-85f")
-    session.run("python", "-m", "jacquard.boards", "flash", *session.posargs, env=_env())
+    session.run(PY, "-m", "jacquard.boards", "flash", *session.posargs, env=_env())
 
 
 @nox.session
@@ -55,16 +60,16 @@ def bench(session: nox.Session) -> None:
     if not scripts:
         session.error(f"no benchmark matches {session.posargs}")
     for script in scripts:
-        session.run("python", script, env=_env())
+        session.run(PY, script, env=_env())
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main end-to-end job (what `make demo` runs)."""
-    session.run("python", "-m", "jacquard.host.demo", *session.posargs, env=_env())
+    session.run(PY, "-m", "jacquard.host.demo", *session.posargs, env=_env())
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole project."""
-    session.run("ruff", "check", ".", *session.posargs, env=_env())
+    session.run(PY, "-m", "ruff", "check", ".", *session.posargs, env=_env())
