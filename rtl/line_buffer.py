@@ -1,0 +1,420 @@
+"""Line buffer and window generator: turns a pixel stream into the PE array's tap stream.
+
+Design
+------
+Rows memory
+    One simple-dual-port ``lib.memory.Memory`` of ``rows * row_depth`` beats of ``c_par`` int8
+    channels, where ``row_depth = max_width * max_channels // c_par`` and ``rows`` is the power of
+    two at or above ``max_kh + 1``. Input row ``y`` lives in slot ``y mod rows`` (a circular row
+    buffer), so a slot index is just the low bits of the row number. Pixel ``x``, channel tile
+    ``t`` of a row is at ``x * C/c_par + t`` inside its slot: any ``W`` and ``C`` with
+    ``W * C/c_par <= row_depth`` fit, so deep narrow layers can use the width that shallow wide
+    ones need.
+
+Read schedule
+    The taps are emitted in the contract order (for each output position, for each oc tile, for
+    ky, for kx, for c_tile) and each tap is one read of one beat, so one read port at one read per
+    cycle sustains one tap per cycle; the write port takes input beats in the same cycles. No
+    multiplier is used at run time: the tap's column address ``(ox*stride - left + kx) * C/c_par
+    + t`` is kept in running registers that step by ``C/c_par`` and ``stride * C/c_par``. Padding
+    taps (rows or columns outside the map) read nothing and carry the zero point instead.
+
+Flow control
+    The writer may fill row ``y`` once the window generator no longer needs the row that slot
+    held: ``y < iy0 + rows``, where ``iy0`` is the top input row of the output row being read
+    (registered, so the writer sees it one cycle late, which is only conservative). Because
+    ``KH <= rows - 1`` the writer can always fill every row the current window needs, plus at
+    least one more: the next row is written while the current output row is read. The reader
+    starts an output position once the rows it needs are written up to its rightmost column
+    (column granularity on the last row, so the last row of a window is read while it is still
+    being filled). Both conditions are monotone, so neither side can deadlock the other; input is
+    back-pressured only when every slot is in use. Rows below the last window (stride skips) are
+    still accepted and dropped, so the whole frame is always consumed.
+
+Latency and output
+    ``s0`` is the address generator (window counters), ``s1`` holds the read address, ``s2`` the
+    memory's read data; ``s2`` writes into an 8-entry ``SyncFIFOBuffered`` that drives ``o``.
+    Reads are issued against credits (at most 8 taps between ``s0`` and ``o``), so a stalled
+    consumer never stalls the memory pipeline and ``o.ready`` reaches only the FIFO and the credit
+    counter. First tap: 4 cycles after its input pixel is written; steady state: 1 tap per cycle.
+
+Configuration
+    Sampled at ``start`` while idle. A 16-cycle-at-most setup step checks it (computing
+    ``W * C/c_par`` with a shift-and-add, so no DSP is spent); an out-of-range config sets
+    ``error`` and the unit stays idle. ``start`` while busy is ignored.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .layouts import pixel_layout, tap_layout
+
+__all__ = ["LineBuffer", "LineBufferConfig"]
+
+# Taps in flight between the address generator and the output: covers the s0 -> o -> credit
+# return loop (5 cycles) so the generator never waits on it while the consumer keeps up.
+_CREDITS = 8
+# Kernel width bound (the contract's 1..7); the height bound is the ``max_kh`` parameter.
+_MAX_KW = 7
+_MAX_STRIDE = 4
+
+
+class LineBufferConfig(data.StructLayout):
+    """Run-time parameters of one feature map, sampled at ``start``.
+
+    ``channels`` is C (a multiple of ``c_par``); ``oc_tiles`` is how many times each window is
+    repeated for the PE array's output-channel tiles. Fields are wider than their legal ranges so
+    that out-of-range values can be seen and refused.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({
+            "width": unsigned(16),
+            "height": unsigned(16),
+            "channels": unsigned(16),
+            "kh": unsigned(4),
+            "kw": unsigned(4),
+            "stride": unsigned(3),
+            "pad_top": unsigned(3),
+            "pad_left": unsigned(3),
+            "pad_bottom": unsigned(3),
+            "pad_right": unsigned(3),
+            "zero_point": signed(8),
+            "oc_tiles": unsigned(16),
+        })
+
+
+def _mul_small(k, value, width: int):
+    # k (3 bits, 0..7) times value by shift-and-add: a 3-input adder, never a DSP.
+    return ((Mux(k[0], value, 0) + Mux(k[1], value << 1, 0) + Mux(k[2], value << 2, 0))
+            .as_unsigned()[:width])
+
+
+def _check_parameters(c_par: int, max_width: int, max_channels: int, max_kh: int) -> None:
+    for name, value in (("c_par", c_par), ("max_width", max_width), ("max_channels", max_channels),
+                        ("max_kh", max_kh)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {value!r}")
+    if c_par < 1 or c_par & (c_par - 1):
+        raise ValueError(f"c_par must be a power of two, not {c_par!r}")
+    if not 1 <= max_width <= 0xFFFF:
+        raise ValueError(f"max_width must be 1..65535, not {max_width!r}")
+    if max_channels < c_par or max_channels % c_par:
+        raise ValueError(f"max_channels must be a positive multiple of c_par={c_par}, "
+                         f"not {max_channels!r}")
+    if not 1 <= max_kh <= 7:
+        raise ValueError(f"max_kh must be 1..7, not {max_kh!r}")
+
+
+class LineBuffer(wiring.Component):
+    """Window generator over a circular on-chip row buffer; see the module docstring for the design.
+
+    Parameters
+    ----------
+    c_par : int
+        Channels per beat (a power of two).
+    max_width : int
+        Widest feature map, in pixels.
+    max_channels : int
+        Channels of a ``max_width`` row (a multiple of ``c_par``); narrower rows may have more,
+        up to ``max_width * max_channels`` channel-pixels per row.
+    max_kh : int
+        Tallest kernel, 1..7. Sets the number of row slots: the power of two above it.
+
+    Members
+    -------
+    i : In(stream.Signature(pixel_layout(c_par)))
+        Input pixels, for y, for x, for c_tile.
+    o : Out(stream.Signature(tap_layout(c_par)))
+        Taps: for each output position, for each oc tile, for ky, for kx, for c_tile.
+    config : In(LineBufferConfig())
+        Run-time parameters, sampled when ``start`` is high while idle.
+    start : In(1)
+        Start one feature map.
+    busy : Out(1)
+        High from ``start`` until the last tap has been accepted and the whole input consumed.
+    error : Out(1)
+        The last ``start`` was refused: its config was out of range. Cleared by the next ``start``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a parameter is not an int or is out of range.
+    """
+
+    def __init__(self, *, c_par: int = 8, max_width: int = 512, max_channels: int = 64, max_kh: int = 7):
+        try:
+            _check_parameters(c_par, max_width, max_channels, max_kh)
+        except (TypeError, ValueError):
+            # A refused component is never elaborated; do not let amaranth warn about that too.
+            self._MustUse__silence = True
+            raise
+        self._c_par = c_par
+        self._max_width = max_width
+        self._max_channels = max_channels
+        self._max_kh = max_kh
+        self._rows = 1 << max_kh.bit_length()
+        self._row_depth = max_width * max_channels // c_par
+        super().__init__({
+            "i": In(stream.Signature(pixel_layout(c_par))),
+            "o": Out(stream.Signature(tap_layout(c_par))),
+            "config": In(LineBufferConfig()),
+            "start": In(1),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def c_par(self) -> int:
+        return self._c_par
+
+    @property
+    def max_width(self) -> int:
+        return self._max_width
+
+    @property
+    def max_channels(self) -> int:
+        return self._max_channels
+
+    @property
+    def max_kh(self) -> int:
+        return self._max_kh
+
+    @property
+    def rows(self) -> int:
+        """Row slots in the memory."""
+        return self._rows
+
+    @property
+    def row_depth(self) -> int:
+        """Beats per row slot: the bound on ``width * channels / c_par``."""
+        return self._row_depth
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        rows, row_depth = self._rows, self._row_depth
+        slot_bits = rows.bit_length() - 1
+        aw = max(1, (row_depth - 1).bit_length())       # column address bits inside a slot
+        xw = self._max_width.bit_length() + 4            # signed column coordinates, with pads
+        yw = 16 + 3                                      # signed row coordinates, with pads
+        ct_shift = self._c_par.bit_length() - 1
+
+        m.submodules.rows_mem = mem = memory.Memory(shape=pixel_layout(self._c_par),
+                                                    depth=rows * row_depth, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port()
+
+        def mem_addr(slot, col):
+            if row_depth & (row_depth - 1) == 0:
+                return Cat(col[:aw], slot) if row_depth > 1 else slot
+            base = Array(Const(s * row_depth, range(rows * row_depth)) for s in range(rows))
+            return base[slot] + col[:aw]
+
+        # ---- configuration (latched at start, checked in SETUP) ---------------------------------
+        cfg = Signal(LineBufferConfig())
+        ct = Signal(16)                     # channel tiles, C / c_par
+        mul_a = Signal(32)
+        mul_b = Signal(16)
+        mul_acc = Signal(32)                # W * ct, for the capacity check
+
+        ct_max = Signal(aw)
+        kx_max = Signal(3)
+        ky_max = Signal(3)
+        oc_max = Signal(16)
+        step_ct = Signal(aw)                # stride * ct (mod 2^aw)
+        col0 = Signal(aw)                   # -left * ct (mod 2^aw): column address of ix0 = -left
+        col_limit = Signal(signed(xw))      # last c_need that has a next position to its right
+        row_limit = Signal(signed(yw))
+        zero_pixel = Signal(pixel_layout(self._c_par))
+
+        # ---- writer state -----------------------------------------------------------------------
+        wr_row = Signal(17)
+        wr_x = Signal(range(self._max_width + 1))
+        wr_ct = Signal(aw)
+        wr_col = Signal(aw)
+        wr_limit = Signal(signed(yw + 1))   # rows below this may be written (registered copy)
+        wr_all = Signal()
+
+        # ---- s0: window counters ----------------------------------------------------------------
+        s0_iy0 = Signal(signed(yw))         # top input row of the output row
+        s0_r_need = Signal(signed(yw))      # its bottom row: iy0 + KH - 1
+        s0_ix0 = Signal(signed(xw))         # left input column of the output position
+        s0_c_need = Signal(signed(xw))      # its right column: ix0 + KW - 1
+        s0_pos_col = Signal(aw)             # ix0 * ct (mod 2^aw)
+        s0_iy = Signal(signed(yw))
+        s0_ix = Signal(signed(xw))
+        s0_tap_col = Signal(aw)             # ix * ct (mod 2^aw)
+        s0_ct = Signal(aw)
+        s0_kx = Signal(3)
+        s0_ky = Signal(3)
+        s0_oc = Signal(16)
+        s0_done = Signal()
+
+        inflight = Signal(range(_CREDITS + 1))
+
+        # ---- s1 / s2 pipeline -------------------------------------------------------------------
+        s1_valid = Signal()
+        s1_pad = Signal()
+        s1_first = Signal()
+        s1_last = Signal()
+        s2_valid = Signal()
+        s2_pad = Signal()
+        s2_first = Signal()
+        s2_last = Signal()
+
+        m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
+            width=tap_layout(self._c_par).size, depth=_CREDITS)
+
+        cfg_ok = Signal()
+        W, H = cfg.width, cfg.height
+        m.d.comb += cfg_ok.eq(
+            (cfg.kh >= 1) & (cfg.kh <= self._max_kh) & (cfg.kw >= 1) & (cfg.kw <= _MAX_KW)
+            & (cfg.stride >= 1) & (cfg.stride <= _MAX_STRIDE)
+            & (W >= 1) & (W <= self._max_width) & (H >= 1)
+            & (cfg.channels != 0) & (cfg.channels[:ct_shift] == 0 if ct_shift else 1)
+            & (cfg.pad_top < cfg.kh) & (cfg.pad_bottom < cfg.kh)
+            & (cfg.pad_left < cfg.kw) & (cfg.pad_right < cfg.kw)
+            & (H + cfg.pad_top + cfg.pad_bottom >= cfg.kh) & (W + cfg.pad_left + cfg.pad_right >= cfg.kw)
+            & (cfg.oc_tiles != 0) & (mul_acc <= row_depth))
+
+        issue = Signal()
+        pop = Signal()
+        avail = Signal()
+        m.d.comb += [
+            pop.eq(self.o.valid & self.o.ready),
+            # The window's rows are written up to its rightmost column (column granularity on
+            # its bottom row, which may still be filling).
+            avail.eq(wr_all | (wr_row > s0_r_need) | ((wr_row == s0_r_need) & (wr_x > s0_c_need))),
+        ]
+
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        cfg.eq(self.config),
+                        ct.eq(self.config.channels >> ct_shift),
+                        mul_a.eq(self.config.channels >> ct_shift),
+                        mul_b.eq(self.config.width),
+                        mul_acc.eq(0),
+                        self.error.eq(0),
+                    ]
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(mul_b != 0):
+                    m.d.sync += [
+                        mul_a.eq(mul_a << 1),
+                        mul_b.eq(mul_b >> 1),
+                        mul_acc.eq(Mux(mul_b[0], mul_acc + mul_a, mul_acc)),
+                    ]
+                with m.Elif(~cfg_ok):
+                    m.d.sync += self.error.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    ix_start = 0 - cfg.pad_left
+                    m.d.sync += [
+                        ct_max.eq(ct - 1),
+                        kx_max.eq(cfg.kw - 1),
+                        ky_max.eq(cfg.kh - 1),
+                        oc_max.eq(cfg.oc_tiles - 1),
+                        step_ct.eq(_mul_small(cfg.stride, ct, aw)),
+                        col0.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
+                        col_limit.eq(W - 1 + cfg.pad_right - cfg.stride),
+                        row_limit.eq(H - 1 + cfg.pad_bottom - cfg.stride),
+                        zero_pixel.eq(Cat(*[cfg.zero_point] * self._c_par)),
+                        wr_row.eq(0), wr_x.eq(0), wr_ct.eq(0), wr_col.eq(0), wr_all.eq(0),
+                        wr_limit.eq(rows - cfg.pad_top),
+                        s0_iy0.eq(0 - cfg.pad_top), s0_iy.eq(0 - cfg.pad_top),
+                        s0_r_need.eq(cfg.kh - 1 - cfg.pad_top),
+                        s0_ix0.eq(ix_start), s0_ix.eq(ix_start),
+                        s0_c_need.eq(cfg.kw - 1 - cfg.pad_left),
+                        s0_pos_col.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
+                        s0_tap_col.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
+                        s0_ct.eq(0), s0_kx.eq(0), s0_ky.eq(0), s0_oc.eq(0), s0_done.eq(0),
+                    ]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(s0_done & wr_all & (inflight == 0)):
+                    m.next = "IDLE"
+                m.d.comb += issue.eq(~s0_done & avail & (inflight != _CREDITS))
+                m.d.comb += self.i.ready.eq(~wr_all & (wr_row < wr_limit))
+                m.d.sync += wr_limit.eq(Mux(s0_done, 1 << 17, s0_iy0 + rows))
+
+        # ---- writer -----------------------------------------------------------------------------
+        m.d.comb += [
+            wr.addr.eq(mem_addr(wr_row[:slot_bits], wr_col)),
+            wr.data.eq(self.i.payload),
+            wr.en.eq(self.i.valid & self.i.ready),
+        ]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [wr_ct.eq(wr_ct + 1), wr_col.eq(wr_col + 1)]
+            with m.If(wr_ct == ct_max):
+                m.d.sync += [wr_ct.eq(0), wr_x.eq(wr_x + 1)]
+                with m.If(wr_x == W - 1):
+                    m.d.sync += [wr_x.eq(0), wr_col.eq(0), wr_row.eq(wr_row + 1)]
+                    with m.If(wr_row == H - 1):
+                        m.d.sync += wr_all.eq(1)
+
+        # ---- s0: address generator --------------------------------------------------------------
+        s0_pad = Signal()
+        m.d.comb += s0_pad.eq((s0_iy < 0) | (s0_iy >= H) | (s0_ix < 0) | (s0_ix >= W))
+        with m.If(issue):
+            m.d.sync += [
+                s1_pad.eq(s0_pad),
+                s1_first.eq((s0_ct == 0) & (s0_kx == 0) & (s0_ky == 0)),
+                s1_last.eq((s0_ct == ct_max) & (s0_kx == kx_max) & (s0_ky == ky_max)),
+                rd.addr.eq(mem_addr(s0_iy[:slot_bits], s0_tap_col + s0_ct)),
+                s0_ct.eq(s0_ct + 1),
+            ]
+            with m.If(s0_ct == ct_max):
+                m.d.sync += [s0_ct.eq(0), s0_kx.eq(s0_kx + 1), s0_ix.eq(s0_ix + 1),
+                             s0_tap_col.eq(s0_tap_col + ct)]
+                with m.If(s0_kx == kx_max):
+                    m.d.sync += [s0_kx.eq(0), s0_ix.eq(s0_ix0), s0_tap_col.eq(s0_pos_col),
+                                 s0_ky.eq(s0_ky + 1), s0_iy.eq(s0_iy + 1)]
+                    with m.If(s0_ky == ky_max):
+                        m.d.sync += [s0_ky.eq(0), s0_iy.eq(s0_iy0), s0_oc.eq(s0_oc + 1)]
+                        with m.If(s0_oc == oc_max):
+                            m.d.sync += s0_oc.eq(0)
+                            with m.If(s0_c_need <= col_limit):     # next position on this row
+                                m.d.sync += [
+                                    s0_ix0.eq(s0_ix0 + cfg.stride), s0_ix.eq(s0_ix0 + cfg.stride),
+                                    s0_c_need.eq(s0_c_need + cfg.stride),
+                                    s0_pos_col.eq(s0_pos_col + step_ct),
+                                    s0_tap_col.eq(s0_pos_col + step_ct),
+                                ]
+                            with m.Else():                         # first position of the next row
+                                m.d.sync += [
+                                    s0_ix0.eq(0 - cfg.pad_left), s0_ix.eq(0 - cfg.pad_left),
+                                    s0_c_need.eq(cfg.kw - 1 - cfg.pad_left),
+                                    s0_pos_col.eq(col0), s0_tap_col.eq(col0),
+                                    s0_iy0.eq(s0_iy0 + cfg.stride), s0_iy.eq(s0_iy0 + cfg.stride),
+                                    s0_r_need.eq(s0_r_need + cfg.stride),
+                                ]
+                                with m.If(s0_r_need > row_limit):
+                                    m.d.sync += s0_done.eq(1)
+
+        # ---- s1: memory read; s2: read data, padding, into the output FIFO ----------------------
+        m.d.sync += [
+            s1_valid.eq(issue),
+            s2_valid.eq(s1_valid),
+            s2_pad.eq(s1_pad),
+            s2_first.eq(s1_first),
+            s2_last.eq(s1_last),
+            inflight.eq(inflight + issue - pop),
+        ]
+        s2_tap = Signal(tap_layout(self._c_par))
+        m.d.comb += [
+            rd.en.eq(s1_valid),
+            s2_tap.data.eq(Mux(s2_pad, zero_pixel, rd.data)),
+            s2_tap.first.eq(s2_first),
+            s2_tap.last.eq(s2_last),
+            out_fifo.w_data.eq(s2_tap),
+            out_fifo.w_en.eq(s2_valid),
+            self.o.payload.eq(out_fifo.r_data),
+            self.o.valid.eq(out_fifo.r_rdy),
+            out_fifo.r_en.eq(self.o.ready),
+        ]
+        return m
