@@ -13,8 +13,9 @@ Rows memory
 
 Read schedule
     The taps are emitted in the contract order (for each output position, for each oc tile, for
-    ky, for kx, for c_tile) and each tap is one read of one beat, so one read port at one read per
-    cycle sustains one tap per cycle; the write port takes input beats in the same cycles. No
+    ky, for kx, for c_tile; in depthwise mode for c_tile, for ky, for kx) and each tap is one read
+    of one beat, so one read port at one read per cycle sustains one tap per cycle; the write port
+    takes input beats in the same cycles. No
     multiplier is used at run time: the tap's column address ``(ox*stride - left + kx) * C/c_par
     + t`` is kept in running registers that step by ``C/c_par`` and ``stride * C/c_par``. Padding
     taps (rows or columns outside the map) read nothing and carry the zero point instead.
@@ -64,8 +65,10 @@ class LineBufferConfig(data.StructLayout):
     """Run-time parameters of one feature map, sampled at ``start``.
 
     ``channels`` is C (a multiple of ``c_par``); ``oc_tiles`` is how many times each window is
-    repeated for the PE array's output-channel tiles. Fields are wider than their legal ranges so
-    that out-of-range values can be seen and refused.
+    repeated for the PE array's output-channel tiles. ``depthwise`` changes the order inside a
+    window to for c_tile, for ky, for kx, with ``first``/``last`` around each channel tile's
+    KH*KW taps (the PE array's depthwise mode accumulates one channel tile at a time). Fields are
+    wider than their legal ranges so that out-of-range values can be seen and refused.
     """
 
     def __init__(self) -> None:
@@ -82,6 +85,7 @@ class LineBufferConfig(data.StructLayout):
             "pad_right": unsigned(3),
             "zero_point": signed(8),
             "oc_tiles": unsigned(16),
+            "depthwise": unsigned(1),
         })
 
 
@@ -222,7 +226,7 @@ class LineBuffer(wiring.Component):
         kx_max = Signal(3)
         ky_max = Signal(3)
         oc_max = Signal(16)
-        step_ct = Signal(aw)                # stride * ct (mod 2^aw)
+        step_ct_col = Signal(aw)            # stride * ct (mod 2^aw)
         col0 = Signal(aw)                   # -left * ct (mod 2^aw): column address of ix0 = -left
         col_limit = Signal(signed(xw))      # last c_need that has a next position to its right
         row_limit = Signal(signed(yw))
@@ -318,7 +322,7 @@ class LineBuffer(wiring.Component):
                         kx_max.eq(cfg.kw - 1),
                         ky_max.eq(cfg.kh - 1),
                         oc_max.eq(cfg.oc_tiles - 1),
-                        step_ct.eq(_mul_small(cfg.stride, ct, aw)),
+                        step_ct_col.eq(_mul_small(cfg.stride, ct, aw)),
                         col0.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
                         col_limit.eq(W - 1 + cfg.pad_right - cfg.stride),
                         row_limit.eq(H - 1 + cfg.pad_bottom - cfg.stride),
@@ -360,41 +364,53 @@ class LineBuffer(wiring.Component):
         # ---- s0: address generator --------------------------------------------------------------
         s0_pad = Signal()
         m.d.comb += s0_pad.eq((s0_iy < 0) | (s0_iy >= H) | (s0_ix < 0) | (s0_ix >= W))
+        # Loop nest inside one window, innermost first: (c_tile, kx, ky), or (kx, ky, c_tile) in
+        # depthwise mode, where the PE array accumulates each channel tile on its own.
+        ct_end, kx_end, ky_end = s0_ct == ct_max, s0_kx == kx_max, s0_ky == ky_max
+        dw = cfg.depthwise
+        step_ct = Mux(dw, kx_end & ky_end, 1)
+        step_kx = Mux(dw, 1, ct_end)
+        step_ky = Mux(dw, kx_end, ct_end & kx_end)
         with m.If(issue):
             m.d.sync += [
                 s1_pad.eq(s0_pad),
-                s1_first.eq((s0_ct == 0) & (s0_kx == 0) & (s0_ky == 0)),
-                s1_last.eq((s0_ct == ct_max) & (s0_kx == kx_max) & (s0_ky == ky_max)),
+                s1_first.eq((s0_kx == 0) & (s0_ky == 0) & (dw | (s0_ct == 0))),
+                s1_last.eq(kx_end & ky_end & (dw | ct_end)),
                 rd.addr.eq(mem_addr(s0_iy[:slot_bits], s0_tap_col + s0_ct)),
-                s0_ct.eq(s0_ct + 1),
             ]
-            with m.If(s0_ct == ct_max):
-                m.d.sync += [s0_ct.eq(0), s0_kx.eq(s0_kx + 1), s0_ix.eq(s0_ix + 1),
-                             s0_tap_col.eq(s0_tap_col + ct)]
-                with m.If(s0_kx == kx_max):
-                    m.d.sync += [s0_kx.eq(0), s0_ix.eq(s0_ix0), s0_tap_col.eq(s0_pos_col),
-                                 s0_ky.eq(s0_ky + 1), s0_iy.eq(s0_iy + 1)]
-                    with m.If(s0_ky == ky_max):
-                        m.d.sync += [s0_ky.eq(0), s0_iy.eq(s0_iy0), s0_oc.eq(s0_oc + 1)]
-                        with m.If(s0_oc == oc_max):
-                            m.d.sync += s0_oc.eq(0)
-                            with m.If(s0_c_need <= col_limit):     # next position on this row
-                                m.d.sync += [
-                                    s0_ix0.eq(s0_ix0 + cfg.stride), s0_ix.eq(s0_ix0 + cfg.stride),
-                                    s0_c_need.eq(s0_c_need + cfg.stride),
-                                    s0_pos_col.eq(s0_pos_col + step_ct),
-                                    s0_tap_col.eq(s0_pos_col + step_ct),
-                                ]
-                            with m.Else():                         # first position of the next row
-                                m.d.sync += [
-                                    s0_ix0.eq(0 - cfg.pad_left), s0_ix.eq(0 - cfg.pad_left),
-                                    s0_c_need.eq(cfg.kw - 1 - cfg.pad_left),
-                                    s0_pos_col.eq(col0), s0_tap_col.eq(col0),
-                                    s0_iy0.eq(s0_iy0 + cfg.stride), s0_iy.eq(s0_iy0 + cfg.stride),
-                                    s0_r_need.eq(s0_r_need + cfg.stride),
-                                ]
-                                with m.If(s0_r_need > row_limit):
-                                    m.d.sync += s0_done.eq(1)
+            with m.If(step_ct):
+                m.d.sync += s0_ct.eq(Mux(ct_end, 0, s0_ct + 1))
+            with m.If(step_kx):
+                with m.If(kx_end):
+                    m.d.sync += [s0_kx.eq(0), s0_ix.eq(s0_ix0), s0_tap_col.eq(s0_pos_col)]
+                with m.Else():
+                    m.d.sync += [s0_kx.eq(s0_kx + 1), s0_ix.eq(s0_ix + 1), s0_tap_col.eq(s0_tap_col + ct)]
+            with m.If(step_ky):
+                with m.If(ky_end):
+                    m.d.sync += [s0_ky.eq(0), s0_iy.eq(s0_iy0)]
+                with m.Else():
+                    m.d.sync += [s0_ky.eq(s0_ky + 1), s0_iy.eq(s0_iy + 1)]
+            with m.If(ct_end & kx_end & ky_end):                     # end of one window
+                m.d.sync += s0_oc.eq(s0_oc + 1)
+                with m.If(s0_oc == oc_max):
+                    m.d.sync += s0_oc.eq(0)
+                    with m.If(s0_c_need <= col_limit):     # next position on this row
+                        m.d.sync += [
+                            s0_ix0.eq(s0_ix0 + cfg.stride), s0_ix.eq(s0_ix0 + cfg.stride),
+                            s0_c_need.eq(s0_c_need + cfg.stride),
+                            s0_pos_col.eq(s0_pos_col + step_ct_col),
+                            s0_tap_col.eq(s0_pos_col + step_ct_col),
+                        ]
+                    with m.Else():                         # first position of the next row
+                        m.d.sync += [
+                            s0_ix0.eq(0 - cfg.pad_left), s0_ix.eq(0 - cfg.pad_left),
+                            s0_c_need.eq(cfg.kw - 1 - cfg.pad_left),
+                            s0_pos_col.eq(col0), s0_tap_col.eq(col0),
+                            s0_iy0.eq(s0_iy0 + cfg.stride), s0_iy.eq(s0_iy0 + cfg.stride),
+                            s0_r_need.eq(s0_r_need + cfg.stride),
+                        ]
+                        with m.If(s0_r_need > row_limit):
+                            m.d.sync += s0_done.eq(1)
 
         # ---- s1: memory read; s2: read data, padding, into the output FIFO ----------------------
         m.d.sync += [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["conv_from_taps", "output_shape", "pack_weights", "tap_stream"]
+__all__ = ["conv_from_taps", "depthwise_from_taps", "output_shape", "pack_weights", "tap_stream"]
 
 
 def output_shape(height: int, width: int, kh: int, kw: int, stride: int,
@@ -37,7 +37,8 @@ def _hwc(x: np.ndarray) -> np.ndarray:
 
 
 def tap_stream(x: np.ndarray, zx: int, kh: int, kw: int, stride: int, pads: tuple[int, int, int, int],
-               c_par: int, n_oc_tiles: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               c_par: int, n_oc_tiles: int, depthwise: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The line buffer's output for feature map ``x``, beat by beat.
 
     Parameters
@@ -49,6 +50,8 @@ def tap_stream(x: np.ndarray, zx: int, kh: int, kw: int, stride: int, pads: tupl
     pads : (top, left, bottom, right).
     c_par : channels per beat.
     n_oc_tiles : how many times each output position's window is repeated (once per oc tile).
+    depthwise : order each window for c_tile, for ky, for kx instead, one accumulation per
+        channel tile (KH*KW taps), as the PE array's depthwise mode takes it.
 
     Returns
     -------
@@ -74,8 +77,11 @@ def tap_stream(x: np.ndarray, zx: int, kh: int, kw: int, stride: int, pads: tupl
     cols = (np.arange(ow) * stride)[:, None] + np.arange(kw)[None, :]    # (OW, KW)
     win = xp[rows[:, None, :, None], cols[None, :, None, :]]              # (OH, OW, KH, KW, C)
     win = np.broadcast_to(win[:, :, None], (oh, ow, n_oc_tiles, kh, kw, channels))
+    if depthwise:
+        ct = channels // c_par
+        win = win.reshape(oh, ow, n_oc_tiles, kh, kw, ct, c_par).transpose(0, 1, 2, 5, 3, 4, 6)
     taps = win.reshape(-1, c_par).copy()
-    per_acc = kh * kw * (channels // c_par)
+    per_acc = kh * kw * (1 if depthwise else channels // c_par)
     k = np.arange(taps.shape[0]) % per_acc
     return taps, k == 0, k == per_acc - 1
 
@@ -113,3 +119,27 @@ def conv_from_taps(taps: np.ndarray, first: np.ndarray, last: np.ndarray, packed
     wts = packed.reshape(n_oc_tiles, per_acc, oc_par, c_par).astype(np.int64)
     acc = np.einsum("gtkc,tkoc->gto", groups, wts)
     return acc.reshape(-1, oc_par).astype(np.int32)
+
+
+def depthwise_from_taps(taps: np.ndarray, first: np.ndarray, last: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """What the PE array's depthwise mode computes from a depthwise-ordered tap stream.
+
+    ``w`` is depthwise OHWI ``(C, KH, KW, 1)``; lane ``c`` of channel tile ``t``'s taps is multiplied
+    by the weight of channel ``t * c_par + c``. Returns int32 (n_positions, C): each position's
+    channel tiles side by side.
+
+    Raises
+    ------
+    ValueError
+        If the first/last flags do not delimit KH*KW-tap accumulations.
+    """
+    channels, kh, kw, _ = w.shape
+    c_par = taps.shape[1]
+    per_acc = kh * kw
+    if taps.shape[0] % per_acc or not (first[::per_acc].all() and last[per_acc - 1::per_acc].all()) \
+            or first.sum() * per_acc != taps.shape[0] or last.sum() * per_acc != taps.shape[0]:
+        raise ValueError(f"Tap stream of {taps.shape[0]} beats is not made of {per_acc}-tap accumulations")
+    groups = taps.reshape(-1, channels // c_par, per_acc, c_par).astype(np.int64)
+    wts = w[:, :, :, 0].reshape(channels // c_par, c_par, per_acc).transpose(0, 2, 1).astype(np.int64)
+    acc = np.einsum("gtkc,tkc->gtc", groups, wts)
+    return acc.reshape(-1, channels).astype(np.int32)

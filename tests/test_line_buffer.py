@@ -26,12 +26,18 @@ class Case:
     pads: tuple[int, int, int, int]
     zero_point: int = 0
     oc_tiles: int = 1
+    depthwise: bool = False
 
     def config(self) -> dict:
         t, left, b, r = self.pads
         return {"width": self.width, "height": self.height, "channels": self.channels, "kh": self.kh,
                 "kw": self.kw, "stride": self.stride, "pad_top": t, "pad_left": left, "pad_bottom": b,
-                "pad_right": r, "zero_point": self.zero_point, "oc_tiles": self.oc_tiles}
+                "pad_right": r, "zero_point": self.zero_point, "oc_tiles": self.oc_tiles,
+                "depthwise": int(self.depthwise)}
+
+    def taps(self, x: np.ndarray, c_par: int):
+        return tap_stream(x, self.zero_point, self.kh, self.kw, self.stride, self.pads, c_par, self.oc_tiles,
+                          self.depthwise)
 
 
 @dataclass
@@ -59,7 +65,8 @@ def random_case(rng: random.Random, c_par: int, max_width: int, max_channels: in
             continue
         oh, ow = output_shape(height, width, kh, kw, stride, pads)
         if oh * ow * kh * kw * ct * oc_tiles <= max_beats and width * ct * c_par <= max_width * max_channels:
-            return Case(height, width, ct * c_par, kh, kw, stride, pads, rng.randint(-128, 127), oc_tiles)
+            return Case(height, width, ct * c_par, kh, kw, stride, pads, rng.randint(-128, 127), oc_tiles,
+                        depthwise=rng.random() < 0.25)
 
 
 def unpack(bits: int, c_par: int) -> list[int]:
@@ -89,8 +96,7 @@ def run(dut: LineBuffer, frames: list[tuple[Case, np.ndarray]], seed: int, in_ga
                 cycle += 20
                 continue
             beats = x.reshape(-1, c_par)
-            expected = len(tap_stream(x, case.zero_point, case.kh, case.kw, case.stride, case.pads,
-                                      c_par, case.oc_tiles)[0])
+            expected = len(case.taps(x, c_par)[0])
             sent = 0
             while len(res.taps) < expected or sent < len(beats) or ctx.get(dut.busy):
                 if sent < len(beats) and rng_in.random() >= in_gap:
@@ -132,8 +138,7 @@ def run(dut: LineBuffer, frames: list[tuple[Case, np.ndarray]], seed: int, in_ga
 
 
 def check(case: Case, x: np.ndarray, res: Result, c_par: int, seed: int) -> None:
-    taps, first, last = tap_stream(x, case.zero_point, case.kh, case.kw, case.stride, case.pads, c_par,
-                                   case.oc_tiles)
+    taps, first, last = case.taps(x, c_par)
     assert not res.error, f"seed={seed}: error flag set for legal {case}"
     assert len(res.taps) == len(taps), f"seed={seed}: {len(res.taps)} taps, expected {len(taps)}, {case}"
     for n, (bits, f, la) in enumerate(res.taps):
@@ -170,6 +175,8 @@ def test_random_configs_with_gaps(seed):
     (Case(9, 12, 4, 4, 1, 4, (3, 0, 0, 0)), 4),                             # stride 4, tall kernel
     (Case(1, 1, 8, 7, 7, 1, (6, 6, 0, 0), zero_point=3), 8),                # 1x1 map, huge padding
     (Case(3, 2, 32, 3, 3, 1, (1, 1, 1, 1)), 8),                             # narrow deep: W*C/c_par == 8
+    (Case(5, 6, 12, 3, 3, 1, (1, 1, 1, 1), zero_point=-3, depthwise=True), 4),  # depthwise 3x3
+    (Case(7, 7, 8, 3, 3, 2, (0, 0, 1, 1), zero_point=4, depthwise=True), 4),    # depthwise 3x3/2
 ])
 def test_directed(case, c_par):
     dut = LineBuffer(c_par=c_par, max_width=12, max_channels=8 if c_par == 4 else 16, max_kh=7)
@@ -236,6 +243,7 @@ def steady_rate(case: Case, c_par: int = 4) -> float:
     (Case(6, 24, 8, 3, 3, 1, (1, 1, 1, 1)), 0.97),     # 3x3 s1
     (Case(8, 24, 8, 3, 3, 2, (1, 1, 1, 1)), 0.97),     # 3x3 s2
     (Case(12, 32, 4, 7, 7, 2, (3, 3, 3, 3)), 0.97),    # 7x7 s2 first layer
+    (Case(6, 24, 8, 3, 3, 1, (1, 1, 1, 1), depthwise=True), 0.97),
 ])
 def test_throughput_one_tap_per_cycle(case, at_least):
     rate = steady_rate(case)
