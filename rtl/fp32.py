@@ -117,7 +117,7 @@ def round_product(prod, exp):
 
 def float_to_int_rne(exp, mant):
     """``round_half_even(mant * 2^(exp-23))`` capped at :data:`SAT_MAGNITUDE`."""
-    # s10_: fixed point with 24 fraction bits: mant << (exp + 1) for exp in -1..7.
+    # s10_: exponent range check; s11_: fixed point with 24 fraction bits: mant << (exp + 1).
     sat = exp >= 8
     tiny = exp <= -2
     shift = np.clip(exp + 1, 0, 8)
@@ -125,7 +125,7 @@ def float_to_int_rne(exp, mant):
     whole = fixed >> 24
     guard = (fixed >> 23) & 1
     sticky = (fixed & 0x7F_FFFF) != 0
-    # s11_: round, then saturate or flush.
+    # s12_: round, then saturate or flush (s13_: zero point and clamp).
     mag = whole + (guard & (sticky | (whole & 1)))
     mag = np.where(sat, SAT_MAGNITUDE, np.where(tiny, 0, mag))
     return np.minimum(mag, SAT_MAGNITUDE)

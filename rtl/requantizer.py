@@ -6,7 +6,7 @@ zero, denormal (exactly zero output, see :mod:`jacquard.rtl.fp32`), negative, ti
 multipliers. ``M`` = inf or NaN is refused with ``o_invalid``. The stages mirror the NumPy model in
 :mod:`jacquard.rtl.fp32` one for one; the reasoning for exactness is written there.
 
-Pipeline, 12 registered stages (``LATENCY``), one result per cycle:
+Pipeline, 13 registered stages (``LATENCY``), one result per cycle:
 
 ====  ==========================================================================
 s1    sign and magnitude of ``acc``; decode ``M``'s fields
@@ -18,9 +18,10 @@ s6    sum of the cross terms
 s7    48-bit significand product
 s8    normalize the product, guard and sticky bits
 s9    round to 24 bits (RNE): ``f32(f32(acc) * M)``
-s10   fixed-point shift by the exponent (0..8), saturate/flush flags
-s11   round half to even to an integer; sign
-s12   add the zero point and clamp
+s10   exponent range check: shift amount (0..8), saturate/flush flags
+s11   fixed-point shift (24 fraction bits), guard and sticky bits
+s12   round half to even to an integer; sign
+s13   add the zero point and clamp
 ====  ==========================================================================
 """
 
@@ -69,7 +70,7 @@ class RequantPipe(wiring.Component):
     i_multiplier : In(32)
         float32 bit pattern of ``M``, sampled with ``i_acc``.
     zero_point, lo, hi : In(signed(8))
-        Output zero point and clamp bounds (``lo <= hi``), used in ``s12``; hold them steady while
+        Output zero point and clamp bounds (``lo <= hi``), used in ``s13``; hold them steady while
         values are in flight.
     o_y : Out(signed(8))
         Result, ``LATENCY`` enabled cycles after its inputs.
@@ -77,7 +78,7 @@ class RequantPipe(wiring.Component):
         The result's ``M`` was inf or NaN: ``o_y`` is meaningless.
     """
 
-    LATENCY = 12
+    LATENCY = 13
 
     en: In(1)
     i_acc: In(signed(32))
@@ -187,49 +188,57 @@ class RequantPipe(wiring.Component):
         s9_sign = reg("s9_sign", 1, s8_sign)
         s9_invalid = reg("s9_invalid", 1, s8_invalid)
 
-        # s10: fixed point with 24 fraction bits; only exponents -1..7 need the shifter. The
-        # product's own underflow/overflow (subnormal, inf) lies inside the flush/saturate ranges.
-        shift = Signal(range(9), name="s10_shift")
+        # s10: range check of the exponent: only -1..7 need the shifter. The product's own
+        # underflow/overflow (subnormal, inf) lies inside the flush/saturate ranges.
+        shift = Signal(range(9), name="s10_shift_next")
         with m.If(s9_exp < -1):
             m.d.comb += shift.eq(0)
         with m.Elif(s9_exp > 7):
             m.d.comb += shift.eq(8)
         with m.Else():
             m.d.comb += shift.eq(s9_exp + 1)
-        fixed = Signal(32, name="s10_fixed")
-        m.d.comb += fixed.eq(s9_mant << shift)
-        s10_whole = reg("s10_whole", 8, fixed[24:])
-        s10_guard = reg("s10_guard", 1, fixed[23])
-        s10_sticky = reg("s10_sticky", 1, fixed[:23].any())
+        s10_shift = reg("s10_shift", range(9), shift)
+        s10_mant = reg("s10_mant", 24, s9_mant)
         s10_sat = reg("s10_sat", 1, ~s9_zero & (s9_exp >= 8))
         s10_flush = reg("s10_flush", 1, s9_zero | (s9_exp <= -2))
         s10_sign = reg("s10_sign", 1, s9_sign)
         s10_invalid = reg("s10_invalid", 1, s9_invalid)
 
-        # s11: round half to even; saturate at 256 (beyond the int8 clamp whatever zy is).
-        rne = s10_whole + (s10_guard & (s10_sticky | s10_whole[0]))
-        mag = Signal(range(SAT_MAGNITUDE + 1), name="s11_mag")
-        with m.If(s10_sat):
+        # s11: fixed point with 24 fraction bits: mant << (exp + 1).
+        fixed = Signal(32, name="s11_fixed")
+        m.d.comb += fixed.eq(s10_mant << s10_shift)
+        s11_whole = reg("s11_whole", 8, fixed[24:])
+        s11_guard = reg("s11_guard", 1, fixed[23])
+        s11_sticky = reg("s11_sticky", 1, fixed[:23].any())
+        s11_sat = reg("s11_sat", 1, s10_sat)
+        s11_flush = reg("s11_flush", 1, s10_flush)
+        s11_sign = reg("s11_sign", 1, s10_sign)
+        s11_invalid = reg("s11_invalid", 1, s10_invalid)
+
+        # s12: round half to even; saturate at 256 (beyond the int8 clamp whatever zy is).
+        rne = s11_whole + (s11_guard & (s11_sticky | s11_whole[0]))
+        mag = Signal(range(SAT_MAGNITUDE + 1), name="s12_mag")
+        with m.If(s11_sat):
             m.d.comb += mag.eq(SAT_MAGNITUDE)
-        with m.Elif(s10_flush):
+        with m.Elif(s11_flush):
             m.d.comb += mag.eq(0)
         with m.Else():
             m.d.comb += mag.eq(rne)
-        s11_value = reg("s11_value", signed(10), Mux(s10_sign, -mag, mag))
-        s11_invalid = reg("s11_invalid", 1, s10_invalid)
-
-        # s12: zero point, clamp.
-        shifted = Signal(signed(11), name="s12_shifted")
-        m.d.comb += shifted.eq(s11_value + self.zero_point)
-        clamped = Mux(shifted < self.lo, self.lo, Mux(shifted > self.hi, self.hi, shifted))
-        s12_y = reg("s12_y", signed(8), clamped)
+        s12_value = reg("s12_value", signed(10), Mux(s11_sign, -mag, mag))
         s12_invalid = reg("s12_invalid", 1, s11_invalid)
-        m.d.comb += [self.o_y.eq(s12_y), self.o_invalid.eq(s12_invalid)]
+
+        # s13: zero point, clamp.
+        shifted = Signal(signed(11), name="s13_shifted")
+        m.d.comb += shifted.eq(s12_value + self.zero_point)
+        clamped = Mux(shifted < self.lo, self.lo, Mux(shifted > self.hi, self.hi, shifted))
+        s13_y = reg("s13_y", signed(8), clamped)
+        s13_invalid = reg("s13_invalid", 1, s12_invalid)
+        m.d.comb += [self.o_y.eq(s13_y), self.o_invalid.eq(s13_invalid)]
         return m
 
 
 class Requantizer(wiring.Component):
-    """One exact requantizer lane with stream handshakes: one result per cycle, 12 cycles latency.
+    """One exact requantizer lane with stream handshakes: one result per cycle, 13 cycles latency.
 
     The whole pipeline stalls together while the output waits (a single enable, so the ready path
     is one gate deep); bubbles are not squeezed out while stalled.
