@@ -128,3 +128,108 @@ def test_postproc_random_layers(seed, config):
         layers.append(make_layer(rng, oc_par, n_tiles, int(rng.integers(3, 9)), use_lut))
     dut = PostProcessor(oc_par=oc_par, n_requant=n_requant, max_oc_tiles=max_tiles, lut=lut)
     check(layers, run_layers(dut, layers, seed), seed)
+
+
+def test_postproc_throughput():
+    # No gaps: n_requant == oc_par takes one beat per cycle; 4:1 serialization one per 4 cycles.
+    for n_requant, per_beat in [(8, 1), (2, 4)]:
+        rng = np.random.default_rng(5)
+        layer = make_layer(rng, 8, 2, 20, lut=False)
+        dut = PostProcessor(oc_par=8, n_requant=n_requant, max_oc_tiles=2, lut=False)
+        stamps = []
+
+        async def producer(ctx, layer=layer, dut=dut):
+            ctx.set(dut.n_oc_tiles, 2)
+            ctx.set(dut.zero_point, layer["zy"])
+            ctx.set(dut.lo, layer["lo"])
+            ctx.set(dut.hi, layer["hi"])
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            params = [{"bias": int(b), "multiplier": int(mb)}
+                      for b, mb in zip(layer["bias"], layer["mult"].view(np.uint32), strict=True)]
+            await stream_send(ctx, dut.params, params)
+            beats = [[int(v) for v in layer["acc"][p, t * 8:(t + 1) * 8]]
+                     for p in range(20) for t in range(2)]
+            await stream_send(ctx, dut.i, beats)
+
+        async def consumer(ctx, dut=dut, stamps=stamps):
+            ctx.set(dut.o.ready, 1)
+            cycle = 0
+            while len(stamps) < 40:
+                _, _, valid = await ctx.tick().sample(dut.o.valid)
+                cycle += 1
+                if valid:
+                    stamps.append(cycle)
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(producer)
+        sim.add_testbench(consumer)
+        sim.run()
+        gaps = set(np.diff(stamps).tolist())
+        assert gaps == {per_beat}, f"n_requant={n_requant}: output spacing {sorted(gaps)}, want {per_beat}"
+
+
+def start_layer(ctx, dut, *, n_oc_tiles=1, zy=0, lo=-128, hi=127, lut_enable=0):
+    ctx.set(dut.n_oc_tiles, n_oc_tiles)
+    ctx.set(dut.zero_point, zy)
+    ctx.set(dut.lo, lo)
+    ctx.set(dut.hi, hi)
+    ctx.set(dut.lut_enable, lut_enable)
+    ctx.set(dut.start, 1)
+
+
+@pytest.mark.parametrize(("case", "lut"), [
+    ("zero_tiles", True), ("too_many_tiles", True), ("lo_above_hi", True), ("lut_not_built", False),
+    ("inf_multiplier", True), ("nan_multiplier", True), ("start_while_busy", True),
+])
+def test_postproc_refuses_bad_config(case, lut):
+    dut = PostProcessor(oc_par=4, n_requant=2, max_oc_tiles=3, lut=lut)
+    seen = {}
+
+    async def tb(ctx):
+        config = {"zero_tiles": dict(n_oc_tiles=0), "too_many_tiles": dict(n_oc_tiles=4),
+                  "lo_above_hi": dict(lo=5, hi=4), "lut_not_built": dict(lut_enable=1)}.get(case, {})
+        start_layer(ctx, dut, **config)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        good = {"bias": 0, "multiplier": 0x3F00_0000}
+        if case in ("inf_multiplier", "nan_multiplier"):
+            bad = {"bias": 0, "multiplier": 0x7F80_0000 if case == "inf_multiplier" else 0xFFC0_0001}
+            await stream_send(ctx, dut.params, [good, bad])
+            await ctx.tick()
+        if case == "start_while_busy":
+            await stream_send(ctx, dut.params, [good] * 4)
+            assert ctx.get(dut.running)
+            ctx.set(dut.o.ready, 0)
+            await stream_send(ctx, dut.i, [[1, 2, 3, 4]])
+            start_layer(ctx, dut)  # the beat is still inside: refused
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+        seen["error"] = ctx.get(dut.error)
+        # Refused: nothing is taken on any input until the next start.
+        ctx.set(dut.params.valid, 1)
+        ctx.set(dut.i.valid, 1)
+        ctx.set(dut.lut.valid, 1)
+        for _ in range(3):
+            await ctx.tick()
+            seen.setdefault("taken", 0)
+            seen["taken"] += ctx.get(dut.params.ready) + ctx.get(dut.i.ready) + ctx.get(dut.lut.ready)
+        ctx.set(dut.params.valid, 0)
+        ctx.set(dut.i.valid, 0)
+        ctx.set(dut.lut.valid, 0)
+        # A good start clears the error once the unit has drained.
+        ctx.set(dut.o.ready, 1)
+        while ctx.get(dut.busy):
+            await ctx.tick()
+        start_layer(ctx, dut)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        seen["error_after_restart"] = ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == {"error": 1, "taken": 0, "error_after_restart": 0}, f"{case}: {seen}"

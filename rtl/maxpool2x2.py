@@ -1,0 +1,177 @@
+"""Fused 2x2 / stride 2 max pooling on the post-processor's output stream, with one row buffer.
+
+Input beats arrive position-major and oc-tile-minor (for y, for x, for oc tile), ``oc_par`` int8
+channels each. The output is ONNX ``MaxPool(kernel 2, stride 2, no padding, floor mode)`` in the
+same order: for each output position ``(oy, ox)``, for each oc tile. An odd last column or an odd
+last row is consumed and dropped, as floor mode does.
+
+One memory entry per (column pair, oc tile) holds a partial maximum. For an input beat at
+``(y, x, t)`` with ``a = (x // 2) * n_oc_tiles + t``:
+
+==========  ===========  ======================================
+row y       column x     action
+==========  ===========  ======================================
+even        even         ``buf[a] = v``
+even        odd          ``buf[a] = max(buf[a], v)``
+odd         even         ``buf[a] = max(buf[a], v)``
+odd         odd          emit ``max(buf[a], v)``
+==========  ===========  ======================================
+
+The read of ``buf[a]`` is issued when the beat is taken and is transparent to the write of the beat
+ahead of it (the same entry is touched again ``n_oc_tiles`` beats later, as soon as the next beat
+when ``n_oc_tiles == 1``), so the unit takes one beat per cycle.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from jacquard.rtl.layouts import out_layout
+
+__all__ = ["MaxPool2x2"]
+
+
+class MaxPool2x2(wiring.Component):
+    """2x2 / stride 2 max pooling of an ``out_layout(oc_par)`` stream.
+
+    Parameters
+    ----------
+    oc_par : int
+        Channels per beat.
+    max_width : int
+        Largest input row width (pixels).
+    max_oc_tiles : int
+        Largest number of oc tiles per pixel.
+    buffer_depth : int
+        Row buffer entries (``oc_par`` int8 each); a layer needs ``(width // 2) * n_oc_tiles``.
+
+    Members
+    -------
+    i : In(stream.Signature(out_layout(oc_par)))
+        Input feature map, for y, for x, for oc tile.
+    o : Out(stream.Signature(out_layout(oc_par)))
+        Pooled feature map in the same order.
+    start : In(1)
+        Pulse: sample ``width`` and ``n_oc_tiles`` and begin a feature map at (0, 0, 0).
+    width : In(range(max_width + 1))
+        Input width W, 2..``max_width``.
+    n_oc_tiles : In(range(max_oc_tiles + 1))
+        oc tiles per pixel, 1..``max_oc_tiles``.
+    busy : Out(1)
+        A beat is inside the unit or waiting on ``o``.
+    error : Out(1)
+        The configuration was refused (W or ``n_oc_tiles`` out of range, the row does not fit
+        the buffer, or ``start`` while busy); nothing is taken until the next good ``start``.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is not a positive integer (``max_width`` at least 2).
+    """
+
+    def __init__(self, oc_par: int = 16, max_width: int = 512, max_oc_tiles: int = 64,
+                 buffer_depth: int = 2048):
+        for name, value, least in [("oc_par", oc_par, 1), ("max_width", max_width, 2),
+                                   ("max_oc_tiles", max_oc_tiles, 1), ("buffer_depth", buffer_depth, 1)]:
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
+        self._oc_par = oc_par
+        self._max_width = max_width
+        self._max_oc_tiles = max_oc_tiles
+        self._depth = buffer_depth
+        super().__init__({
+            "i": In(stream.Signature(out_layout(oc_par))),
+            "o": Out(stream.Signature(out_layout(oc_par))),
+            "start": In(1),
+            "width": In(range(max_width + 1)),
+            "n_oc_tiles": In(range(max_oc_tiles + 1)),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def oc_par(self) -> int:
+        return self._oc_par
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        layout = out_layout(self._oc_par)
+        m.submodules.buf = buf = memory.Memory(shape=layout, depth=self._depth, init=[])
+        wr = buf.write_port()
+        rd = buf.read_port(transparent_for=(wr,))
+
+        # Configuration and position counters.
+        running = Signal()
+        last_x = Signal(range(self._max_width))
+        last_t = Signal(range(self._max_oc_tiles))
+        x = Signal(range(self._max_width))
+        t = Signal(range(self._max_oc_tiles))
+        odd_row = Signal()
+        addr = Signal(range(self._depth))
+
+        en = Signal()
+        m.d.comb += [
+            en.eq(~self.o.valid | self.o.ready),
+            self.i.ready.eq(running & en),
+        ]
+        take = self.i.valid & self.i.ready
+        m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+
+        # s1: the beat taken last cycle, next to its entry's partial maximum.
+        s1_valid = Signal()
+        s1_v = Signal(layout)
+        s1_addr = Signal(range(self._depth))
+        s1_first = Signal()
+        s1_emit = Signal()
+        s1_drop = Signal()
+        with m.If(en):
+            m.d.sync += [
+                s1_valid.eq(take),
+                s1_v.eq(self.i.payload),
+                s1_addr.eq(addr),
+                s1_first.eq(~odd_row & ~x[0]),
+                s1_emit.eq(odd_row & x[0]),
+                # An odd width leaves a last column without a partner.
+                s1_drop.eq(~x[0] & (x == last_x)),
+            ]
+
+        with m.If(take):
+            m.d.sync += t.eq(t + 1)
+            with m.If(t == last_t):
+                m.d.sync += [t.eq(0), x.eq(x + 1)]
+                # Even column: the odd one revisits the same entries; odd column: next pair.
+                with m.If(~x[0]):
+                    m.d.sync += addr.eq(addr - last_t)
+                with m.Else():
+                    m.d.sync += addr.eq(addr + 1)
+                with m.If(x == last_x):
+                    m.d.sync += [x.eq(0), addr.eq(0), odd_row.eq(~odd_row)]
+            with m.Else():
+                m.d.sync += addr.eq(addr + 1)
+
+        pooled = Signal(layout)
+        for lane in range(self._oc_par):
+            held, new = rd.data[lane], s1_v[lane]
+            m.d.comb += pooled[lane].eq(Mux(s1_first | (new > held), new, held))
+        m.d.comb += [
+            wr.addr.eq(s1_addr),
+            wr.data.eq(pooled),
+            wr.en.eq(en & s1_valid & ~s1_emit & ~s1_drop),
+        ]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(en & s1_valid & s1_emit):
+            m.d.sync += [self.o.payload.eq(pooled), self.o.valid.eq(1)]
+
+        m.d.comb += self.busy.eq(s1_valid | self.o.valid)
+        with m.If(self.start):
+            pairs = self.width[1:]
+            bad = ((self.width < 2) | (self.width > self._max_width) | (self.n_oc_tiles == 0) |
+                   (self.n_oc_tiles > self._max_oc_tiles) | (pairs * self.n_oc_tiles > self._depth) |
+                   self.busy)
+            m.d.sync += [
+                running.eq(~bad), self.error.eq(bad),
+                last_x.eq(self.width - 1), last_t.eq(self.n_oc_tiles - 1),
+                x.eq(0), t.eq(0), odd_row.eq(0), addr.eq(0),
+            ]
+        return m
