@@ -1,0 +1,202 @@
+# amaranth: UnusedElaboratable=no
+# (the bad-parameter tests build DmaBursters whose __init__ raises; amaranth would warn "unused")
+"""DmaBurster in amaranth.sim: window check and 4 KiB burst splitting against the Python models."""
+
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from jacquard.rtl.dma import DmaBurster, check_command, plan_bursts
+from jacquard.sim.isa import ErrorCode
+from jacquard.sim.streams import stream_monitor, stream_put, stream_recv
+
+BASE, LIMIT = 0x1000_0000, 0x1010_0000
+
+
+def random_command(rng: random.Random, data_bytes: int, tag: int, bad: bool = False) -> dict:
+    """A random tile inside [BASE, LIMIT), or (``bad``) one that straddles an edge or is malformed."""
+    inner = data_bytes * rng.choice([1, 2, 3, 7, 16, 17, 33, 64, 200])
+    count1, count2 = rng.randint(1, 4), rng.choice([1, 1, 2, 3])
+    stride1 = inner + data_bytes * rng.randint(0, 40)
+    stride2 = stride1 * count1 + data_bytes * rng.randint(0, 40)
+    span = (count2 - 1) * stride2 + (count1 - 1) * stride1 + inner
+    # Start near a 4 KiB boundary half of the time, so that splitting is exercised.
+    if rng.random() < 0.5:
+        addr = BASE + 4096 * rng.randint(1, 200) - data_bytes * rng.randint(1, 20)
+    else:
+        addr = BASE + data_bytes * rng.randint(0, (LIMIT - BASE - span) // data_bytes)
+    cmd = dict(addr=addr, inner_bytes=inner, count1=count1, stride1=stride1, count2=count2,
+               stride2=stride2, tag=tag)
+    if bad:
+        kind = rng.choice(["below", "straddle_limit", "past", "align", "zero"])
+        if kind == "below":
+            cmd["addr"] = BASE - data_bytes * rng.randint(1, 4)
+        elif kind == "straddle_limit":  # the last row's last beat is the only byte outside
+            cmd["addr"] = LIMIT - span + data_bytes
+        elif kind == "past":
+            cmd["addr"] = LIMIT
+        elif kind == "align":
+            cmd["stride1"] += 4 if data_bytes > 4 else 2
+        else:
+            cmd[rng.choice(["inner_bytes", "count1", "count2"])] = 0
+    return cmd
+
+
+def model(cmd: dict, data_bytes: int) -> ErrorCode:
+    return check_command(**{k: v for k, v in cmd.items() if k != "tag"}, window_base=BASE,
+                         window_limit=LIMIT, data_bytes=data_bytes)
+
+
+def run_burster(cmds: list[dict], *, data_width=64, max_burst=16, seed=1, gap=0.3):
+    """Feed ``cmds``; return (bursts as (addr, beats, last, tag), errors as (code, tag))."""
+    dut = DmaBurster(data_width=data_width, max_burst=max_burst)
+    db = data_width // 8
+    want_bursts = sum(len(plan_bursts(**{k: v for k, v in c.items() if k != "tag"}, data_bytes=db,
+                                      max_burst=max_burst)) for c in cmds if model(c, db) == ErrorCode.NONE)
+    rng = random.Random(seed)
+    errors, got = [], []
+
+    async def sender(ctx):
+        ctx.set(dut.window_base, BASE)
+        ctx.set(dut.window_limit, LIMIT)
+        for c in cmds:
+            while rng.random() < gap:
+                await ctx.tick()
+            await stream_put(ctx, dut.cmd, c)
+            if model(c, db) != ErrorCode.NONE:
+                await ctx.tick().until(dut.error)
+                errors.append((ErrorCode(ctx.get(dut.error_code)), ctx.get(dut.error_tag)))
+                ctx.set(dut.clear, 1)
+                await ctx.tick()
+                ctx.set(dut.clear, 0)
+
+    async def receiver(ctx):
+        for p in await stream_recv(ctx, dut.burst, want_bursts, rng=random.Random(seed + 1), gap=gap):
+            got.append((p.addr, p.len + 1, p.last, p.tag))
+        await ctx.tick().repeat(40)
+        assert not ctx.get(dut.burst.valid), "a burst beyond the expected ones"
+        assert not ctx.get(dut.busy)
+
+    async def monitor(ctx):
+        await stream_monitor(ctx, dut.burst, "burst")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(sender)
+    sim.add_testbench(receiver)
+    sim.add_testbench(monitor, background=True)
+    sim.run()
+    return got, errors
+
+
+def expected(cmds: list[dict], data_bytes: int, max_burst: int):
+    bursts, errors = [], []
+    for c in cmds:
+        code = model(c, data_bytes)
+        if code != ErrorCode.NONE:
+            errors.append((code, c["tag"]))
+            continue
+        plan = plan_bursts(**{k: v for k, v in c.items() if k != "tag"}, data_bytes=data_bytes,
+                           max_burst=max_burst)
+        bursts += [(a, n, int(i == len(plan) - 1), c["tag"]) for i, (a, n) in enumerate(plan)]
+    return bursts, errors
+
+
+def compare(got, want, seed, what):
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):  # lengths checked below
+        assert g == w, f"seed={seed}: {what} {i}: expected {w}, got {g}"
+    assert len(got) == len(want), f"seed={seed}: {len(got)} {what}s, expected {len(want)}"
+
+
+def test_plan_bursts_never_cross_4k():
+    rng = random.Random(3)
+    for _ in range(300):
+        c = random_command(rng, 8, 0)
+        plan = plan_bursts(**{k: v for k, v in c.items() if k != "tag"}, data_bytes=8, max_burst=16)
+        assert sum(n for _, n in plan) == c["count1"] * c["count2"] * c["inner_bytes"] // 8
+        for a, n in plan:
+            assert 1 <= n <= 16 and a // 4096 == (a + 8 * n - 1) // 4096, (c, a, n)
+
+
+@pytest.mark.parametrize("data_width,max_burst,seed", [(64, 16, 1), (32, 16, 2), (128, 8, 3), (64, 256, 4)])
+def test_burster_random(data_width, max_burst, seed):
+    rng = random.Random(seed)
+    db = data_width // 8
+    cmds = [random_command(rng, db, t, bad=rng.random() < 0.25) for t in range(24)]
+    got, errors = run_burster(cmds, data_width=data_width, max_burst=max_burst, seed=seed)
+    want_bursts, want_errors = expected(cmds, db, max_burst)
+    compare(got, want_bursts, seed, "burst")
+    compare(errors, want_errors, seed, "error")
+
+
+def test_burster_4k_edge():
+    # 24 beats starting 3 beats below a 4 KiB boundary: 3, then 16, then 5.
+    cmd = dict(addr=BASE + 4096 - 24, inner_bytes=24 * 8, count1=1, stride1=0, count2=1, stride2=0, tag=5)
+    got, errors = run_burster([cmd], gap=0.0)
+    assert errors == []
+    assert got == [(BASE + 4096 - 24, 3, 0, 5), (BASE + 4096, 16, 0, 5), (BASE + 4096 + 128, 5, 1, 5)]
+
+
+@pytest.mark.parametrize("addr,inner,code", [
+    (LIMIT - 64, 64, ErrorCode.NONE),          # ends exactly at the (exclusive) limit
+    (LIMIT - 56, 64, ErrorCode.WINDOW),        # one beat past the limit
+    (BASE - 8, 64, ErrorCode.WINDOW),          # one beat below the base
+    (BASE, 0, ErrorCode.PARAM_RANGE),
+    (BASE + 4, 64, ErrorCode.MISALIGNED),
+])
+def test_burster_window_edges(addr, inner, code):
+    cmd = dict(addr=addr, inner_bytes=inner, count1=1, stride1=0, count2=1, stride2=0, tag=9)
+    got, errors = run_burster([cmd], gap=0.0)
+    assert errors == ([] if code == ErrorCode.NONE else [(code, 9)])
+    assert (got != []) == (code == ErrorCode.NONE)
+
+
+def test_burster_huge_strides_do_not_wrap():
+    # (count1 - 1) * stride1 wraps 32 bits back into the window; the exact end must refuse it.
+    cmd = dict(addr=BASE, inner_bytes=8, count1=3, stride1=0x8000_0000, count2=1, stride2=0, tag=1)
+    assert model(cmd, 8) == ErrorCode.WINDOW
+    got, errors = run_burster([cmd], gap=0.0)
+    assert got == [] and errors == [(ErrorCode.WINDOW, 1)]
+
+
+def test_burster_abort_keeps_offered_burst():
+    dut = DmaBurster()
+
+    async def tb(ctx):
+        ctx.set(dut.window_base, BASE)
+        ctx.set(dut.window_limit, LIMIT)
+        await stream_put(ctx, dut.cmd, dict(addr=BASE, inner_bytes=4096, count1=4, stride1=4096,
+                                            count2=1, stride2=0, tag=2))
+        await ctx.tick().until(dut.burst.valid)
+        addr = ctx.get(dut.burst.payload.addr)
+        ctx.set(dut.abort, 1)
+        await ctx.tick()
+        ctx.set(dut.abort, 0)
+        # The offered burst stays until taken; then nothing else comes and the burster is idle.
+        assert ctx.get(dut.burst.valid) and ctx.get(dut.burst.payload.addr) == addr
+        ctx.set(dut.burst.ready, 1)
+        await ctx.tick()
+        ctx.set(dut.burst.ready, 0)
+        for _ in range(10):
+            assert not ctx.get(dut.burst.valid)
+            await ctx.tick()
+        assert not ctx.get(dut.busy) and not ctx.get(dut.error)
+        # Reusable at once.
+        await stream_put(ctx, dut.cmd, dict(addr=BASE + 64, inner_bytes=8, count1=1, stride1=0,
+                                            count2=1, stride2=0, tag=3))
+        await ctx.tick().until(dut.burst.valid)
+        assert ctx.get(dut.burst.payload.addr) == BASE + 64 and ctx.get(dut.burst.payload.last)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+@pytest.mark.parametrize("kwargs", [dict(data_width=48), dict(max_burst=12), dict(max_burst=512),
+                                    dict(data_width=128, max_burst=512), dict(addr_width=8),
+                                    dict(tag_width=0)])
+def test_burster_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        DmaBurster(**kwargs)
