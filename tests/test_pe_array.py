@@ -14,17 +14,20 @@ from jacquard.sim.streams import stream_monitor, stream_recv, stream_send
 from jacquard.sim.taps import pack_weights, tap_stream
 
 
-def conv_case(rng: np.random.Generator, c_par: int, oc_par: int, depthwise: bool = False) -> dict:
+def conv_case(rng: np.random.Generator, c_par: int, oc_par: int, depthwise: bool = False,
+              big: bool = False) -> dict:
     """A random conv layer as the PE array sees it: tap beats, weight rows, config and expected accs.
 
     The expected values come from ``golden.conv2d_acc`` with a random bias, minus the host's folded
     bias ``bias - zx * sum(w)``: the PE array computes ``sum(x * w)`` with padding taps at ``zx``.
+    ``big`` makes larger maps, kernels and channel counts (for the slow Verilator runs).
     """
-    kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    kmax, extra, tiles = (6, 12, 5) if big else (4, 3, 3)
+    kh, kw = int(rng.integers(1, kmax)), int(rng.integers(1, kmax))
     stride = int(rng.integers(1, 3))
     pads = tuple(int(rng.integers(0, k)) for k in (kh, kw, kh, kw))
-    h, w = int(rng.integers(kh, kh + 3)), int(rng.integers(kw, kw + 3))
-    cin = c_par * int(rng.integers(1, 3))
+    h, w = int(rng.integers(kh, kh + extra)), int(rng.integers(kw, kw + extra))
+    cin = c_par * int(rng.integers(1, tiles))
     zx = int(rng.integers(-128, 128))
     x = rng.integers(-128, 128, size=(1, h, w, cin), dtype=np.int8)
     if depthwise:
@@ -39,9 +42,9 @@ def conv_case(rng: np.random.Generator, c_par: int, oc_par: int, depthwise: bool
     oh, ow = want.shape[1:3]
     if depthwise:
         n_tiles = cin // c_par
-        # Per position, per channel tile, the KH*KW taps of that tile only.
-        taps, _, _ = tap_stream(x, zx, kh, kw, stride, pads, cin, 1)
-        taps = taps.reshape(oh * ow, kh * kw, n_tiles, c_par).transpose(0, 2, 1, 3).reshape(-1, c_par)
+        # Per position, per channel tile, the KH*KW taps of that tile only (the line buffer's
+        # window is sent once; the PE array's n_oc_tiles counts channel tiles).
+        taps, _, _ = tap_stream(x, zx, kh, kw, stride, pads, c_par, 1, depthwise=True)
         per_acc = kh * kw
         # Diagonal blocks; the off-diagonal weights are random garbage the array must ignore.
         blocks = rng.integers(-128, 128, size=(n_tiles, kh, kw, oc_par, c_par), dtype=np.int8)
