@@ -34,7 +34,7 @@ from .golden_numerics import (
     requant_multiplier,
     requantize,
 )
-from .golden_pool import avg_pool, global_avg_pool, max_pool, pool_output_size
+from .golden_pool import auto_pads, avg_pool, global_avg_pool, max_pool, pool_output_size
 
 __all__ = [
     "INT8_MAX",
@@ -43,6 +43,7 @@ __all__ = [
     "MAX_STRIDE",
     "add",
     "apply_lut",
+    "auto_pads",
     "avg_pool",
     "build_lut",
     "conv2d_acc",

@@ -18,7 +18,7 @@ from .golden_numerics import (
     dequantize,
 )
 
-__all__ = ["avg_pool", "global_avg_pool", "max_pool", "pool_output_size"]
+__all__ = ["auto_pads", "avg_pool", "global_avg_pool", "max_pool", "pool_output_size"]
 
 _MAX_KERNEL, _MAX_STRIDE = 7, 4
 
@@ -37,6 +37,31 @@ def pool_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_en
     if (out - 1) * stride >= size + pad_begin:
         out -= 1
     return out
+
+
+def auto_pads(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+              auto_pad: str) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) pads for ONNX's ``auto_pad`` attribute.
+
+    ``SAME_UPPER``/``SAME_LOWER`` give ``ceil(size / stride)`` outputs, the odd pad going to the end
+    (upper) or the beginning (lower); ``VALID`` and ``NOTSET`` give no padding.
+
+    Raises
+    ------
+    ValueError
+        On another ``auto_pad`` value.
+    """
+    if auto_pad in ("VALID", "NOTSET"):
+        return (0, 0, 0, 0)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"auto_pad must be NOTSET, VALID, SAME_UPPER or SAME_LOWER, not {auto_pad!r}")
+    begin, end = [], []
+    for n, k, s in zip(size, kernel, stride, strict=True):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else big)
+        end.append(big if auto_pad == "SAME_UPPER" else small)
+    return (begin[0], begin[1], end[0], end[1])
 
 
 def _pool_args(x, kernel, stride, pads, ceil_mode):
