@@ -47,6 +47,7 @@ __all__ = [
     "ISA_VERSION",
     "MAX_KERNEL",
     "MAX_STRIDE",
+    "NO_FIELD",
     "PROGRAM_MAGIC",
     "DescriptorError",
     "ErrorCode",
@@ -62,6 +63,7 @@ __all__ = [
     "check_regions",
     "conv_out_size",
     "descriptor_layout",
+    "field_index",
     "fold_bias",
     "header_layout",
     "isa_markdown",
@@ -368,6 +370,16 @@ HEADER_FIELDS: tuple[Field, ...] = (
 )
 
 _FIELD_BY_NAME = {f.name: f for f in DESCRIPTOR_FIELDS}
+#: ``ERROR_FIELD`` value when an error has no field.
+NO_FIELD = 0xFF
+
+
+def field_index(name: str | None) -> int:
+    """Index of field ``name`` in :data:`DESCRIPTOR_FIELDS` (as in ``ERROR_FIELD``), or NO_FIELD."""
+    for i, f in enumerate(DESCRIPTOR_FIELDS):
+        if f.name == name:
+            return i
+    return NO_FIELD
 
 
 def _check_table(fields: Sequence[Field], words: int) -> None:

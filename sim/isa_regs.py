@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from jacquard.sim.isa import ISA_VERSION, ErrorCode, HardwareConfig
+from jacquard.sim.isa import (
+    DESCRIPTOR_FIELDS,
+    ISA_VERSION,
+    NO_FIELD,
+    DescriptorError,
+    ErrorCode,
+    HardwareConfig,
+    IsaError,
+    ProgramError,
+)
 
 __all__ = [
     "CORE_ID",
@@ -24,6 +33,7 @@ __all__ = [
     "Register",
     "register",
     "registers_markdown",
+    "status_error",
 ]
 
 #: Value of the ID register: the bytes ``b"JQCD"`` read as a little-endian uint32.
@@ -243,3 +253,36 @@ def registers_markdown() -> list[str]:
         reset = "config" if r.config is not None else f"`{r.reset:#x}`"
         lines.append(f"| `{r.offset:#04x}` | {r.name} | {r.access.value} | {reset} | {fields} | {r.doc} |")
     return lines
+
+
+#: ``STATUS.desc_index`` of an error in the program header rather than a descriptor.
+HEADER_INDEX = 0xFFFF
+_HEADER_CODES = (ErrorCode.BAD_MAGIC, ErrorCode.BAD_VERSION, ErrorCode.BAD_CONFIG, ErrorCode.BAD_LENGTH)
+
+
+def status_error(status: int, error_field: int = NO_FIELD, error_addr: int = 0) -> IsaError | None:
+    """The exception the executor would raise for the error a core reports, or None if there is none.
+
+    Lets the ``sim`` and board backends raise the same :class:`DescriptorError` (same ``code``,
+    ``index``, ``field`` and ``address``) or :class:`ProgramError` as the ``emu`` backend.
+
+    Parameters
+    ----------
+    status, error_field, error_addr : int
+        The STATUS, ERROR_FIELD and ERROR_ADDR register words.
+    """
+    st = register("STATUS").unpack(status)
+    if not st["error"]:
+        return None
+    try:
+        code = ErrorCode(st["error_code"])
+    except ValueError:
+        return IsaError(f"core reported unknown error code {st['error_code']}", ErrorCode.NONE)
+    if st["desc_index"] == HEADER_INDEX or code in _HEADER_CODES:
+        return ProgramError(f"core refused the program header: {code.name}", code, 0, 0)
+    name = DESCRIPTOR_FIELDS[error_field].name if error_field < len(DESCRIPTOR_FIELDS) else None
+    address = error_addr if code in (ErrorCode.WINDOW, ErrorCode.OVERLAP, ErrorCode.MISALIGNED,
+                                     ErrorCode.BUS_ERROR) else None
+    where = f" ({name}" + (f" at {address:#x}" if address is not None else "") + ")" if name else ""
+    return DescriptorError(f"core stopped with {code.name}{where}", code, index=st["desc_index"],
+                           field=name, address=address)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jacquard.sim import golden, taps
 from jacquard.sim.isa import (
@@ -19,6 +21,7 @@ from jacquard.sim.isa import (
     DESCRIPTOR_WORDS,
     HEADER_FIELDS,
     ISA_VERSION,
+    NO_FIELD,
     PROGRAM_MAGIC,
     DescriptorError,
     ErrorCode,
@@ -29,6 +32,7 @@ from jacquard.sim.isa import (
     check_descriptor,
     check_regions,
     descriptor_layout,
+    field_index,
     fold_bias,
     header_layout,
     isa_markdown,
@@ -45,7 +49,7 @@ from jacquard.sim.isa import (
     unpack_weights,
     weights_size,
 )
-from jacquard.sim.isa_regs import CORE_ID, REGISTERS, Access, register
+from jacquard.sim.isa_regs import CORE_ID, REGISTERS, Access, register, status_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = CONFIGS["sim-small"]
@@ -83,6 +87,24 @@ def test_descriptor_round_trip(seed):
         back = LayerDescriptor.decode(words)
         assert back == d, f"seed={seed} case {k}: {d} decoded as {back}"
         assert LayerDescriptor.from_bytes(d.to_bytes()) == d, f"seed={seed} case {k}"
+
+
+def field_strategy(f):
+    if f.kind == "op":
+        return st.sampled_from(list(Op))
+    if f.kind == "bool":
+        return st.booleans()
+    if f.kind == "f32":
+        return st.floats(width=32, allow_nan=False)
+    lo, hi = f.bounds()
+    return st.integers(lo, hi)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries({f.name: field_strategy(f) for f in DESCRIPTOR_FIELDS}))
+def test_descriptor_round_trip_hypothesis(values):
+    d = LayerDescriptor(**values)
+    assert LayerDescriptor.decode(d.encode()) == d
 
 
 def test_descriptor_layout_matches_field_table():
@@ -487,3 +509,18 @@ def test_markdown_cli():
         assert f"`{f.name}`" in out
     for r in REGISTERS:
         assert f"| {r.name} |" in out
+
+
+def test_status_error_mirrors_executor_errors():
+    status = register("STATUS")
+    assert status_error(status.pack(done=1)) is None
+    e = status_error(status.pack(error=1, error_code=int(ErrorCode.WINDOW), desc_index=2),
+                     field_index("out_addr"), 0x1234)
+    assert isinstance(e, DescriptorError)
+    assert (e.code, e.index, e.field, e.address) == (ErrorCode.WINDOW, 2, "out_addr", 0x1234)
+    assert str(e) == "descriptor 2: core stopped with WINDOW (out_addr at 0x1234)"
+    e = status_error(status.pack(error=1, error_code=int(ErrorCode.BAD_CONFIG), desc_index=0xFFFF))
+    assert isinstance(e, ProgramError) and e.code == ErrorCode.BAD_CONFIG
+    e = status_error(status.pack(error=1, error_code=int(ErrorCode.ABORTED), desc_index=1))
+    assert (e.code, e.index, e.field) == (ErrorCode.ABORTED, 1, None)
+    assert field_index("op") == 0 and field_index(None) == NO_FIELD
