@@ -98,11 +98,11 @@ def _conv_args(x, x_zero_point, w, bias, stride, pads, groups):
     return zx, kernel, stride, pads, (n, oh, ow, cout)
 
 
-def _padded_centered(x: np.ndarray, zx: int, pads) -> np.ndarray:
-    """``x - zx`` as int32 with the padding rows and columns (filled with ``zx``) as zeros."""
+def _padded_centered(x: np.ndarray, zx: int, pads, dtype) -> np.ndarray:
+    """``x - zx`` (exact in int32 or float32) with the padding (filled with ``zx``) as zeros."""
     t, l, b, r = pads
-    xc = np.zeros((x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3]), dtype=np.int32)
-    xc[:, t:t + x.shape[1], l:l + x.shape[2], :] = x.astype(np.int32) - zx
+    xc = np.zeros((x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3]), dtype=dtype)
+    np.subtract(x, dtype(zx), out=xc[:, t:t + x.shape[1], l:l + x.shape[2], :], dtype=dtype)
     return xc
 
 
@@ -141,7 +141,10 @@ def conv2d_acc(x: np.ndarray, x_zero_point: int, w: np.ndarray, bias: np.ndarray
     """
     zx, (kh, kw), (sh, sw), pads, out_shape = _conv_args(x, x_zero_point, w, bias, stride, pads, groups)
     n, oh, ow, cout = out_shape
-    xc = _padded_centered(x, zx, pads)
+    terms = kh * kw * w.shape[3]
+    # |acc| <= |bias| + terms * 255 * 128: when that fits int32, no overflow check is needed.
+    fits = int(np.abs(bias.astype(np.int64)).max(initial=0)) + terms * 255 * 128 <= np.iinfo(np.int32).max
+    xc = _padded_centered(x, zx, pads, np.float32 if groups == 1 else np.int32)
 
     def tap(i: int, j: int) -> np.ndarray:
         return xc[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
@@ -155,21 +158,26 @@ def conv2d_acc(x: np.ndarray, x_zero_point: int, w: np.ndarray, bias: np.ndarray
                 cols[:, :, :, i, j, :] = tap(i, j)
         cols = cols.reshape(n * oh * ow, kh * kw * c)
         wt = w.reshape(cout, kh * kw * c).T.astype(np.float32)
-        acc = np.zeros((n * oh * ow, cout), dtype=np.int64)
-        for k0 in range(0, kh * kw * c, _EXACT_F32_TERMS):
+        acc_type = np.int32 if fits else np.int64
+        acc = (cols[:, :_EXACT_F32_TERMS] @ wt[:_EXACT_F32_TERMS]).astype(acc_type)
+        for k0 in range(_EXACT_F32_TERMS, terms, _EXACT_F32_TERMS):
             k1 = k0 + _EXACT_F32_TERMS
-            acc += (cols[:, k0:k1] @ wt[k0:k1]).astype(np.int64)
+            acc += (cols[:, k0:k1] @ wt[k0:k1]).astype(acc_type)
         acc = acc.reshape(out_shape)
     else:
         mult = cout // x.shape[3]
         if mult > 1:
             xc = np.repeat(xc, mult, axis=3)
-        acc = np.zeros(out_shape, dtype=np.int64)
-        wd = w[:, :, :, 0].astype(np.int64)
+        acc_type = np.int32 if fits else np.int64
+        acc = np.zeros(out_shape, dtype=acc_type)
+        wd = w[:, :, :, 0].astype(acc_type)
         for i in range(kh):
             for j in range(kw):
                 acc += tap(i, j) * wd[:, i, j]
-    acc += bias
+    if fits:
+        acc += bias
+        return acc
+    acc = acc.astype(np.int64) + bias
     if acc.size and (acc.min() < np.iinfo(np.int32).min or acc.max() > np.iinfo(np.int32).max):
         raise ValueError(f"accumulator overflows int32 (range {acc.min()}..{acc.max()}); "
                          "the layer has too many taps for int32 accumulation")
