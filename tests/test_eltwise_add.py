@@ -1,0 +1,223 @@
+# amaranth: UnusedElaboratable=no
+"""EltwiseAdd in amaranth.sim against golden.add: random and adversarial scales, random gaps, errors."""
+# (first line: the bad-parameter test builds EltwiseAdds whose __init__ raises; amaranth warns "unused")
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Cat, Module, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from jacquard.rtl.eltwise_add import FMA_STAGES, EltwiseAdd, _decode, _fma, _Pipe
+from jacquard.sim import golden
+from jacquard.sim.golden_numerics import _fma_f32
+from jacquard.sim.streams import stream_monitor, stream_recv, stream_send
+
+F32 = np.float32
+
+
+def add_params(sa: float, za: int, sb: float, zb: int, sy: float, zy: int) -> dict:
+    """The unit's configuration, computed in float32 exactly as golden.add builds its constants."""
+    ra, rb = F32(sa) / F32(sy), F32(sb) / F32(sy)
+    k = F32(zy) - _fma_f32(ra, F32(za), rb * F32(zb))
+    bits = [int(np.array(v, dtype=F32).view(np.uint32)) for v in (ra, rb, k)]
+    return dict(zip(("ra", "rb", "k"), bits, strict=True))
+
+
+def random_quant(rng: np.random.Generator) -> tuple:
+    """Scales and zero points: mostly realistic, sometimes with ratios far from 1 or equal scales."""
+    kind = rng.integers(0, 4)
+    sy = F32(rng.uniform(0.005, 0.2))
+    if kind == 0:
+        sa, sb = F32(rng.uniform(0.005, 0.2)), F32(rng.uniform(0.005, 0.2))
+    elif kind == 1:
+        sa = sb = sy  # ratios exactly 1: many exact ties in the final rounding
+    elif kind == 2:
+        sa, sb = sy * F32(2.0 ** rng.integers(-3, 4)), sy * F32(rng.uniform(0.5, 2))
+    else:
+        sa, sb = sy * F32(rng.uniform(20, 1000)), sy * F32(rng.uniform(1e-4, 1e-2))  # saturating / tiny
+    za, zb, zy = (int(rng.integers(-128, 128)) for _ in range(3))
+    return float(sa), za, float(sb), zb, float(sy), zy
+
+
+def run_add(dut: EltwiseAdd, cfg: dict, a: np.ndarray, b: np.ndarray, seed: int, gap: float) -> np.ndarray:
+    c_par = dut.c_par
+    beats_a = [[int(v) for v in row] for row in a.reshape(-1, c_par)]
+    beats_b = [[int(v) for v in row] for row in b.reshape(-1, c_par)]
+    got = []
+
+    async def put_a(ctx):
+        for name, value in cfg.items():
+            ctx.set(getattr(dut, name), value)
+        await stream_send(ctx, dut.a, beats_a, rng=random.Random(seed + 1), gap=gap)
+
+    async def put_b(ctx):
+        await stream_send(ctx, dut.b, beats_b, rng=random.Random(seed + 2), gap=gap)
+
+    async def get(ctx):
+        got.extend(await stream_recv(ctx, dut.o, len(beats_a), rng=random.Random(seed + 3), gap=gap))
+
+    async def monitor(ctx):
+        await stream_monitor(ctx, dut.o, "add.o")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for tb in (put_a, put_b, get):
+        sim.add_testbench(tb)
+    sim.add_testbench(monitor, background=True)
+    sim.run()
+    return np.array([[int(v) for v in beat] for beat in got], dtype=np.int8).reshape(a.shape)
+
+
+def check(got: np.ndarray, want: np.ndarray, a, b, seed: int, q) -> None:
+    bad = np.argwhere(got != want)
+    if bad.size:
+        i = tuple(bad[0])
+        raise AssertionError(f"seed={seed} quant={q}: first mismatch at {i} (a={a[i]}, b={b[i]}): "
+                             f"expected {want[i]}, got {got[i]} ({len(bad)} differ)")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_eltwise_add_random(seed):
+    rng = np.random.default_rng(seed)
+    c_par = [1, 2, 4][seed % 3]
+    q = random_quant(rng)
+    a = rng.integers(-128, 128, size=(24, c_par), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(24, c_par), dtype=np.int8)
+    want = golden.add(a, q[0], q[1], b, q[2], q[3], q[4], q[5])
+    got = run_add(EltwiseAdd(c_par), add_params(*q), a, b, seed, gap=0.3)
+    check(got, want, a, b, seed, q)
+
+
+def test_eltwise_add_all_pairs_one_quant():
+    # Every (a, b) pair on a slice of the grid, with ratios exactly 1 and 0.5 (dense exact ties).
+    q = (0.05, 3, 0.025, -7, 0.05, 1)
+    grid = np.arange(-128, 128, 3, dtype=np.int8)
+    a, b = (g.reshape(-1, 4) for g in np.meshgrid(grid, grid[::5]))
+    a, b = a.astype(np.int8), b.astype(np.int8)
+    want = golden.add(a, q[0], q[1], b, q[2], q[3], q[4], q[5])
+    check(run_add(EltwiseAdd(4), add_params(*q), a, b, 9, gap=0.0), want, a, b, 9, q)
+
+
+def test_eltwise_add_clamp_fuses_relu():
+    rng = np.random.default_rng(7)
+    q = (0.03, 0, 0.04, 0, 0.05, -10)
+    a = rng.integers(-128, 128, size=(16, 2), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(16, 2), dtype=np.int8)
+    want = np.maximum(golden.add(a, *q[:2], b, *q[2:]), -10)
+    got = run_add(EltwiseAdd(2), {**add_params(*q), "lo": -10, "hi": 127}, a, b, 7, gap=0.2)
+    check(got, want, a, b, 7, q)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("ra", 0x7F800000),   # inf
+    ("rb", 0x7FC00000),   # NaN
+    ("ra", 0),            # zero ratio
+    ("rb", 0x00000001),   # denormal
+    ("ra", 0x5F800000),   # 2^64: too large
+    ("k", 0x1F000000),    # 2^-65: nonzero and too small
+    ("lo", 5),            # lo > hi
+])
+def test_eltwise_add_refuses_bad_config(field, value):
+    dut = EltwiseAdd(1)
+    cfg = {**add_params(0.1, 0, 0.1, 0, 0.1, 0), "hi": 4, field: value}
+    if field != "lo":
+        cfg["hi"] = 127
+
+    async def tb(ctx):
+        for name, v in cfg.items():
+            ctx.set(getattr(dut, name), v)
+        ctx.set(dut.a.valid, 1)
+        ctx.set(dut.b.valid, 1)
+        for _ in range(3):
+            await ctx.tick()
+            assert ctx.get(dut.error) == 1
+            assert ctx.get(dut.a.ready) == 0 and ctx.get(dut.b.ready) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+@pytest.mark.parametrize(("arg", "exc"), [(0, ValueError), (65, ValueError), (2.0, TypeError)])
+def test_eltwise_add_bad_parameters(arg, exc):
+    with pytest.raises(exc):
+        EltwiseAdd(arg)
+
+
+class _FmaHarness(wiring.Component):
+    """Exposes one exact FMA datapath: ``RNE24(n * mul + add)`` as float32 bits (``zero`` separate)."""
+
+    n: In(signed(8))
+    mul: In(32)
+    add: In(32)
+    result: Out(32)
+    zero: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        mul, _, _ = _decode(m, self.mul, "mul")
+        add, _, _ = _decode(m, self.add, "add")
+        r = _fma(_Pipe(m, 1), self.n, mul, add, "h")
+        m.d.comb += [self.result.eq(Cat(r.mant[:23], (r.elsb + 23 + 127)[:8], r.sign)),
+                     self.zero.eq(r.zero)]
+        return m
+
+
+def fma_operands(rng: np.random.Generator, count: int):
+    """int8 n, multipliers and addends in [2^-64, 2^64), with exponent gaps from 0 to beyond 31 bits
+    and cancelling signs, so that the far-operand sticky path and exact ties are exercised."""
+    n = rng.integers(-128, 128, size=count).astype(np.int8)
+    mul = (rng.uniform(1, 2, count) * 2.0 ** rng.integers(-20, 21, count)).astype(F32)
+    gap = rng.integers(-45, 46, count)
+    add = (np.abs(n.astype(np.float64)) * mul * 2.0 ** gap * rng.choice([-1, 1], count)).astype(F32)
+    # Half of the addends are exactly minus the product rounded: massive cancellation.
+    cancel = rng.random(count) < 0.25
+    add = np.where(cancel, -(n.astype(F32) * mul), add).astype(F32)
+    # A quarter are exact ties of n * mul at 24 bits with an addend 32..45 bits below, whose sign
+    # alone decides the rounding (the datapath's "far operand as sticky" path).
+    tn = rng.integers(-128, 128, size=20 * count)
+    tm = rng.integers(1 << 23, 1 << 24, size=20 * count)
+    prod = np.abs(tn) * tm
+    drop = np.maximum(np.floor(np.log2(np.maximum(prod, 1))).astype(np.int64) + 1 - 24, 0)
+    tie = (drop >= 1) & ((prod & ((1 << drop) - 1)) == (1 << np.maximum(drop - 1, 0)))
+    tn, tm = tn[tie][:count // 4], tm[tie][:count // 4]
+    k = len(tn)
+    n[:k] = tn
+    mul[:k] = (tm * 2.0 ** (rng.integers(-20, 0, k) - 23)).astype(F32)
+    far = np.abs(tn * mul[:k].astype(np.float64)) * 2.0 ** -rng.integers(32, 46, k) * rng.choice([-1, 1], k)
+    add[:k] = far.astype(F32)
+    add = np.where((add == 0) | (np.abs(add) < 2.0**-64), F32(0), add).astype(F32)
+    return n, mul, add
+
+
+def test_fma_datapath_exact():
+    rng = np.random.default_rng(99)
+    n, mul, add = fma_operands(rng, 400)
+    want = _fma_f32(n.astype(F32), mul, add)
+    dut = _FmaHarness()
+    got = []
+
+    async def tb(ctx):
+        for i in range(len(n) + FMA_STAGES):
+            if i < len(n):
+                ctx.set(dut.n, int(n[i]))
+                ctx.set(dut.mul, int(mul[i:i + 1].view(np.uint32)[0]))
+                ctx.set(dut.add, int(add[i:i + 1].view(np.uint32)[0]))
+            await ctx.tick()
+            if i >= FMA_STAGES - 1 and len(got) < len(n):
+                bits = np.array([ctx.get(dut.result)], dtype=np.uint32).view(F32)[0]
+                got.append(F32(0) if ctx.get(dut.zero) else bits)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    got = np.array(got, dtype=F32)
+    bad = np.flatnonzero(got != want)
+    assert not bad.size, (f"seed=99: first mismatch at {bad[0]}: fma({n[bad[0]]}, {mul[bad[0]]!r}, "
+                          f"{add[bad[0]]!r}) expected {want[bad[0]]!r}, got {got[bad[0]]!r} ({bad.size} bad)")
