@@ -350,9 +350,15 @@ def quantize_float_model(
             batches = _ArrayReader(inp.name, data, shape[0])._batches
             sim_quantize(src, [{inp.name: b} for b in batches], dst, per_channel=per_channel)
         else:
-            quantize_static(src, dst, _ArrayReader(inp.name, data, shape[0]), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            per_channel=per_channel)
+            quantize_static(
+                src,
+                dst,
+                _ArrayReader(inp.name, data, shape[0]),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+            )
         return onnx.load(dst)
 
 
@@ -365,6 +371,10 @@ def _ort_fold_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.optimized_model_filepath = path
+        # The session's own options, so the folding is what onnxruntime runs. On x86 it rewrites int8
+        # activations to uint8 (zero point + 128): the same integers, held as int8 in the IR. Its u8 x s8
+        # kernels equal int8 x int8 on CPUs with VNNI; without VNNI they can saturate (the uint8 caveat
+        # of docs/CONFORMANCE.md).
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         return onnx.load(path)
 
@@ -418,8 +428,13 @@ class _Converter:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.types[name][0]
 
-    def dtype(self, name: str) -> str:
+    def onnx_dtype(self, name: str) -> str:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self.types[name][1])).name
+
+    def dtype(self, name: str) -> str:
+        """The IR dtype: uint8 activations are held as int8 (see :class:`ir.Tensor`)."""
+        raw = self.onnx_dtype(name)
+        return "int8" if raw == "uint8" else raw
 
     def const(self, name: str) -> np.ndarray | None:
         return self.inits.get(name) if name else None
@@ -428,12 +443,12 @@ class _Converter:
         """(scale, zero point) of a per-tensor int8 quantization given by constants, else None."""
         s = self.const(scale_name)
         z = self.const(zp_name) if zp_name else np.int8(0)
-        if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype != np.int8:
+        if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in (np.int8, np.uint8):
             return None
         s = _F32(s.reshape(()))
         if not np.isfinite(s) or s <= 0:
             return None
-        return float(s), int(z.reshape(()))
+        return float(s), int(z.reshape(())) - (128 if z.dtype == np.uint8 else 0)
 
     def add_tensor(
         self, name: str, dtype: str, q: tuple[float, int] | None = None, shape: tuple[int, ...] | None = None
@@ -441,8 +456,9 @@ class _Converter:
         if name in self.graph.tensors:
             return
         scale, zp = q if q is not None else (None, None)
+        raw = self.onnx_dtype(name) if name in self.types else dtype
         self.graph.tensors[name] = ir.Tensor(
-            name, shape if shape is not None else self.shape(name), dtype, scale, zp
+            name, shape if shape is not None else self.shape(name), dtype, scale, zp, onnx_dtype=raw
         )
 
     def cpu(self, node: onnx.NodeProto, reason: str) -> None:
@@ -525,6 +541,10 @@ class _Converter:
         return self.graph
 
     def convert(self, node: onnx.NodeProto) -> None:
+        if all(i in self.inits for i in node.input if i):
+            # A constant computation (e.g. a dequantized bias): onnxruntime computes it with its users.
+            self.cpu(node, "constant")
+            return
         domain_ok = node.domain in ("", "ai.onnx", "com.microsoft")
         handler = getattr(self, f"op_{node.op_type}", None)
         if not domain_ok or handler is None:
@@ -672,8 +692,9 @@ class _Converter:
         zw = self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else np.int8(0)
         if w is None or w.dtype != np.int8 or w.ndim != 2:
             return "weights are not a 2-D int8 constant"
-        if zx is None or zx.size != 1 or zx.dtype != np.int8:
-            return "input zero point is not a per-tensor int8 constant"
+        if zx is None or zx.size != 1 or zx.dtype not in (np.int8, np.uint8):
+            return "input zero point is not a per-tensor 8-bit constant"
+        zx = np.int16(zx.reshape(())) - (128 if zx.dtype == np.uint8 else 0)
         if zw is None or np.any(zw != 0):
             return "weight zero point is not 0"
         self.emit(
@@ -684,7 +705,7 @@ class _Converter:
                 (node.name,),
                 weight=np.ascontiguousarray(w.T),
                 bias=np.zeros(w.shape[1], np.int32),
-                x_zero_point=int(zx.reshape(())),
+                x_zero_point=int(zx),
                 w_scale=np.ones(w.shape[1], _F32),
                 requant=False,
             ),
@@ -733,6 +754,9 @@ class _Converter:
         xq, yq = self.scalar_q(node.input[1], node.input[2]), self.scalar_q(node.input[3], node.input[4])
         if xq is None or yq is None or self.dtype(x) != "int8":
             return "activations are not per-tensor int8"
+        if self.onnx_dtype(x) == "uint8":
+            # Measured: onnxruntime's uint8 kernel differs by one step from its int8 kernel (the golden op).
+            return "uint8 average pool (onnxruntime's uint8 kernel is not the golden int8 one)"
         geo, why = self._pool_geometry(node, x)
         if why:
             return why
@@ -815,7 +839,15 @@ class _Converter:
         return None
 
     def _lut_node(self, node, x, xq, yq):
-        lut = _tabulate(self.model, [node], x, node.output[0], self.shape(x), self.inits, "int8")
+        lut = _tabulate(
+            self.model,
+            [node],
+            x,
+            node.output[0],
+            self.shape(x),
+            self.inits,
+            (self.onnx_dtype(x) == "uint8", self.onnx_dtype(node.output[0]) == "uint8"),
+        )
         if isinstance(lut, str):
             return lut
         self.quant.setdefault(x, xq)
@@ -923,7 +955,8 @@ class _Converter:
         run = [dq, head, *ew[1:], tail] if len(ew) > 1 else [dq, head, tail]
         if len(ew) == 1:
             tail.input[0] = head.output[0]
-        lut = _tabulate(self.model, run, dq.output[0], q.output[0], lut_in_shape, self.inits, "float", dq=dq)
+        u8 = (self.onnx_dtype(dq.input[0]) == "uint8", self.onnx_dtype(q.output[0]) == "uint8")
+        lut = _tabulate(self.model, run, dq.output[0], q.output[0], lut_in_shape, self.inits, u8, dq=dq)
         if isinstance(lut, str):
             for node in chain:
                 self.convert(node)
@@ -977,10 +1010,13 @@ def _tabulate(
     y: str,
     x_shape: tuple[int, ...],
     inits: dict[str, np.ndarray],
-    kind: str,
+    u8: tuple[bool, bool],
     dq: onnx.NodeProto | None = None,
 ) -> np.ndarray | str:
-    """Run ``nodes`` (int8 ``x`` -> int8 ``y``, element-wise) in onnxruntime on all 256 inputs.
+    """Run ``nodes`` (8-bit ``x`` -> 8-bit ``y``, element-wise) in onnxruntime on all 256 inputs.
+
+    ``u8`` tells whether the input and the output are uint8 in the model; the table is always on
+    the int8 view (uint8 values shifted by -128).
 
     Returns the table, ``(256,)`` or ``(C, 256)`` along ONNX axis 1, or a reason string if the
     constants broadcast along another axis.
@@ -1008,12 +1044,15 @@ def _tabulate(
     shape[value_axis] = 256
     values = np.arange(-128, 128, dtype=np.int8).reshape([256 if i == value_axis else 1 for i in range(rank)])
     feed = np.ascontiguousarray(np.broadcast_to(values, shape))
+    if u8[0]:
+        feed = (feed.astype(np.int16) + 128).astype(np.uint8)
+    types = tuple(TensorProto.UINT8 if u else TensorProto.INT8 for u in u8)
     used = {i for n in nodes for i in n.input if i in inits}
     g = helper.make_graph(
         list(nodes),
         "lut",
-        [helper.make_tensor_value_info(src, TensorProto.INT8, shape)],
-        [helper.make_tensor_value_info(y, TensorProto.INT8, None)],
+        [helper.make_tensor_value_info(src, types[0], shape)],
+        [helper.make_tensor_value_info(y, types[1], None)],
         [numpy_helper.from_array(inits[i], i) for i in sorted(used)],
     )
     m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
@@ -1022,6 +1061,8 @@ def _tabulate(
         out = sess.run([y], {src: feed})[0]
     except Exception as exc:  # onnxruntime raises its own Fail/NotImplemented types
         return f"onnxruntime cannot tabulate it on int8 ({str(exc).splitlines()[0]})"
+    if u8[1]:
+        out = (out.astype(np.int16) - 128).astype(np.int8)
     table = (
         np.moveaxis(out.reshape(shape), value_axis, -1).reshape(-1, 256)[:c]
         if rank >= 2

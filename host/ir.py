@@ -67,6 +67,9 @@ class Tensor:
         Quantization of an int8 tensor (``None`` for float and int32 tensors).
     perm : tuple of int
         Device layout: the IR's array is ``onnx_array.transpose(perm)``.
+    onnx_dtype : str
+        The dtype in the ONNX model, if not ``dtype``: a ``"uint8"`` tensor (zero point ``z``) is held
+        as int8 with zero point ``z - 128`` (the same integers ``x - z``, shifted by 128).
     """
 
     name: str
@@ -75,9 +78,11 @@ class Tensor:
     scale: float | None = None
     zero_point: int | None = None
     perm: tuple[int, ...] = ()
+    onnx_dtype: str = ""
 
     def __post_init__(self):
         self.dtype = np.dtype(self.dtype).name
+        self.onnx_dtype = np.dtype(self.onnx_dtype or self.dtype).name
         self.onnx_shape = tuple(int(d) for d in self.onnx_shape)
         if not self.perm:
             self.perm = tuple(range(len(self.onnx_shape)))
@@ -95,11 +100,17 @@ class Tensor:
 
     def to_device(self, onnx_value: np.ndarray) -> np.ndarray:
         """The device array of an ONNX-layout value."""
-        return np.ascontiguousarray(np.asarray(onnx_value).transpose(self.perm))
+        v = np.asarray(onnx_value)
+        if self.onnx_dtype == "uint8" and self.dtype == "int8":
+            v = (v.astype(np.int16) - 128).astype(np.int8)
+        return np.ascontiguousarray(v.transpose(self.perm))
 
     def to_onnx(self, device_value: np.ndarray) -> np.ndarray:
         """The ONNX-layout value of a device array."""
-        return np.ascontiguousarray(np.asarray(device_value).transpose(np.argsort(self.perm)))
+        v = np.asarray(device_value)
+        if self.onnx_dtype == "uint8" and self.dtype == "int8":
+            v = (v.astype(np.int16) + 128).astype(np.uint8)
+        return np.ascontiguousarray(v.transpose(np.argsort(self.perm)))
 
 
 @dataclass

@@ -271,7 +271,7 @@ def _cpu_model(
     def info(name):
         t = tensors[name]
         return helper.make_tensor_value_info(
-            name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.onnx_shape)
+            name, helper.np_dtype_to_tensor_dtype(np.dtype(t.onnx_dtype)), list(t.onnx_shape)
         )
 
     g = helper.make_graph(
