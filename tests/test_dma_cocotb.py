@@ -34,6 +34,7 @@ class DmaPair(wiring.Component):
             "rd_abort": In(1), "wr_abort": In(1), "clear": In(1),
             "rd_error": Out(1), "rd_error_code": Out(ErrorCode), "rd_error_tag": Out(16), "rd_busy": Out(1),
             "wr_error": Out(1), "wr_error_code": Out(ErrorCode), "wr_error_tag": Out(16), "wr_busy": Out(1),
+            "bytes_read": Out(range(data_width // 8 + 1)), "bytes_written": Out(range(data_width // 8 + 1)),
         })
 
     def elaborate(self, platform) -> Module:
@@ -57,6 +58,7 @@ class DmaPair(wiring.Component):
             self.rd_error_tag.eq(rd.error_tag), self.rd_busy.eq(rd.busy),
             self.wr_error.eq(wr.error), self.wr_error_code.eq(wr.error_code),
             self.wr_error_tag.eq(wr.error_tag), self.wr_busy.eq(wr.busy),
+            self.bytes_read.eq(rd.bytes_read), self.bytes_written.eq(wr.bytes_written),
         ]
         return m
 
@@ -70,7 +72,7 @@ def _verilator_pch(monkeypatch):
 def run(simulator, data_width=64, max_outstanding=4, testcase=None, **parameters):
     run_cocotb(DmaPair(data_width, 16, max_outstanding), "cocotb_dma", simulator=simulator,
                test_dir=COCOTB_DIR, name=f"dma_{data_width}_{max_outstanding}", testcase=testcase,
-               parameters=parameters)
+               parameters={"max_outstanding": max_outstanding, **parameters})
 
 
 def test_dma_icarus():

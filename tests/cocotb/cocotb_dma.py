@@ -38,6 +38,9 @@ class TB:
         self.nbytes = len(dut.m_axi__wdata) // 8
         self.cycle = 0
         self.bursts = []          # (channel, addr, beats) of every AR/AW handshake
+        self.max_outstanding = params().get("max_outstanding", 4)
+        self.reads_open = self.writes_open = 0  # bursts on AR without their rlast, on AW without B
+        self.bytes = {"read": 0, "written": 0}  # the DUT's perf-counter strobes, summed
         self._ars = deque()       # (cycle, beats) of ARs whose data has not started
         self._left = 0
         self.err_lo, self.err_hi = error_region
@@ -89,6 +92,17 @@ class TB:
                 self.bursts.append(("AR", int(dut.m_axi__araddr.value), beats))
             if dut.m_axi__awvalid.value == 1 and dut.m_axi__awready.value == 1:
                 self.bursts.append(("AW", int(dut.m_axi__awaddr.value), int(dut.m_axi__awlen.value) + 1))
+                self.writes_open += 1
+            if dut.m_axi__arvalid.value == 1 and dut.m_axi__arready.value == 1:
+                self.reads_open += 1
+            if dut.m_axi__rvalid.value == 1 and dut.m_axi__rready.value == 1 and dut.m_axi__rlast.value == 1:
+                self.reads_open -= 1
+            if dut.m_axi__bvalid.value == 1 and dut.m_axi__bready.value == 1:
+                self.writes_open -= 1
+            assert self.reads_open <= self.max_outstanding, f"{self.reads_open} read bursts outstanding"
+            assert self.writes_open <= self.max_outstanding, f"{self.writes_open} write bursts outstanding"
+            self.bytes["read"] += int(dut.bytes_read.value)
+            self.bytes["written"] += int(dut.bytes_written.value)
 
     async def reset(self):
         dut = self.dut
@@ -257,7 +271,9 @@ async def random_reads_and_writes(dut):
     await tb.reset()
     mem = tb.fill()
     n = p.get("commands", 12)
-    await read_commands(tb, [tb.command(tag=t) for t in range(n)], mem)
+    first = [tb.command(tag=t) for t in range(n)]
+    await read_commands(tb, first, mem)
+    tb.bytes_of_first_phase = sum(tb.words(c) for c in first) * tb.nbytes
     mid = (BASE + LIMIT) // 2
     reads = [tb.command(BASE, mid, tag=t) for t in range(n)]
     writes = [tb.command(mid, LIMIT, tag=100 + t) for t in range(n)]
@@ -267,6 +283,9 @@ async def random_reads_and_writes(dut):
     await tb.wait_idle("wr_busy")
     tb.compare_mem(mem, "after writes")
     tb.check_bursts()
+    # The perf-counter strobes add up to the bytes moved.
+    read_bytes = sum(tb.words(c) for c in reads) * tb.nbytes + tb.bytes_of_first_phase
+    assert tb.bytes == {"read": read_bytes, "written": sum(tb.words(c) for c in writes) * tb.nbytes}, tb.bytes
 
 
 @cocotb.test()
