@@ -25,7 +25,7 @@ from jacquard.sim.isa import HardwareConfig
 
 from .compiler import compile_model, get_config
 from .driver import Driver, check_inputs
-from .errors import DeviceError, JacquardError
+from .errors import DeviceError, JacquardError, ShapeError
 from .jqp import DeviceStep, Executable
 from .jqp import load as load_jqp
 from .perf import ProgramEstimate, estimate_program
@@ -168,7 +168,8 @@ class Device:
             raise DeviceError("no program is loaded; call load() first")
         if isinstance(inputs, np.ndarray):
             if len(self.exe.inputs) != 1:
-                raise TypeError(f"the model has inputs {self.exe.inputs}; pass a dict keyed by them")
+                raise ShapeError(f"the model has inputs {self.exe.inputs}; pass a dict (an .npz) "
+                                 "keyed by them")
             inputs = {self.exe.inputs[0]: inputs}
         return check_inputs(self.exe, inputs)
 
