@@ -19,8 +19,8 @@ Each row is split into INCR bursts of at most ``max_burst`` beats that never cro
 boundary (AXI's rule). :func:`plan_bursts` and :func:`check_command` are the reference models.
 
 :class:`DmaBurster` does both in hardware, in two stages that overlap with the previous
-command's bursts: a checker (one cycle plus one per significant bit of the larger of
-``count1-1`` and ``count2-1``: the two multiplies are shift-and-add, so they cost no DSPs) and
+command's bursts: a checker (one cycle for a 1D command, else two plus one per significant bit of the larger
+of ``count1-1`` and ``count2-1``: the two multiplies are shift-and-add, so they cost no DSPs) and
 the burst generator (one burst per cycle).
 """
 
@@ -216,7 +216,9 @@ class DmaBurster(wiring.Component):
             low = (1 << shift) - 1
             m.d.sync += [
                 c_cmd.eq(cmd),
-                c_busy.eq(1),
+                # A 1D command needs no multiply: its verdict is ready next cycle.
+                c_busy.eq((cmd.count1 > 1) | (cmd.count2 > 1)),
+                c_done.eq((cmd.count1 <= 1) & (cmd.count2 <= 1)),
                 c_m1.eq(Mux(cmd.count1 == 0, 0, cmd.count1 - 1)),
                 c_m2.eq(Mux(cmd.count2 == 0, 0, cmd.count2 - 1)),
                 c_s1.eq(cmd.stride1),
