@@ -1,0 +1,89 @@
+"""The analytical performance model: cycle counts that follow from the datapath, checked by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jacquard.host.perf import DEFAULT, estimate_descriptor, estimate_program
+from jacquard.sim.isa import CONFIGS, LayerDescriptor, Op, padded_channels
+
+ULX = CONFIGS["ulx3s-85f"]
+
+
+def conv(cfg=ULX, h=32, w=32, cin=16, cout=32, k=3, depthwise=False, pool=False):
+    oh, ow = h - k + 1, w - k + 1
+    if pool:
+        oh, ow = oh // 2, ow // 2
+    return LayerDescriptor(op=Op.CONV, kh=k, kw=k, depthwise=depthwise, fuse_maxpool=pool, in_h=h, in_w=w,
+                           in_c=cin, in_cp=padded_channels(cin, cfg), out_h=oh, out_w=ow, out_c=cout,
+                           out_cp=padded_channels(cout, cfg))
+
+
+def test_dense_conv_compute_is_taps_times_tiles_per_position():
+    e = estimate_descriptor(conv(cin=16, cout=32, k=3), ULX)
+    positions, taps, c_tiles, oc_tiles = 30 * 30, 9, 16 // ULX.c_par, 32 // ULX.oc_par
+    assert e.compute_cycles == positions * taps * c_tiles * oc_tiles + oc_tiles * DEFAULT.tile_overhead
+    assert e.macs == positions * taps * 16 * 32
+    assert e.cycles >= e.compute_cycles
+    assert 0.5 < e.utilization <= 1.0  # a layer that fills the array runs near its peak
+
+
+def test_depthwise_uses_the_diagonal():
+    e = estimate_descriptor(conv(cin=16, cout=16, depthwise=True), ULX)
+    assert e.compute_cycles == 30 * 30 * 9 * 2 + 2 * DEFAULT.tile_overhead
+    assert e.utilization <= 1 / ULX.oc_par + 1e-9  # only c_par of the c_par x oc_par MACs work
+
+
+def test_fused_pool_computes_the_unpooled_positions():
+    plain, pooled = (estimate_descriptor(conv(pool=p), ULX) for p in (False, True))
+    assert pooled.compute_cycles == plain.compute_cycles
+    assert pooled.dma_bytes < plain.dma_bytes
+
+
+def test_requant_bound_one_by_one():
+    # A 1x1 conv over c_par channels has one tap per accumulation: oc_par / n_requant cycles per beat.
+    d = conv(cin=8, cout=16, k=1)
+    e = estimate_descriptor(d, ULX)
+    lanes = ULX.oc_par // DEFAULT.n_requant
+    assert e.requant_cycles == 32 * 32 * lanes > e.compute_cycles - DEFAULT.tile_overhead
+
+
+def test_dma_bound_when_bandwidth_is_low():
+    d = LayerDescriptor(op=Op.ADD, in_h=64, in_w=64, in_c=32, in_cp=32, out_h=64, out_w=64, out_c=32,
+                        out_cp=32)
+    fast = estimate_descriptor(d, ULX)
+    slow = estimate_descriptor(d, ULX, dataclasses.replace(DEFAULT, dma_bytes_per_cycle=0.5))
+    assert slow.cycles > fast.cycles and slow.dma_cycles == pytest.approx(8 * fast.dma_cycles, rel=0.01)
+
+
+def test_program_sums_layers_and_scales_with_the_clock():
+    descs = [conv(), conv(cin=32, cout=32)]
+    est = estimate_program(descs, ULX)
+    assert est.cycles == sum(estimate_descriptor(d, ULX).cycles for d in descs)
+    assert est.fps == pytest.approx(ULX.clock_mhz * 1e6 / est.cycles)
+    assert estimate_program(descs, ULX, clock_mhz=50).fps == pytest.approx(est.fps / 2)
+
+
+def test_smaller_array_is_slower():
+    big = estimate_descriptor(conv(), ULX)
+    small = estimate_descriptor(conv(CONFIGS["icebreaker"]), CONFIGS["icebreaker"])
+    assert small.compute_cycles > 10 * big.compute_cycles
+
+
+def test_pnet_320x240_estimate():
+    """MTCNN P-Net at 320x240 on ULX3S-85F: the figure the benchmark reports."""
+    from test_compiler import mtcnn_imported
+
+    from jacquard.host.compiler import compile_plan
+    from jacquard.host.device import estimate
+    from jacquard.host.partition import partition
+
+    imported, _ = mtcnn_imported("pnet", (240, 320))
+    exe = compile_plan(partition(imported), "ulx3s-85f")
+    est = estimate(exe)
+    macs = sum(r["macs"] for r in exe.report if r["where"] == "accelerator")
+    assert est.macs == macs  # the model counts the layers' own MACs
+    assert 0 < est.utilization < 1
+    assert est.fps < ULX.clock_mhz * 1e6 * ULX.macs / macs  # never faster than the peak MAC rate
