@@ -45,7 +45,7 @@ Configuration
     ``error`` and the unit stays idle. ``start`` while busy is ignored.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -212,8 +212,10 @@ class LineBuffer(wiring.Component):
         def mem_addr(slot, col):
             if row_depth & (row_depth - 1) == 0:
                 return Cat(col[:aw], slot) if row_depth > 1 else slot
-            base = Array(Const(s * row_depth, range(rows * row_depth)) for s in range(rows))
-            return base[slot] + col[:aw]
+            # slot * row_depth as a sum of constants selected by the slot's bits: a few adders,
+            # never a DSP (and no case table, which Icarus leaves at X until its index changes).
+            base = sum(Mux(slot[b], row_depth << b, 0) for b in range(slot_bits))
+            return (base + col[:aw])[:(rows * row_depth - 1).bit_length()]
 
         # ---- configuration (latched at start, checked in SETUP) ---------------------------------
         cfg = Signal(LineBufferConfig())
