@@ -1,0 +1,166 @@
+"""Standalone pooling: lane-wise max or int32 sum over each window of the line buffer's tap stream.
+
+The line buffer is reused as the window generator. In its depthwise order it sends, for each
+output position and channel tile, the KH*KW taps of that tile (``first`` ... ``last``); this unit
+reduces each such packet lane by lane:
+
+* ``MAX``: ``max`` over the window, int8 out (``o``), for ONNX MaxPool (``golden.max_pool``). The
+  line buffer's padding value must be set to -128, which never wins, as in ONNX.
+* ``SUM``: the int32 sum over the window (``o_sum``), for QLinearGlobalAveragePool: MLAS
+  computes ``clamp(rint(f32(sum(x) - zx*H*W) * M) + zy)`` with ``M = f32(sx / f32(sy * f32(H*W)))``
+  (``golden.global_avg_pool``), which is exactly the post-processor's requantization with
+  ``bias' = -zx*H*W``. The "window" is then the whole map of one channel tile: any packet length
+  up to ``2^24`` taps, so the DMA may feed it directly (the line buffer's kernels stop at 7x7).
+
+Windowed QLinearAveragePool is not done here: onnxruntime sums *float32* dequantized values in
+order and divides twice in float32, which needs a float datapath (see the module notes in
+``docs/ARCHITECTURE.md``); it is refused with ``error``.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .layouts import acc_layout, pixel_layout, tap_layout
+
+__all__ = ["Pool", "PoolError", "PoolMode"]
+
+TAPS_BITS = 25  # packets of up to 2^24 taps: an int8 sum of that many fits int32
+
+
+class PoolMode(enum.Enum, shape=2):
+    """What the unit computes over each window."""
+
+    MAX = 0
+    SUM = 1
+    #: Windowed average (QLinearAveragePool): refused, see the module docstring.
+    AVG = 2
+
+
+class PoolError(enum.Enum, shape=2):
+    """Why the pool unit stopped. ``FRAMING`` is sticky until ``clear``."""
+
+    NONE = 0
+    #: ``taps`` is 0 or above 2^24, or ``mode`` is not MAX or SUM.
+    CONFIG = 1
+    #: A tap's ``first``/``last`` flags disagree with ``taps`` (the beat is discarded).
+    FRAMING = 2
+
+
+class Pool(wiring.Component):
+    """Lane-wise max (int8) or sum (int32) over packets of ``taps`` tap beats.
+
+    Parameters
+    ----------
+    c_par : int
+        Channels per beat (1..64).
+
+    Members
+    -------
+    i : In(stream.Signature(tap_layout(c_par)))
+        Window taps; each window is one packet from ``first`` to ``last``.
+    o : Out(stream.Signature(pixel_layout(c_par)))
+        ``MAX`` mode: one int8 beat per window.
+    o_sum : Out(stream.Signature(acc_layout(c_par)))
+        ``SUM`` mode: one int32 beat per window.
+    mode : In(PoolMode)
+        The reduction. Configuration ports are static while a layer runs.
+    taps : In(25)
+        Taps per window: KH*KW, or H*W for a global pool (1..2^24). ``first``/``last`` are checked
+        against it.
+    clear : In(1)
+        Restarts the tap counter and clears a sticky error (between layers only).
+    error : Out(1)
+        Set while the configuration is invalid or after a framing error; nothing is accepted then.
+    error_code : Out(PoolError)
+        The cause of ``error``.
+
+    Raises
+    ------
+    TypeError
+        If ``c_par`` is not an int.
+    ValueError
+        If ``c_par`` is out of range.
+    """
+
+    def __init__(self, c_par: int = 8) -> None:
+        if not isinstance(c_par, int) or isinstance(c_par, bool):
+            raise TypeError(f"c_par must be an int, not {c_par!r}")
+        if not 1 <= c_par <= 64:
+            raise ValueError(f"c_par must be 1..64, not {c_par!r}")
+        self._c_par = c_par
+        super().__init__({
+            "i": In(stream.Signature(tap_layout(c_par))),
+            "o": Out(stream.Signature(pixel_layout(c_par))),
+            "o_sum": Out(stream.Signature(acc_layout(c_par))),
+            "mode": In(PoolMode),
+            "taps": In(TAPS_BITS),
+            "clear": In(1),
+            "error": Out(1),
+            "error_code": Out(PoolError),
+        })
+
+    @property
+    def c_par(self) -> int:
+        return self._c_par
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        c_par = self._c_par
+        is_max = self.mode == PoolMode.MAX
+
+        cfg_ok = Signal()
+        m.d.comb += cfg_ok.eq((self.taps != 0) & (self.taps <= (1 << 24))
+                              & ((self.mode == PoolMode.MAX) | (self.mode == PoolMode.SUM)))
+        framing = Signal()  # sticky
+        m.d.comb += self.error.eq(framing | ~cfg_ok)
+        with m.If(framing):
+            m.d.comb += self.error_code.eq(PoolError.FRAMING)
+        with m.Elif(~cfg_ok):
+            m.d.comb += self.error_code.eq(PoolError.CONFIG)
+
+        # s1: the running reduction; `done` marks a finished window waiting for the output register.
+        acc = Signal(acc_layout(c_par))
+        done = Signal()
+        out_free = Mux(is_max, ~self.o.valid | self.o.ready, ~self.o_sum.valid | self.o_sum.ready)
+        move = Signal()
+        m.d.comb += [
+            move.eq(done & out_free),
+            self.i.ready.eq((~done | move) & cfg_ok & ~framing),
+        ]
+
+        tap_idx = Signal(TAPS_BITS)
+        tap = self.i.payload
+        at_first = tap_idx == 0
+        at_last = tap_idx == self.taps - 1
+        with m.If(move):
+            m.d.sync += done.eq(0)
+        with m.If(self.clear):
+            m.d.sync += [tap_idx.eq(0), framing.eq(0)]
+        with m.Elif(self.i.valid & self.i.ready):
+            with m.If((tap.first != at_first) | (tap.last != at_last)):
+                m.d.sync += framing.eq(1)
+            with m.Else():
+                m.d.sync += [tap_idx.eq(Mux(at_last, 0, tap_idx + 1)), done.eq(tap.last)]
+                for c in range(c_par):
+                    x = tap.data[c]
+                    with m.If(tap.first):
+                        m.d.sync += acc[c].eq(x)
+                    with m.Elif(is_max):
+                        m.d.sync += acc[c].eq(Mux(x > acc[c], x, acc[c]))
+                    with m.Else():
+                        m.d.sync += acc[c].eq(acc[c] + x)
+
+        # s2: output registers, one per mode; the result stays until taken.
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.o_sum.ready):
+            m.d.sync += self.o_sum.valid.eq(0)
+        with m.If(move):
+            with m.If(is_max):
+                m.d.sync += self.o.valid.eq(1)
+                for c in range(c_par):
+                    m.d.sync += self.o.payload[c].eq(acc[c])
+            with m.Else():
+                m.d.sync += [self.o_sum.valid.eq(1), self.o_sum.payload.eq(acc)]
+        return m
