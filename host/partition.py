@@ -11,6 +11,8 @@ equal onnxruntime's on the imported model bit for bit.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -305,7 +307,9 @@ def partition(imported: ImportedModel, limits: Limits = Limits(), *, fuse: bool 
     for layer in layers:
         if layer.name in cpu and layer.name not in reasons:
             reasons[layer.name] = "part of a folded pattern that runs on the CPU"
-    work = ir.Graph(dict(graph.tensors), layers, list(graph.inputs), list(graph.outputs))
+    # Fusion rewrites layer attributes: work on copies so the imported model can be partitioned again.
+    work = ir.Graph(dict(graph.tensors), [copy.copy(layer) for layer in layers], list(graph.inputs),
+                    list(graph.outputs))
     if fuse:
         fuse_layers(work, cpu, limits)
     consumers = work.consumers()

@@ -239,3 +239,13 @@ def test_mtcnn_bit_exact_on_astronaut(net):
     assert {r["op"] for r in rows if r["where"] == "cpu"} == {"QLinearSoftmax"}
     tests = _crops((h, w), 4, SEED + 100)
     _compare(imported.model, plan, lambda i: {name: tests[i : i + 1]}, 4, SEED + 100)
+
+
+def test_partitioning_twice_gives_the_same_plan():
+    # Fusion must not rewrite the imported model: a second partition sees the original layers.
+    b, float_model = classifier()
+    int8 = quantize_float_model(float_model, b.calibration())
+    imported = load_model(int8.SerializeToString())
+    first, second = partition(imported), partition(imported)
+    assert first.report() == second.report()
+    assert _compare(int8, second, _random_inputs(b.shape, SEED), 2, SEED) > 0
