@@ -75,7 +75,8 @@ class DmaReader(wiring.Component):
     busy : Out(1)
         Commands or bursts in flight, or a word waiting in the output register.
     bytes_read : Out(range(data_width // 8 + 1))
-        Bytes that arrived on R this cycle (0 or a full beat), for the DMA-read perf counter.
+        Bytes that arrived on R this cycle (0 or a full beat, also for beats an abort discards),
+        for the DMA-read perf counter.
 
     Raises
     ------
