@@ -9,8 +9,11 @@ each task device URIs through ``TaskContext.get().resources()["fpga"].addresses`
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
-__all__ = ["DEFAULT_DEVICE", "DEVICE_CONF", "RESOURCE_NAME", "task_device_uri", "task_device_uris"]
+__all__ = ["DEFAULT_DEVICE", "DEVICE_CONF", "RESOURCE_NAME", "executor_id", "task_device_uri",
+           "task_device_uris"]
 
 RESOURCE_NAME = "fpga"
 # Spark conf and environment variable naming the device used when the task has no fpga resource.
@@ -78,3 +81,30 @@ def _configured_default() -> str:
             if value:
                 return value
     return os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE
+
+
+def executor_id() -> str:
+    """The Spark executor this Python worker belongs to (``"driver"`` in local mode), for reports.
+
+    PySpark's TaskContext does not expose it, so it is found in the worker's environment: the
+    standalone log URL (``...executorId=1...``), else the ``--executor-id`` argument of the
+    executor JVM among this process's ancestors (Linux ``/proc``).
+    """
+    if os.environ.get("SPARK_EXECUTOR_ID"):
+        return os.environ["SPARK_EXECUTOR_ID"]
+    match = re.search(r"executorId=([^&]+)", os.environ.get("SPARK_LOG_URL_STDERR", ""))
+    if match:
+        return match.group(1)
+    pid = os.getppid()
+    for _ in range(4):  # worker -> daemon -> executor JVM, with room for a wrapper shell
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # no procfs, or the process is gone
+            break
+        if b"--executor-id" in args:
+            return args[args.index(b"--executor-id") + 1].decode()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+    return "driver"

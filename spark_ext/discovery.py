@@ -11,11 +11,13 @@ Where the devices come from, first match wins:
 3. ``emu``, the golden executor, which every host has.
 
 Several Spark workers on one host (``local-cluster[N,...]`` runs them all in one JVM) each run the
-script and would all be given the same first device. So each call from the same parent process
-claims a slot (an exclusive file under ``$TMPDIR/jacquard-fpga-<uid>/<parent pid>``) and the list
-is rotated by the slot number: worker k's first address is device ``k mod n``. A worker asking
-for one device therefore gets its own one while devices last, the way a per-worker resources
-file would assign them.
+script, and Spark's standalone worker hands out the lowest addresses first, so every worker would
+give its executor the same device. With ``JACQUARD_DEVICES_PER_WORKER=k`` each call from the same
+parent process claims a slot (an exclusive file under ``$TMPDIR/jacquard-fpga-<uid>/<parent>``)
+and reports only its own ``k`` devices: slot ``s`` gets devices ``s*k .. s*k+k-1`` (mod n, so
+devices are shared once there are more workers than devices). This is what a per-worker
+resources file would do by hand. Unset (or 0), every call reports all devices: one worker per
+host, or executors in their own containers (YARN, Kubernetes).
 """
 
 from __future__ import annotations
@@ -80,11 +82,34 @@ def claim_slot(owner: int | None = None, root: str | os.PathLike | None = None) 
 
 
 def discover(env: dict[str, str] | None = None, slot: int | None = None) -> dict[str, object]:
-    """The discovery result: ``{"name": "fpga", "addresses": [...]}``, rotated by ``slot``."""
+    """The discovery result: ``{"name": "fpga", "addresses": [...]}``.
+
+    Parameters
+    ----------
+    env : dict, optional
+        Environment to read (default ``os.environ``).
+    slot : int, optional
+        This worker's slot; claimed with :func:`claim_slot` when needed and not given.
+
+    Raises
+    ------
+    ValueError
+        If ``JACQUARD_DEVICES`` is malformed or ``JACQUARD_DEVICES_PER_WORKER`` is not an integer >= 0.
+    """
+    env = os.environ if env is None else env
     devices = local_devices(env)
+    raw = env.get("JACQUARD_DEVICES_PER_WORKER", "0") or "0"
+    try:
+        per = int(raw)
+    except ValueError:
+        per = -1
+    if per < 0:
+        raise ValueError(f"JACQUARD_DEVICES_PER_WORKER must be an integer >= 0, not {raw!r}")
+    if per == 0:
+        return {"name": RESOURCE_NAME, "addresses": devices}
     slot = claim_slot() if slot is None else slot
-    k = slot % len(devices)
-    return {"name": RESOURCE_NAME, "addresses": devices[k:] + devices[:k]}
+    first = slot * per
+    return {"name": RESOURCE_NAME, "addresses": [devices[(first + i) % len(devices)] for i in range(per)]}
 
 
 def main() -> int:

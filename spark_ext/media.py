@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,7 @@ __all__ = [
     "megamind_avi",
     "probe_video",
     "vtest_avi",
+    "write_video",
 ]
 
 log = logging.getLogger(__name__)
@@ -324,3 +325,65 @@ def probe_video(path: str | os.PathLike, *, resize: bool = False) -> VideoProbe:
     if declared > frames + stats.decode_errors:
         problems.append(f"header declares {declared} frames, {frames} decoded (truncated?)")
     return VideoProbe(frames, tuple(bad), stats.decode_errors, declared, first[0], first[1], tuple(problems))
+
+
+def write_video(path: str | os.PathLike, frames: int, width: int, height: int, *,
+                codec: str = "mpeg4", rate: int = 25, seed: int = 0,
+                odd_sizes: Mapping[int, tuple[int, int]] | None = None) -> Path:
+    """Write a small synthetic video (seeded blocky noise) for tests and demos.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output file; the container follows the extension (``.avi``, ``.mkv``, ...).
+    frames, width, height : int
+        Frame count and picture size (even sizes for 4:2:0 codecs).
+    codec : str
+        A PyAV encoder, e.g. ``"mpeg4"`` or ``"mjpeg"``.
+    rate : int
+        Frames per second.
+    seed : int
+        Seeds the pixel content.
+    odd_sizes : mapping of int to (width, height), optional
+        Frames encoded at another size by a second encoder into the same stream, to make a
+        file with frames of unexpected size.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        If ``frames``, ``width`` or ``height`` is not positive.
+    """
+    for name, value in (("frames", frames), ("width", width), ("height", height)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, not {value!r}")
+    rng = np.random.default_rng(seed)
+    odd_sizes = dict(odd_sizes or {})
+    pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    with av.open(os.fspath(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for i in range(frames):
+            w, h = odd_sizes.get(i, (width, height))
+            blocks = rng.integers(0, 256, ((h + 3) // 4, (w + 3) // 4, 3), dtype=np.uint8)
+            image = np.ascontiguousarray(np.repeat(np.repeat(blocks, 4, 0), 4, 1)[:h, :w])
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
+            frame.pts = i
+            if (w, h) == (width, height):
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                continue
+            # The stream's encoder is fixed-size; a second one puts a differently sized picture in it.
+            odd = av.CodecContext.create(codec, "w")
+            odd.width, odd.height, odd.pix_fmt = w, h, pix_fmt
+            odd.time_base = stream.codec_context.time_base
+            for packet in odd.encode(frame) + odd.encode(None):
+                packet.stream = stream
+                packet.pts = packet.dts = i
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return Path(path)

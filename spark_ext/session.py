@@ -4,8 +4,8 @@
 JVM per worker, each with its own Python workers: a real distributed run on one machine. Standalone
 workers must own the resources their executors ask for, so the ``fpga`` resource is declared at
 both levels (``spark.worker.resource.fpga.*`` with the discovery script, and
-``spark.executor.resource.fpga.amount`` / ``spark.task.resource.fpga.amount``); the script's slot
-claim gives each worker of the same JVM a different first device (see
+``spark.executor.resource.fpga.amount`` / ``spark.task.resource.fpga.amount``); with
+``JACQUARD_DEVICES_PER_WORKER=1`` the script gives each worker of the same JVM its own device (see
 :mod:`jacquard.spark_ext.discovery`). ``local[N]`` has no resource scheduling at all.
 """
 
@@ -82,6 +82,9 @@ def build_session(master: str = "local[2]", *, app_name: str = "jacquard", devic
         os.environ["JACQUARD_DEVICES"] = devices
     if fpga is None:
         fpga = not master.startswith("local[") and master != "local"
+    if fpga and master.startswith("local-cluster"):
+        # All workers of local-cluster share one JVM; each must report its own device.
+        os.environ["JACQUARD_DEVICES_PER_WORKER"] = "1"
 
     builder = (SparkSession.builder.master(master).appName(app_name)
                .config("spark.ui.enabled", "false")

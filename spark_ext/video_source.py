@@ -250,7 +250,8 @@ class VideoStreamReader(DataSourceStreamReader):
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else math.inf
         if self.options.fps is not None:
             consumed = sum(pos for pos, _ in files.values())
-            due = math.floor((time.time() - start["t0"]) * self.options.fps) + 1
+            # The epsilon keeps frame n due at t0 + n/fps despite rounding (epoch floats have ~0.2 us ulp).
+            due = math.floor((time.time() - start["t0"]) * self.options.fps + 1e-3) + 1
             budget = min(budget, max(0, due - consumed))
         for path in sorted(files):
             pos, total = files[path]
