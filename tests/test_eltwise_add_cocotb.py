@@ -45,6 +45,6 @@ def test_eltwise_add_verilator(tmp_path, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(200, 240))
+@pytest.mark.parametrize("seed", range(200, 212))
 def test_eltwise_add_verilator_many(tmp_path, seed):
     run(tmp_path, "verilator", seed, 8, 20000, 0.1)
