@@ -259,6 +259,26 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_submit(args) -> int:
+    from jacquard.spark_ext.offload import submit
+
+    try:
+        return submit(args.app, args.app_args, device=args.device, stats_dir=args.stats_dir,
+                      as_json=args.json)
+    except FileNotFoundError as e:
+        _stderr().print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        return 2
+
+
+def _configure_submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="device URI where Spark assigns no fpga resource (default: JACQUARD_DEVICE or emu)")
+    p.add_argument("--stats-dir", default=None, help="keep the per-process offload stats in this folder")
+    p.add_argument("--json", action="store_true", help="print the offload summary as JSON")
+    p.add_argument("app", help="the PySpark application (a Python file), unchanged")
+    p.add_argument("app_args", nargs=argparse.REMAINDER, help="the application's arguments")
+
+
 def _model_args(p: argparse.ArgumentParser, *, onnx_only: bool = False) -> None:
     p.add_argument("model", help="ONNX model" + ("" if onnx_only else " or compiled .jqp"))
     p.add_argument("--config", default=None, help="hardware config to compile for (default ulx3s-85f)")
@@ -307,6 +327,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
             _configure_run, _cmd_run),
     "bench": ("measure fps and latency on a backend, next to the estimated FPGA fps", _configure_bench,
               _cmd_bench),
+    "submit": ("run a PySpark app with onnxruntime offloaded to the accelerator, then summarize the offload",
+               _configure_submit, _cmd_submit),
 }
 
 
