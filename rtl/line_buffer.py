@@ -37,12 +37,15 @@ Latency and output
     memory's read data; ``s2`` writes into an 8-entry ``SyncFIFOBuffered`` that drives ``o``.
     Reads are issued against credits (at most 8 taps between ``s0`` and ``o``), so a stalled
     consumer never stalls the memory pipeline and ``o.ready`` reaches only the FIFO and the credit
-    counter. First tap: 4 cycles after its input pixel is written; steady state: 1 tap per cycle.
+    counter. A tap is valid on ``o`` 5 cycles after the input beat it needs was accepted; steady
+    state: 1 tap per cycle.
 
 Configuration
-    Sampled at ``start`` while idle. A 16-cycle-at-most setup step checks it (computing
-    ``W * C/c_par`` with a shift-and-add, so no DSP is spent); an out-of-range config sets
-    ``error`` and the unit stays idle. ``start`` while busy is ignored.
+    Sampled at ``start`` while idle. A setup step of ``W.bit_length() + 1`` cycles (11 for
+    W = 512) checks it, computing ``W * C/c_par`` with a shift-and-add so that no DSP is spent;
+    an out-of-range config sets ``error`` and the unit stays idle. ``start`` while busy is
+    ignored. Per frame the overhead is this setup plus the fill: the first tap waits for the
+    input rows down to its window's bottom row.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned

@@ -71,6 +71,7 @@ def test_line_buffer_verilator_many(tmp_path, seed):
 THROUGHPUT = {
     "3x3 s1 56x56x32": (Case(56, 56, 32, 3, 3, 1, (1, 1, 1, 1)), 0.99),
     "3x3 s2 56x56x32": (Case(56, 56, 32, 3, 3, 2, (1, 1, 1, 1)), 0.99),
+    "1x1 s1 56x56x32": (Case(56, 56, 32, 1, 1, 1, (0, 0, 0, 0)), 0.99),
     "1x1 s1 56x56x32, 2 oc tiles": (Case(56, 56, 32, 1, 1, 1, (0, 0, 0, 0), oc_tiles=2), 0.99),
     "7x7 s2 112x112x8 (first layer)": (Case(112, 112, 8, 7, 7, 2, (3, 3, 3, 3)), 0.97),
     "dw 3x3 s1 56x56x32": (Case(56, 56, 32, 3, 3, 1, (1, 1, 1, 1), depthwise=True), 0.99),
