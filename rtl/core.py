@@ -1,0 +1,511 @@
+"""JacquardCore: the accelerator top level (AXI4-Lite registers, AXI4 master DMA, sequencer, datapath).
+
+Structure::
+
+    s_axil -> Csr -> Sequencer --rd_cmd--> DmaReader --words--> read router --+-> descriptors
+                         |                                                  +-> params  -> PostProcessor
+                         |                                                  +-> LUT     -> LutPad
+                         |                                                  +-> weights -> PEArray.wl
+                         |                                                  +-> pixels  -> LineBuffer
+                         +--wr_cmd--> DmaWriter <-- words <- Packer <- [MaxPool2x2] <- LutPad <- PostProcessor
+                                                                     <- MaxReduce (MAXPOOL layers)
+    LineBuffer -> PEArray -> PostProcessor (CONV)      LineBuffer -> MaxReduce (MAXPOOL)
+
+The read router keeps one entry per read command in flight (its :class:`ReadTarget`) and sends
+each word to that command's consumer, so commands for different consumers can be queued back to
+back. The DMA data width is ``8 * dma_align`` bits (32 for every preset), so every descriptor
+address and tensor row is a whole number of bus words.
+
+The MAC taps are gated until the group's weight read has finished, so the PE array never reads a
+weight block before it is written.
+
+Performance counters (64 bit, see the register map): ``STALL_INPUT`` counts busy cycles of a
+CONV group in which the PE array had no tap while its weights were loaded, ``STALL_WEIGHTS`` the
+cycles a tap waited for the weight load, ``STALL_OUTPUT`` the cycles a tap waited because the
+writer (through the packer) held the post-processor, and ``STALL_REQUANT`` the cycles a tap
+waited on the PE array's output while the writer side was ready (the requantizers were busy).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from jacquard.sim.isa import CONFIGS, HardwareConfig
+from jacquard.sim.isa_regs import PERF_COUNTERS, register
+
+from .axi import AxiLiteSignature, AxiSignature
+from .csr import Csr
+from .dma_reader import DmaReader
+from .dma_writer import DmaWriter
+from .layouts import out_layout, pixel_layout, tap_layout
+from .line_buffer import LineBuffer
+from .maxpool2x2 import MaxPool2x2
+from .pe_array import PEArray
+from .postproc import PostProcessor
+from .sequencer import LayerSetup, ReadTarget, Sequencer
+
+__all__ = ["JacquardCore"]
+
+_MAX_BURST = 16
+_OUTSTANDING = 4
+
+
+class _MaxReduce(wiring.Component):
+    """Max over each accumulation of a tap stream (``first`` .. ``last``): the MAXPOOL datapath."""
+
+    def __init__(self, c_par: int) -> None:
+        self._c_par = c_par
+        super().__init__({"i": In(stream.Signature(tap_layout(c_par))),
+                          "o": Out(stream.Signature(pixel_layout(c_par)))})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        acc = Signal(pixel_layout(self._c_par))
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            tap = self.i.payload
+            new = Signal(pixel_layout(self._c_par))
+            for j in range(self._c_par):
+                m.d.comb += new[j].eq(Mux(tap.first | (tap.data[j] > acc[j]), tap.data[j], acc[j]))
+            m.d.sync += acc.eq(new)
+            with m.If(tap.last):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(new)]
+        return m
+
+
+class _LutPad(wiring.Component):
+    """Per-tensor or per-channel LUT, then the output zero point in the padded channels.
+
+    One 32-bit memory per lane holds that lane's tables (``tile * 64 + x // 4``). Beats are for
+    pixel, for tile; lane ``j`` of tile ``t`` is channel ``ch0 + t * lanes + j``.
+    """
+
+    def __init__(self, oc_par: int, lut_tiles: int) -> None:
+        self._oc_par = oc_par
+        self._lut_tiles = lut_tiles
+        super().__init__({
+            "i": In(stream.Signature(out_layout(oc_par))),
+            "o": Out(stream.Signature(out_layout(oc_par))),
+            "load": In(stream.Signature(32)),
+            "setup": In(LayerSetup()),
+            "start": In(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        n, depth = self._oc_par, self._lut_tiles * 64
+        s = self.setup
+
+        # -- loading: rows of 256 bytes, one per channel of the group (or one shared table) ----
+        word = Signal(6)
+        row = Signal(16)
+        mems = []
+        for j in range(n):
+            mem = memory.Memory(shape=32, depth=depth, init=[])
+            m.submodules[f"lut{j}"] = mem
+            mems.append((mem.write_port(), mem.read_port()))
+        lanes_mask = s.lanes - 1
+        r_lane = Signal(8)
+        r_tile = Signal(16)
+        m.d.comb += [r_lane.eq(row & lanes_mask), r_tile.eq(row >> _log2_of(s.lanes, 128))]
+        m.d.comb += self.load.ready.eq(1)
+        for j, (wp, _) in enumerate(mems):
+            m.d.comb += [wp.addr.eq(Cat(word, r_tile)), wp.data.eq(self.load.payload),
+                         wp.en.eq(self.load.valid & (~s.lut_per_channel | (r_lane == j)))]
+        with m.If(self.load.valid):
+            m.d.sync += word.eq(word + 1)
+            with m.If(word == 63):
+                m.d.sync += row.eq(row + 1)
+        with m.If(self.start):
+            m.d.sync += [word.eq(0), row.eq(0)]
+
+        # -- lookup: one stage --------------------------------------------------------------
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        tile = Signal(16)
+        ch = Signal(17)
+        s1_x = Signal(out_layout(n))
+        s1_pad = Signal(n)
+        take = self.i.valid & self.i.ready
+        for j, (_, rp) in enumerate(mems):
+            x = self.i.payload[j].as_unsigned() ^ 0x80
+            m.d.comb += [rp.addr.eq(Cat(x[2:], Mux(s.lut_per_channel, tile, 0))), rp.en.eq(en)]
+        with m.If(en):
+            m.d.sync += [self.o.valid.eq(take), s1_x.eq(self.i.payload),
+                         s1_pad.eq(Cat(*[ch + j >= s.out_c for j in range(n)]))]
+        with m.If(take):
+            m.d.sync += [tile.eq(tile + 1), ch.eq(ch + s.lanes)]
+            with m.If(tile == s.n_tiles - 1):
+                m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
+        with m.If(self.start):
+            m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
+        for j, (_, rp) in enumerate(mems):
+            sel = (s1_x[j].as_unsigned() ^ 0x80)[:2]
+            looked = rp.data.word_select(sel, 8)
+            m.d.comb += self.o.payload[j].eq(Mux(s1_pad[j], s.zero_point, Mux(s.lut, looked, s1_x[j])))
+        return m
+
+
+def _log2_of(value, limit):
+    """log2 of a power of two ``value`` <= ``limit`` (a small mux)."""
+    result = 0
+    for k in range(exact_log2(limit) + 1):
+        result = Mux(value == 1 << k, k, result)
+    return result
+
+
+class _Packer(wiring.Component):
+    """Output beats (``lanes`` channels of which the group's first ``out_cp - ch`` exist) to bus words."""
+
+    def __init__(self, width: int, word_bytes: int) -> None:
+        self._width = width
+        self._wb = word_bytes
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(8), width))),
+            "o": Out(stream.Signature(8 * word_bytes)),
+            "setup": In(LayerSetup()),
+            "start": In(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        wb, width = self._wb, self._width
+        cap = width + wb
+        s = self.setup
+        buf = Signal(8 * cap)
+        cnt = Signal(range(cap + 1))
+        tile = Signal(16)
+        ch = Signal(17)
+        nbytes = Signal(range(width + 1))
+        left = s.out_cp - ch
+        m.d.comb += nbytes.eq(Mux(left < s.lanes, left, s.lanes))
+        emit = Signal()
+        m.d.comb += [
+            emit.eq(cnt >= wb),
+            self.o.payload.eq(buf[:8 * wb]),
+            self.o.valid.eq(emit),
+            self.busy.eq(cnt != 0),
+        ]
+        after = Signal(range(cap + 1))
+        m.d.comb += after.eq(Mux(emit & self.o.ready, cnt - wb, cnt))
+        m.d.comb += self.i.ready.eq(after + nbytes <= cap)
+        shifted = Mux(emit & self.o.ready, buf >> (8 * wb), buf)
+        mask = Signal(8 * width)
+        m.d.comb += mask.eq(Const((1 << (8 * width)) - 1, 8 * width) >> ((width - nbytes).as_unsigned() << 3))
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [buf.eq(shifted | ((self.i.payload.as_value() & mask) << (after * 8))),
+                         cnt.eq(after + nbytes), tile.eq(tile + 1), ch.eq(ch + s.lanes)]
+            with m.If(tile == s.n_tiles - 1):
+                m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
+        with m.Else():
+            m.d.sync += [buf.eq(shifted), cnt.eq(after)]
+        with m.If(self.start):
+            m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
+        return m
+
+
+class _Gearbox(wiring.Component):
+    """Bus words to beats of ``n`` words, each beat sent ``repeat`` times (depthwise weight rows)."""
+
+    def __init__(self, word_bits: int, n: int, max_repeat: int) -> None:
+        self._wbits, self._n = word_bits, n
+        super().__init__({
+            "i": In(stream.Signature(word_bits)),
+            "o": Out(stream.Signature(word_bits * n)),
+            "repeat": In(range(max_repeat + 1)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        n, wbits = self._n, self._wbits
+        buf = Signal(wbits * n)
+        cnt = Signal(range(n + 1))
+        reps = Signal(range(256))
+        full = cnt == n
+        m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(buf), self.i.ready.eq(~full),
+                     self.busy.eq(cnt != 0)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [buf.eq(Cat(buf[wbits:], self.i.payload) if n > 1 else self.i.payload),
+                         cnt.eq(cnt + 1)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += reps.eq(reps + 1)
+            with m.If(reps + 1 >= self.repeat):
+                m.d.sync += [cnt.eq(0), reps.eq(0)]
+        return m
+
+
+class JacquardCore(wiring.Component):
+    """The Jacquard accelerator core for one :class:`HardwareConfig`.
+
+    Parameters
+    ----------
+    config : HardwareConfig or str
+        The build's parameters, or the name of a preset in :data:`jacquard.sim.isa.CONFIGS`.
+    n_requant : int, optional
+        Requantizer lanes (default: ``oc_par`` for configs of at most 16 MACs, else ``oc_par // 4``).
+
+    Members
+    -------
+    s_axil : In(AxiLiteSignature(12, 32))
+        Host register port (AXI4-Lite slave; map in ``docs/ISA.md``).
+    m_axi : Out(AxiSignature(32, 8 * dma_align, 1))
+        Device memory port (AXI4 master, INCR bursts of at most 16 beats, one ID).
+    irq : Out(1)
+        ``IRQ_STATUS & IRQ_ENABLE`` is not zero (level).
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is neither a HardwareConfig nor a preset name.
+    ValueError
+        If ``config`` names no preset, or ``c_par`` is not a multiple of ``dma_align`` (pixels must
+        be whole bus words).
+    """
+
+    def __init__(self, config: HardwareConfig | str, *, n_requant: int | None = None) -> None:
+        if isinstance(config, str):
+            if config not in CONFIGS:
+                raise ValueError(f"config must be one of {', '.join(CONFIGS)}, not {config!r}")
+            config = CONFIGS[config]
+        if not isinstance(config, HardwareConfig):
+            raise TypeError(f"config must be a HardwareConfig or a preset name, not {config!r}")
+        if config.c_par % config.dma_align or config.dma_align not in (4, 8, 16):
+            raise ValueError(f"c_par ({config.c_par}) must be a multiple of dma_align ({config.dma_align}), "
+                             f"which must be 4, 8 or 16")
+        if n_requant is None:
+            n_requant = config.oc_par if config.macs <= 16 else max(1, config.oc_par // 4)
+        self._cfg = config
+        self._n_requant = n_requant
+        self._word_bytes = config.dma_align
+        super().__init__({
+            "s_axil": In(AxiLiteSignature(12, 32)),
+            "m_axi": Out(AxiSignature(32, 8 * config.dma_align, 1)),
+            "irq": Out(1),
+        })
+
+    @property
+    def config(self) -> HardwareConfig:
+        return self._cfg
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self._cfg
+        c_par, oc_par, wb = cfg.c_par, cfg.oc_par, self._word_bytes
+        wbits = 8 * wb
+        lb_channels = max(c_par, -(-cfg.line_buffer_bytes // cfg.max_width // c_par) * c_par)
+        pp_tiles = cfg.param_buffer_entries // oc_par
+        lut_channels = min(cfg.param_buffer_entries, 64)
+        lut_tiles = -(-lut_channels // min(c_par, oc_par))
+        pool_depth = max(cfg.max_width // 2, cfg.line_buffer_bytes // oc_par)
+        bank_blocks = cfg.weight_buffer_bytes // (c_par * oc_par)
+        width = max(c_par, oc_par)
+
+        m.submodules.csr = csr = Csr(cfg)
+        wiring.connect(m, wiring.flipped(self.s_axil), csr.s_axil)
+        seq = Sequencer(cfg, lb_row_bytes=cfg.max_width * lb_channels, lut_channels=lut_channels,
+                        pool_depth=pool_depth, pp_tiles=pp_tiles)
+        m.submodules.sequencer = seq
+        reader = DmaReader(32, wbits, _MAX_BURST, _OUTSTANDING, 16)
+        writer = DmaWriter(32, wbits, _MAX_BURST, _OUTSTANDING, 16)
+        m.submodules.reader, m.submodules.writer = reader, writer
+
+        flush = seq.flush
+        lb = LineBuffer(c_par=c_par, max_width=cfg.max_width, max_channels=lb_channels,
+                        max_kh=cfg.max_kernel_h)
+        pe = PEArray(c_par, oc_par, 2 * bank_blocks)
+        pp = PostProcessor(oc_par, self._n_requant, pp_tiles, lut=False)
+        lutpad = _LutPad(oc_par, lut_tiles)
+        mp = MaxPool2x2(oc_par, max(2, cfg.max_width), pp_tiles, pool_depth)
+        mr = _MaxReduce(c_par)
+        packer = _Packer(width, wb)
+        route = fifo.SyncFIFOBuffered(width=3, depth=8)
+        pgear = _Gearbox(wbits, c_par // wb, 1)
+        wgear = _Gearbox(wbits, c_par // wb, oc_par)
+        for name, unit in (("line_buffer", lb), ("pe_array", pe), ("postproc", pp), ("lutpad", lutpad),
+                           ("maxpool", mp), ("maxreduce", mr), ("packer", packer), ("route", route),
+                           ("pixel_gear", pgear), ("weight_gear", wgear)):
+            m.submodules[name] = ResetInserter(flush)(unit)
+
+        # -- registers <-> sequencer ------------------------------------------------------------
+        ctrl = register("CTRL").layout()(csr.ctrl)
+        status = Signal(register("STATUS").layout())
+        m.d.comb += [
+            seq.start.eq(ctrl.start), seq.abort.eq(ctrl.abort), seq.soft_reset.eq(ctrl.soft_reset),
+            seq.prog_base.eq(csr.prog_base), seq.prog_len.eq(csr.prog_len),
+            seq.window_base.eq(csr.window_base), seq.window_limit.eq(csr.window_limit),
+            csr.soft_reset.eq(seq.clear_status),
+            status.busy.eq(seq.busy), status.done.eq(seq.done), status.error.eq(seq.error),
+            status.error_code.eq(seq.error_code), status.desc_index.eq(seq.desc_index),
+            csr.status.eq(status),
+            csr.current_desc.eq(seq.current_desc),
+            csr.error_field.eq(seq.error_field),
+            csr.error_addr.eq(seq.error_addr),
+            csr.irq_status_set.eq(Cat(seq.irq_done, seq.irq_error)),
+            self.irq.eq((csr.irq_status & csr.irq_enable) != 0),
+        ]
+
+        # -- DMA ------------------------------------------------------------------------------
+        for dma in (reader, writer):
+            m.d.comb += [dma.window_base.eq(csr.window_base), dma.window_limit.eq(csr.window_limit),
+                         dma.abort.eq(seq.dma_abort), dma.clear.eq(seq.dma_clear)]
+        for name in ("araddr", "arlen", "arsize", "arburst", "arid", "arvalid", "rready"):
+            m.d.comb += getattr(self.m_axi, name).eq(getattr(reader.m_axi, name))
+        for name in ("arready", "rid", "rdata", "rresp", "rlast", "rvalid"):
+            m.d.comb += getattr(reader.m_axi, name).eq(getattr(self.m_axi, name))
+        for name in ("awaddr", "awlen", "awsize", "awburst", "awid", "awvalid", "wdata", "wstrb", "wlast",
+                     "wvalid", "bready"):
+            m.d.comb += getattr(self.m_axi, name).eq(getattr(writer.m_axi, name))
+        for name in ("awready", "wready", "bid", "bresp", "bvalid"):
+            m.d.comb += getattr(writer.m_axi, name).eq(getattr(self.m_axi, name))
+        wiring.connect(m, seq.wr_cmd, writer.cmd)
+        wiring.connect(m, writer.done, seq.wr_done)
+        m.d.comb += [
+            seq.dma_error.eq(reader.error | writer.error),
+            seq.dma_error_code.eq(Mux(reader.error, reader.error_code, writer.error_code)),
+            seq.dma_error_tag.eq(Mux(reader.error, reader.error_tag, writer.error_tag)),
+            seq.dma_busy.eq(reader.busy | writer.busy),
+        ]
+
+        # -- read router: one target per command in flight ---------------------------------------
+        m.d.comb += [
+            reader.cmd.payload.eq(seq.rd_cmd.payload),
+            reader.cmd.valid.eq(seq.rd_cmd.valid & route.w_rdy),
+            seq.rd_cmd.ready.eq(reader.cmd.ready & route.w_rdy),
+            route.w_data.eq(seq.rd_target),
+            route.w_en.eq(seq.rd_cmd.valid & seq.rd_cmd.ready),
+        ]
+        target = Signal(ReadTarget)
+        m.d.comb += target.eq(route.r_data)
+        words = reader.o
+        consumers = {
+            ReadTarget.DESC: seq.desc_word,
+            ReadTarget.LUT: lutpad.load,
+            ReadTarget.WEIGHTS: wgear.i,
+            ReadTarget.INPUT: pgear.i,
+        }
+        word_ready = Signal()
+        for tgt, sink in consumers.items():
+            hit = route.r_rdy & (target == tgt)
+            m.d.comb += [sink.payload.eq(words.payload.data), sink.valid.eq(words.valid & hit)]
+            with m.If(hit):
+                m.d.comb += word_ready.eq(sink.ready)
+        # Parameters: two words per channel; depthwise tiles get oc_par - c_par zero entries.
+        p_lo = Signal(32)
+        p_half = Signal()
+        p_lane = Signal(8)
+        p_gap = Signal()
+        s = seq.setup
+        hit_p = route.r_rdy & (target == ReadTarget.PARAMS)
+        with m.If(p_gap):
+            m.d.comb += [pp.params.valid.eq(1), pp.params.payload.eq(0)]
+            with m.If(pp.params.ready):
+                m.d.sync += p_lane.eq(p_lane + 1)
+                with m.If(p_lane == oc_par - 1):
+                    m.d.sync += [p_lane.eq(0), p_gap.eq(0)]
+        with m.Elif(hit_p):
+            m.d.comb += [pp.params.payload.eq(Cat(p_lo, words.payload.data)),
+                         pp.params.valid.eq(words.valid & p_half),
+                         word_ready.eq(~p_half | pp.params.ready)]
+            with m.If(words.valid & ~p_half):
+                m.d.sync += [p_lo.eq(words.payload.data), p_half.eq(1)]
+            with m.If(pp.params.valid & pp.params.ready):
+                m.d.sync += [p_half.eq(0), p_lane.eq(p_lane + 1)]
+                with m.If(s.depthwise & (p_lane == c_par - 1) & (c_par < oc_par)):
+                    m.d.sync += p_gap.eq(1)
+                with m.Elif(p_lane == oc_par - 1):
+                    m.d.sync += p_lane.eq(0)
+        with m.If(flush | seq.group_start):
+            m.d.sync += [p_half.eq(0), p_lane.eq(0), p_gap.eq(0)]
+        m.d.comb += [
+            words.ready.eq(route.r_rdy & word_ready),
+            route.r_en.eq(words.valid & words.ready & words.payload.last),
+        ]
+
+        # -- weights into the PE array ---------------------------------------------------------
+        w_first = Signal()
+        w_loaded = Signal()
+        w_pending = Signal()   # a weight read was issued and has not all arrived
+        w_armed = Signal()     # ... and w_loaded has not been raised for it yet
+        m.d.comb += [wgear.repeat.eq(Mux(s.depthwise, oc_par, 1)),
+                     pe.wl.payload.data.eq(wgear.o.payload), pe.wl.payload.first.eq(w_first),
+                     pe.wl.valid.eq(wgear.o.valid), wgear.o.ready.eq(pe.wl.ready),
+                     pe.wl_base.eq(Mux(seq.weights_bank, bank_blocks, 0))]
+        with m.If(pe.wl.valid & pe.wl.ready):
+            m.d.sync += w_first.eq(0)
+        with m.If(seq.weights_first):
+            m.d.sync += [w_first.eq(1), w_pending.eq(1), w_loaded.eq(0), w_armed.eq(1)]
+        weight_words_done = (route.r_rdy & (target == ReadTarget.WEIGHTS) & words.valid & words.ready
+                             & words.payload.last)
+        with m.If(weight_words_done):
+            m.d.sync += w_pending.eq(0)
+        # The last word is in the gearbox; loaded once the gearbox has sent its last row.
+        with m.If(~w_pending & ~w_first & ~wgear.busy & ~weight_words_done & w_armed):
+            m.d.sync += [w_loaded.eq(1), w_armed.eq(0)]
+        with m.If(flush | seq.group_start):
+            m.d.sync += [w_loaded.eq(0), w_pending.eq(0), w_armed.eq(0)]
+        m.d.comb += seq.weights_loaded.eq(w_loaded)
+
+        # -- datapath configuration ----------------------------------------------------------
+        go = seq.group_start
+        m.d.comb += [
+            lb.config.eq(s.lb), lb.start.eq(go),
+            pe.taps.eq(s.taps), pe.n_oc_tiles.eq(s.n_tiles), pe.depthwise.eq(s.depthwise),
+            pe.w_base.eq(Mux(s.bank, bank_blocks, 0)), pe.clear.eq(go | flush),
+            pp.start.eq(go & ~s.pool), pp.n_oc_tiles.eq(s.n_tiles), pp.zero_point.eq(s.zero_point),
+            pp.lo.eq(s.lo), pp.hi.eq(s.hi), pp.lut_enable.eq(0),
+            lutpad.setup.eq(s), lutpad.start.eq(go),
+            mp.start.eq(go & s.fuse_maxpool), mp.width.eq(s.conv_w), mp.n_oc_tiles.eq(s.n_tiles),
+            packer.setup.eq(s), packer.start.eq(go),
+        ]
+
+        # -- streams --------------------------------------------------------------------------
+        wiring.connect(m, pgear.o, lb.i)
+        gate = w_loaded | s.pool
+        m.d.comb += [
+            pe.i.payload.eq(lb.o.payload), mr.i.payload.eq(lb.o.payload),
+            pe.i.valid.eq(lb.o.valid & gate & ~s.pool), mr.i.valid.eq(lb.o.valid & s.pool),
+            lb.o.ready.eq(Mux(s.pool, mr.i.ready, pe.i.ready & gate)),
+        ]
+        wiring.connect(m, pe.o, pp.i)
+        wiring.connect(m, pp.o, lutpad.i)
+        # LutPad -> (MaxPool2x2) -> packer, or MaxReduce -> packer.
+        m.d.comb += [mp.i.payload.eq(lutpad.o.payload), mp.i.valid.eq(lutpad.o.valid & s.fuse_maxpool)]
+        with m.If(s.pool):
+            m.d.comb += [packer.i.payload.eq(mr.o.payload.as_value()), packer.i.valid.eq(mr.o.valid),
+                         mr.o.ready.eq(packer.i.ready)]
+        with m.Elif(s.fuse_maxpool):
+            m.d.comb += [packer.i.payload.eq(mp.o.payload.as_value()), packer.i.valid.eq(mp.o.valid),
+                         mp.o.ready.eq(packer.i.ready), lutpad.o.ready.eq(mp.i.ready)]
+        with m.Else():
+            m.d.comb += [packer.i.payload.eq(lutpad.o.payload.as_value()), packer.i.valid.eq(lutpad.o.valid),
+                         lutpad.o.ready.eq(packer.i.ready)]
+        wiring.connect(m, packer.o, writer.i)
+        m.d.comb += seq.datapath_idle.eq(~lb.busy & ~pp.busy & ~mp.busy & ~packer.busy & ~mr.o.valid
+                                         & ~lutpad.o.valid & ~pgear.o.valid)
+
+        # -- performance counters -------------------------------------------------------------
+        counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
+        conv_run = seq.busy & ~s.pool & lb.busy
+        tap_wait = lb.o.valid & ~pe.i.ready & gate & ~s.pool
+        out_block = packer.i.valid & ~packer.i.ready
+        incs = {
+            "cycles": 1,
+            "busy_cycles": seq.busy,
+            "mac_active_cycles": pe.mac_active,
+            "dma_read_bytes": reader.bytes_read,
+            "dma_write_bytes": writer.bytes_written,
+            "stall_input": conv_run & w_loaded & ~lb.o.valid,
+            "stall_weights": conv_run & lb.o.valid & ~gate,
+            "stall_output": tap_wait & out_block,
+            "stall_requant": tap_wait & ~out_block,
+        }
+        clear = ctrl.clear_counters | seq.clear_status
+        for name, ctr in counters.items():
+            m.d.sync += ctr.eq(Mux(clear, 0, ctr + incs[name]))
+            m.d.comb += getattr(csr, name).eq(ctr)
+        return m

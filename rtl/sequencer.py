@@ -1,0 +1,633 @@
+"""The descriptor sequencer: fetches a program by DMA, checks each descriptor, and runs its layer.
+
+Flow (one FSM; states named below)
+-----------------------------------
+``IDLE`` -> ``start``: ``PROG_LEN`` below the 16-byte header is BAD_LENGTH; else the header is read
+by DMA (``HDR_*``) and its magic, version, config hash and length (``PROG_LEN == 16 + 64*count``)
+are checked. Then for each descriptor ``i``:
+
+``DESC_*``
+    The 16 words are read by DMA from ``PROG_BASE + 16 + 64*i`` into a register with
+    :func:`jacquard.sim.isa.descriptor_layout`.
+``MUL``
+    Region sizes and tap counts are computed with one shift-and-add multiplier (no DSPs;
+    at most 17 cycles per product, 8 products).
+``CHECK``
+    The checks of ``docs/ISA.md`` run in the executor's order, one per cycle, and the first that
+    fails stops the core with its ErrorCode, the descriptor index, the field (``ERROR_FIELD``) and
+    the address (``ERROR_ADDR``). Nothing of the layer has been read or written yet. After the
+    ISA's checks come this core's own limits (PARAM_RANGE): ops other than CONV and MAXPOOL,
+    ``stride_h != stride_w``, an input row wider than a line-buffer slot, and a ceil-mode pool
+    whose last window would need more than ``kernel - 1`` rows or columns of padding.
+``GROUP_*``
+    A layer runs as output-channel groups: as many oc tiles as fit one weight bank, the
+    parameter buffer, the LUT buffer (per-channel LUTs) and the fused max pool's row buffer. For
+    each group the datapath is (re)started and five DMA commands go out in this order: channel
+    parameters, LUT, weights (into one of two banks; the next group's weights are prefetched
+    into the other bank while this group computes), the whole input (row by row) and the output
+    (a 3-D strided write of the group's channels of every pixel). Each group streams the whole
+    input again, so any number of output channels runs. Rows are never a limit: the line
+    buffer is circular.
+
+Errors and abort (``STOP``): a refused check, a DMA error (WINDOW, MISALIGNED, BUS_ERROR, with the
+command's tag = descriptor index), ``abort`` or ``soft_reset`` pulse ``dma_abort`` and hold
+``flush`` (the datapath's reset) until the DMA has drained its bursts (writes in flight finish
+with empty strobes). Then ``busy`` drops with ``error`` and the code set (ABORTED for an abort),
+or, after a soft reset, with every status register back at reset. The core takes the next
+``start`` at once.
+"""
+
+from contextlib import contextmanager
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from jacquard.sim.isa import (
+    ISA_VERSION,
+    MAX_KERNEL,
+    MAX_STRIDE,
+    NO_FIELD,
+    PROGRAM_MAGIC,
+    ErrorCode,
+    HardwareConfig,
+    Op,
+    descriptor_layout,
+    field_index,
+)
+from jacquard.sim.isa_regs import HEADER_INDEX
+
+from .dma import DmaCommand
+from .dma_writer import DmaDoneLayout
+from .line_buffer import LineBufferConfig
+
+__all__ = ["LayerSetup", "ReadTarget", "Sequencer"]
+
+_ADDR = 32
+_TAG = 16
+_WIDE = 50  # products and region ends, exact
+
+
+class ReadTarget(enum.Enum, shape=3):
+    """Where the words of a DMA read command go (the core's read router)."""
+
+    DESC = 0
+    PARAMS = 1
+    LUT = 2
+    WEIGHTS = 3
+    INPUT = 4
+
+
+class LayerSetup(data.StructLayout):
+    """The datapath configuration of one output-channel group, valid while ``busy``.
+
+    ``pool`` selects the MAXPOOL datapath (line buffer -> max reducer), else CONV (line buffer ->
+    PE array -> post-processor -> LUT/pad -> optional 2x2 pool). ``lanes`` is the channels per
+    output beat (``oc_par`` dense, ``c_par`` depthwise and pools); ``ch0`` the group's first output
+    channel; ``n_tiles`` its beats per pixel.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({
+            "pool": 1,
+            "lb": LineBufferConfig(),
+            "taps": 16,
+            "n_tiles": 16,
+            "depthwise": 1,
+            "bank": 1,
+            "zero_point": signed(8),
+            "lo": signed(8),
+            "hi": signed(8),
+            "lut": 1,
+            "lut_per_channel": 1,
+            "fuse_maxpool": 1,
+            "conv_w": 16,
+            "lanes": 8,
+            "ch0": 16,
+            "out_c": 16,
+            "out_cp": 16,
+        })
+
+
+def _mul3(x, s):
+    """``x * s`` for a 3-bit ``s``: shift-and-add, no DSP."""
+    return Mux(s[0], x, 0) + Mux(s[1], x << 1, 0) + Mux(s[2], x << 2, 0)
+
+
+class Sequencer(wiring.Component):
+    """Program fetch, descriptor checks and layer control (see the module docstring).
+
+    Parameters
+    ----------
+    config : HardwareConfig
+    lb_row_bytes : int
+        Bytes of one line-buffer row slot (``in_w * in_cp`` must fit).
+    lut_channels : int
+        Per-channel LUTs the LUT buffer holds (a multiple of ``c_par`` and ``oc_par``).
+    pool_depth : int
+        Row-buffer entries of the fused 2x2 max pool (``(conv_w // 2) * n_tiles`` must fit).
+    pp_tiles : int
+        oc tiles the post-processor's parameter memory holds.
+
+    Members
+    -------
+    start, abort, soft_reset : In(1)
+        ``CTRL`` pulses.
+    prog_base, prog_len, window_base, window_limit : In(32)
+        From the registers.
+    busy, done, error : Out(1)
+        ``STATUS``; ``done``/``error`` are cleared by ``start``.
+    error_code : Out(ErrorCode)
+    desc_index, current_desc : Out(16)
+    error_field : Out(8)
+    error_addr : Out(32)
+    irq_done, irq_error : Out(1)
+        One-cycle pulses at the end of a program.
+    clear_status : Out(1)
+        Pulses after a soft reset has drained (the core returns the registers to reset).
+    rd_cmd : Out(stream.Signature(DmaCommand(32, 16)))
+        Read commands; ``rd_target`` says where their words go.
+    rd_target : Out(ReadTarget)
+    desc_word : In(stream.Signature(32))
+        Words of header and descriptor reads.
+    wr_cmd : Out(stream.Signature(DmaCommand(32, 16)))
+    wr_done : In(stream.Signature(DmaDoneLayout(16)))
+    dma_error : In(1)
+    dma_error_code : In(ErrorCode)
+    dma_error_tag : In(16)
+    dma_busy : In(1)
+    dma_abort, dma_clear : Out(1)
+    flush : Out(1)
+        Reset of the datapath and the read router.
+    setup : Out(LayerSetup())
+    group_start : Out(1)
+        Pulse: restart the datapath units with ``setup``.
+    weights_first : Out(1)
+        Pulse: the next weight row starts bank ``setup.bank`` (one cycle before the weight read).
+    weights_bank : Out(1)
+        Bank of the weight read being issued.
+    datapath_idle : In(1)
+        Line buffer, PE array, post-processing and output packer hold nothing.
+    weights_loaded : In(1)
+        High once the last word of the most recent weight read has gone into the PE array.
+    """
+
+    def __init__(self, config: HardwareConfig, *, lb_row_bytes: int, lut_channels: int, pool_depth: int,
+                 pp_tiles: int) -> None:
+        if not isinstance(config, HardwareConfig):
+            raise TypeError(f"config must be a HardwareConfig, not {config!r}")
+        for name, v in (("lb_row_bytes", lb_row_bytes), ("lut_channels", lut_channels),
+                        ("pool_depth", pool_depth), ("pp_tiles", pp_tiles)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        self._cfg = config
+        self._lb_row_bytes = lb_row_bytes
+        self._lut_channels = lut_channels
+        self._pool_depth = pool_depth
+        self._pp_tiles = pp_tiles
+        super().__init__({
+            "start": In(1), "abort": In(1), "soft_reset": In(1),
+            "prog_base": In(_ADDR), "prog_len": In(32), "window_base": In(_ADDR), "window_limit": In(_ADDR),
+            "busy": Out(1), "done": Out(1), "error": Out(1), "error_code": Out(ErrorCode),
+            "desc_index": Out(16), "current_desc": Out(16), "error_field": Out(8, init=NO_FIELD),
+            "error_addr": Out(32), "irq_done": Out(1), "irq_error": Out(1), "clear_status": Out(1),
+            "rd_cmd": Out(stream.Signature(DmaCommand(_ADDR, _TAG))),
+            "rd_target": Out(ReadTarget),
+            "desc_word": In(stream.Signature(32)),
+            "wr_cmd": Out(stream.Signature(DmaCommand(_ADDR, _TAG))),
+            "wr_done": In(stream.Signature(DmaDoneLayout(_TAG))),
+            "dma_error": In(1), "dma_error_code": In(ErrorCode), "dma_error_tag": In(_TAG),
+            "dma_busy": In(1), "dma_abort": Out(1), "dma_clear": Out(1), "flush": Out(1),
+            "setup": Out(LayerSetup()), "group_start": Out(1), "weights_first": Out(1),
+            "weights_bank": Out(1), "datapath_idle": In(1), "weights_loaded": In(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self._cfg
+        c_par, oc_par = cfg.c_par, cfg.oc_par
+        ct_shift = exact_log2(c_par)
+        blk_shift = exact_log2(c_par * oc_par)
+        bank_blocks = cfg.weight_buffer_bytes // (c_par * oc_par)
+        param_shift = exact_log2(cfg.param_align)
+        kh_max = min(MAX_KERNEL, cfg.max_kernel_h)
+
+        d = Signal(descriptor_layout())
+        hdr = Signal(4 * 32)
+        words_left = Signal(5)
+        index = Signal(16)
+        count = Signal(32)
+        desc_addr = Signal(_ADDR)
+
+        # -- products (MUL) -----------------------------------------------------------------
+        p_row = Signal(_WIDE)       # in_w * in_cp
+        p_in = Signal(_WIDE)        # in_h * in_w * in_cp
+        p_lb = Signal(_WIDE)        # (kh - 1) * in_w * in_cp
+        p_orow = Signal(_WIDE)      # out_w * out_cp
+        p_out = Signal(_WIDE)       # out_h * out_w * out_cp
+        p_khkw = Signal(_WIDE)
+        p_taps = Signal(_WIDE)      # blocks per oc tile
+        p_w = Signal(_WIDE)         # weight bytes of the layer
+        mul_a = Signal(_WIDE)
+        mul_b = Signal(16)
+        mul_acc = Signal(_WIDE)
+
+        dw = d.depthwise
+        n_ct = d.in_cp >> ct_shift
+        lanes = Signal(8)
+        m.d.comb += lanes.eq(Mux(dw | (d.op != Op.CONV), c_par, oc_par))
+        n_tiles_total = Signal(17)
+        m.d.comb += n_tiles_total.eq(Mux(dw, (d.out_c + c_par - 1) >> ct_shift,
+                                         (d.out_c + oc_par - 1) >> exact_log2(oc_par)))
+        w_tile_bytes = Signal(_WIDE)  # weight bytes in memory per oc tile
+        m.d.comb += w_tile_bytes.eq(Mux(dw, p_khkw << ct_shift, p_taps << blk_shift))
+
+        mul_steps = [
+            (p_row, d.in_cp, d.in_w),
+            (p_in, p_row, d.in_h),
+            (p_lb, p_row, d.kh - 1),
+            (p_orow, d.out_cp, d.out_w),
+            (p_out, p_orow, d.out_h),
+            (p_khkw, d.kh, d.kw),
+            (p_taps, p_khkw, Mux(dw, 1, n_ct)),
+            (p_w, w_tile_bytes, n_tiles_total),
+        ]
+        mul_step = Signal(range(len(mul_steps) + 1))
+        mul_busy = Signal()
+
+        # -- region table (for MISALIGNED, WINDOW and OVERLAP) --------------------------------
+        op = d.op
+        is_conv, is_add = op == Op.CONV, op == Op.ADD
+        params_bytes = ((d.out_c + cfg.param_align - 1) >> param_shift) << (param_shift + 3)
+        lut_bytes = Mux(d.lut_per_channel, d.out_cp << 8, 256)
+        regions = [  # (field, used, addr, size)
+            ("in_addr", Const(1), d.in_addr, p_in),
+            ("in2_addr", is_add, d.in2_addr, p_in),
+            ("weights_addr", is_conv, d.weights_addr, p_w),
+            ("params_addr", is_conv, d.params_addr, params_bytes),
+            ("lut_addr", d.lut, d.lut_addr, lut_bytes),
+            ("out_addr", Const(1), d.out_addr, p_out),
+        ]
+
+        # -- shape checks (small multiplies by the stride) ----------------------------------
+        def dim_ok(n, k, s, p0, p1, out, fused, ceil):
+            span = Signal(signed(20))
+            m.d.comb += span.eq(n + p0 + p1 - k)
+            q = out - 1
+            floor_lo = Mux(fused, 2 * out - 1, q)
+            floor_hi = Mux(fused, 2 * out + 1, out)
+            floor_ok = (span >= 0) & (_mul3(floor_lo, s) <= span) & (span < _mul3(floor_hi, s))
+            qs, q1s = _mul3(q, s), _mul3(out, s)
+            ceil_ok = (span >= 0) & (
+                ((qs - s < span) & (span <= qs) & (qs < n + p0))
+                | ((qs < span) & (span <= q1s) & (q1s >= n + p0)))
+            return Mux(ceil, ceil_ok, floor_ok)
+
+        lb_op = (op == Op.CONV) | (op == Op.MAXPOOL) | (op == Op.AVGPOOL)
+        pool_ceil = d.ceil_mode & ((op == Op.MAXPOOL) | (op == Op.AVGPOOL))
+        oh_ok = Signal()
+        ow_ok = Signal()
+        m.d.comb += [
+            oh_ok.eq(Mux(lb_op, dim_ok(d.in_h, d.kh, d.stride_h, d.pad_t, d.pad_b, d.out_h,
+                                       is_conv & d.fuse_maxpool, pool_ceil),
+                         Mux(op == Op.GLOBAL_AVGPOOL, d.out_h == 1, d.out_h == d.in_h))),
+            ow_ok.eq(Mux(lb_op, dim_ok(d.in_w, d.kw, d.stride_w, d.pad_l, d.pad_r, d.out_w,
+                                       is_conv & d.fuse_maxpool, pool_ceil),
+                         Mux(op == Op.GLOBAL_AVGPOOL, d.out_w == 1, d.out_w == d.in_w))),
+        ]
+        # Bottom/right padding the line buffer runs with: a ceil-mode pool pads its last window.
+        pad_b_eff = Signal(signed(20))
+        pad_r_eff = Signal(signed(20))
+        m.d.comb += [
+            pad_b_eff.eq(Mux(pool_ceil, _mul3(d.out_h - 1, d.stride_h) + d.kh - d.in_h - d.pad_t, d.pad_b)),
+            pad_r_eff.eq(Mux(pool_ceil, _mul3(d.out_w - 1, d.stride_w) + d.kw - d.in_w - d.pad_l, d.pad_r)),
+        ]
+
+        def scale_bad(bits):
+            return bits[31] | (bits[23:31] == 0xFF) | (bits[:31] == 0)
+
+        reserved = Cat(*(d[name] for name in descriptor_layout().members if name.startswith("reserved_")))
+
+        def pad_c(c):
+            return (c + c_par - 1) >> ct_shift << ct_shift
+
+        P, S = ErrorCode.PARAM_RANGE, ErrorCode.SHAPE
+        checks = [  # (fails, code, field, address)
+            ((op < min(Op)) | (op > max(Op)), ErrorCode.BAD_OPCODE, "op", 0),
+            (reserved != 0, P, None, 0),
+            *[(d[n] == 0, P, n, 0) for n in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c")],
+            (d.in_cp != pad_c(d.in_c), P, "in_cp", 0),
+            (d.out_cp != pad_c(d.out_c), P, "out_cp", 0),
+            (d.lut_per_channel & ~d.lut, P, "lut_per_channel", 0),
+            (d.lut & ~(is_conv | is_add), P, "lut", 0),
+            (d.fuse_maxpool & ~is_conv, P, "fuse_maxpool", 0),
+            (d.depthwise & ~is_conv, P, "depthwise", 0),
+            (d.ceil_mode & ~((op == Op.MAXPOOL) | (op == Op.AVGPOOL)), P, "ceil_mode", 0),
+            (d.count_include_pad & (op != Op.AVGPOOL), P, "count_include_pad", 0),
+            ((is_conv | is_add) & (d.clamp_lo > d.clamp_hi), P, "clamp_lo", 0),
+            (lb_op & ((d.kh < 1) | (d.kh > kh_max)), P, "kh", 0),
+            (lb_op & ((d.kw < 1) | (d.kw > MAX_KERNEL)), P, "kw", 0),
+            (lb_op & ((d.stride_h < 1) | (d.stride_h > MAX_STRIDE)), P, "stride_h", 0),
+            (lb_op & ((d.stride_w < 1) | (d.stride_w > MAX_STRIDE)), P, "stride_w", 0),
+            (lb_op & (d.pad_t >= d.kh), P, "pad_t", 0),
+            (lb_op & (d.pad_b >= d.kh), P, "pad_b", 0),
+            (lb_op & (d.pad_l >= d.kw), P, "pad_l", 0),
+            (lb_op & (d.pad_r >= d.kw), P, "pad_r", 0),
+            (lb_op & (d.in_w > cfg.max_width), P, "in_w", 0),
+            (lb_op & (p_lb > cfg.line_buffer_bytes), P, "in_w", 0),
+            (is_conv & dw & (d.out_c != d.in_c), S, "out_c", 0),
+            (is_conv & dw & (oc_par < c_par), P, "depthwise", 0),
+            (is_conv & ((p_taps << blk_shift) > cfg.weight_buffer_bytes), P, "in_c", 0),
+            (~is_conv & (d.out_c != d.in_c), S, "out_c", 0),
+            (~oh_ok, S, "out_h", 0),
+            (~ow_ok, S, "out_w", 0),
+            *[(((op == Op.AVGPOOL) | (op == Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d[n]), P, n, 0)
+              for n in ("in_scale",)],
+            (is_add & scale_bad(d.in2_scale), P, "in2_scale", 0),
+            (((op == Op.AVGPOOL) | (op == Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d.out_scale), P,
+             "out_scale", 0),
+            *[(used & (addr[:exact_log2(cfg.dma_align)] != 0) if cfg.dma_align > 1 else Const(0),
+               ErrorCode.MISALIGNED, name, addr) for name, used, addr, _ in regions],
+            *[(used & ((addr < self.window_base) | (addr + size > self.window_limit)), ErrorCode.WINDOW,
+               name, addr) for name, used, addr, size in regions],
+            *[(used & (size != 0) & (p_out != 0) & (d.out_addr < addr + size) & (addr < d.out_addr + p_out),
+               ErrorCode.OVERLAP, "out_addr", d.out_addr) for name, used, addr, size in regions[:-1]],
+            ((d.out_addr < self.prog_base + self.prog_len) & (self.prog_base < d.out_addr + p_out),
+             ErrorCode.OVERLAP, "out_addr", d.out_addr),
+            # This core's own limits.
+            (~((op == Op.CONV) | (op == Op.MAXPOOL)), P, "op", 0),
+            (d.stride_h != d.stride_w, P, "stride_w", 0),
+            (p_row > self._lb_row_bytes, P, "in_w", 0),
+            ((pad_b_eff >= d.kh) | (pad_r_eff >= d.kw), P, "ceil_mode", 0),
+        ]
+        check_step = Signal(range(len(checks) + 1))
+
+        # -- status -------------------------------------------------------------------------
+        stop_code = Signal(ErrorCode)
+        stop_soft = Signal()
+        m.d.comb += self.current_desc.eq(index)
+
+        def fail(code, fld, addr, idx=None):
+            return [self.error_code.eq(code), self.error_field.eq(field_index(fld) if isinstance(fld, str)
+                                                                   else NO_FIELD if fld is None else fld),
+                    self.error_addr.eq(addr), self.desc_index.eq(index if idx is None else idx),
+                    stop_code.eq(code)]
+
+        # -- group state --------------------------------------------------------------------
+        tile0 = Signal(17)
+        g_tiles = Signal(17)
+        g_wbytes = Signal(_WIDE)
+        w_ptr = Signal(_ADDR)
+        bank = Signal()
+        setup = self.setup
+        ch0 = Signal(17)
+        m.d.comb += ch0.eq(Mux(dw, tile0 << ct_shift, tile0 << exact_log2(oc_par)))
+        g_ch = Signal(17)  # channels in the group that exist in memory
+        g_lanes_all = Signal(20)
+        m.d.comb += [
+            g_lanes_all.eq(Mux(dw, g_tiles << ct_shift, g_tiles << exact_log2(oc_par))),
+            g_ch.eq(Mux(d.out_cp - ch0 < g_lanes_all, d.out_cp - ch0, g_lanes_all)),
+        ]
+        lut_cap = self._lut_channels
+        nxt = g_tiles + 1
+        g_blocks = Signal(_WIDE)   # running g_tiles * taps
+        g_pool = Signal(_WIDE)     # running g_tiles * (conv_w // 2)
+        can_grow = Signal()
+        m.d.comb += can_grow.eq(
+            is_conv & (tile0 + nxt <= n_tiles_total)
+            & (g_blocks + p_taps <= bank_blocks)
+            & (nxt <= self._pp_tiles)
+            & (~d.lut_per_channel | (Mux(dw, nxt << ct_shift, nxt << exact_log2(oc_par)) <= lut_cap))
+            & (~d.fuse_maxpool | (g_pool + (setup.conv_w >> 1) <= self._pool_depth)))
+        # DMA words are dma_align bytes: a group that does not end the layer must end on a
+        # multiple of c_par channels (matters only when oc_par < c_par).
+        misfit = Signal()
+        if oc_par < c_par:
+            m.d.comb += misfit.eq((g_lanes_all[:ct_shift] != 0) & (tile0 + g_tiles < n_tiles_total))
+
+        rd, wr = self.rd_cmd, self.wr_cmd
+        m.d.comb += [rd.payload.tag.eq(index), wr.payload.tag.eq(index), self.weights_bank.eq(bank)]
+        with m.If(rd.valid & rd.ready):
+            m.d.sync += rd.valid.eq(0)
+        with m.If(wr.valid & wr.ready):
+            m.d.sync += wr.valid.eq(0)
+
+        def read(target, addr, inner, count1=1, stride1=0):
+            return [rd.valid.eq(1), rd.payload.addr.eq(addr), rd.payload.inner_bytes.eq(inner),
+                    rd.payload.count1.eq(count1), rd.payload.stride1.eq(stride1), rd.payload.count2.eq(1),
+                    rd.payload.stride2.eq(0), self.rd_target.eq(target)]
+
+        cmd_free = ~rd.valid
+        m.d.comb += self.desc_word.ready.eq(1)
+        with m.If(self.desc_word.valid):
+            m.d.sync += [hdr.eq(Cat(hdr[32:], self.desc_word.payload)),
+                         d.eq(Cat(d.as_value()[32:], self.desc_word.payload)),
+                         words_left.eq(words_left - 1)]
+
+        def preempt():
+            # Host commands and DMA errors pre-empt every state but IDLE and STOP.
+            with m.If(self.soft_reset):
+                m.d.sync += stop_soft.eq(1)
+                m.d.comb += self.dma_abort.eq(1)
+                m.next = "STOP"
+            with m.Elif(self.abort):
+                m.d.sync += fail(ErrorCode.ABORTED, None, 0)
+                m.d.comb += self.dma_abort.eq(1)
+                m.next = "STOP"
+            with m.Elif(self.dma_error):
+                m.d.sync += fail(self.dma_error_code, None,
+                                 Mux(self.dma_error_tag == HEADER_INDEX, self.prog_base, desc_addr),
+                                 self.dma_error_tag)
+                m.d.comb += self.dma_abort.eq(1)
+                m.next = "STOP"
+
+        @contextmanager
+        def state(name):
+            with m.State(name):
+                yield
+                if name not in ("IDLE", "STOP"):
+                    preempt()
+
+        with m.FSM(name="seq"):
+            with state("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
+                                 self.error_field.eq(NO_FIELD), self.error_addr.eq(0), self.desc_index.eq(0),
+                                 index.eq(HEADER_INDEX), self.busy.eq(1)]
+                    m.d.comb += self.dma_clear.eq(1)
+                    with m.If(self.prog_len < 16):
+                        m.d.sync += fail(ErrorCode.BAD_LENGTH, None, 0, HEADER_INDEX)
+                        m.next = "STOP"
+                    with m.Else():
+                        m.next = "HDR_FETCH"
+            with state("HDR_FETCH"):
+                m.d.sync += [*read(ReadTarget.DESC, self.prog_base, 16), words_left.eq(4)]
+                m.next = "HDR_WAIT"
+            with state("HDR_WAIT"):
+                with m.If(words_left == 0):
+                    m.next = "HDR_CHECK"
+            with state("HDR_CHECK"):
+                magic, version, chash, cnt = hdr[0:32], hdr[32:64], hdr[64:96], hdr[96:128]
+                m.d.sync += [count.eq(cnt), index.eq(0), desc_addr.eq(self.prog_base + 16)]
+                with m.If(magic != PROGRAM_MAGIC):
+                    m.d.sync += fail(ErrorCode.BAD_MAGIC, None, 0)
+                    m.next = "STOP"
+                with m.Elif(version != ISA_VERSION):
+                    m.d.sync += fail(ErrorCode.BAD_VERSION, None, 0)
+                    m.next = "STOP"
+                with m.Elif(chash != cfg.config_hash()):
+                    m.d.sync += fail(ErrorCode.BAD_CONFIG, None, 0)
+                    m.next = "STOP"
+                with m.Elif(self.prog_len != 16 + (cnt.as_unsigned() << 6)):
+                    m.d.sync += fail(ErrorCode.BAD_LENGTH, None, 0)
+                    m.next = "STOP"
+                with m.Else():
+                    m.next = "NEXT_DESC"
+            with state("NEXT_DESC"):
+                with m.If(index == count):
+                    m.d.sync += [self.done.eq(1), self.busy.eq(0), index.eq(Mux(count == 0, 0, count - 1))]
+                    m.d.comb += self.irq_done.eq(1)
+                    m.next = "IDLE"
+                with m.Elif(cmd_free):
+                    m.d.sync += [*read(ReadTarget.DESC, desc_addr, 64), words_left.eq(16)]
+                    m.next = "DESC_WAIT"
+            with state("DESC_WAIT"):
+                with m.If(words_left == 0):
+                    m.d.sync += [mul_step.eq(0), mul_busy.eq(0)]
+                    m.next = "MUL"
+            with state("MUL"):
+                with m.If(~mul_busy):
+                    with m.Switch(mul_step):
+                        for k, (_, a, b) in enumerate(mul_steps):
+                            with m.Case(k):
+                                m.d.sync += [mul_a.eq(a), mul_b.eq(b), mul_acc.eq(0), mul_busy.eq(1)]
+                        with m.Default():
+                            m.d.sync += check_step.eq(0)
+                            m.next = "CHECK"
+                with m.Elif(mul_b != 0):
+                    m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
+                                 mul_acc.eq(Mux(mul_b[0], mul_acc + mul_a, mul_acc))]
+                with m.Else():
+                    with m.Switch(mul_step):
+                        for k, (dst, _, _) in enumerate(mul_steps):
+                            with m.Case(k):
+                                m.d.sync += dst.eq(mul_acc)
+                    m.d.sync += [mul_step.eq(mul_step + 1), mul_busy.eq(0)]
+            with state("CHECK"):
+                with m.Switch(check_step):
+                    for k, (bad, code, fld, addr) in enumerate(checks):
+                        with m.Case(k):
+                            with m.If(bad):
+                                m.d.sync += fail(code, fld, addr)
+                                m.next = "STOP"
+                    with m.Default():
+                        m.d.sync += [tile0.eq(0), g_tiles.eq(0), g_wbytes.eq(0), w_ptr.eq(d.weights_addr),
+                                     bank.eq(0), g_blocks.eq(0), g_pool.eq(0), setup.taps.eq(p_taps)]
+                        m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff)
+                        m.next = "GROUP_SIZE"
+                m.d.sync += check_step.eq(check_step + 1)
+            with state("GROUP_SIZE"):
+                # Grow the group one oc tile per cycle while it fits every buffer.
+                with m.If(can_grow):
+                    m.d.sync += [g_tiles.eq(nxt), g_wbytes.eq(g_wbytes + w_tile_bytes),
+                                 g_blocks.eq(g_blocks + p_taps), g_pool.eq(g_pool + (setup.conv_w >> 1))]
+                with m.Elif(misfit):
+                    m.d.sync += [g_tiles.eq(g_tiles - 1), g_wbytes.eq(g_wbytes - w_tile_bytes)]
+                with m.Elif(self.datapath_idle & ~self.dma_busy & cmd_free & ~wr.valid):
+                    m.d.sync += [setup.n_tiles.eq(Mux(d.op == Op.CONV, g_tiles, n_ct)),
+                                 setup.lb.oc_tiles.eq(Mux(is_conv & ~dw, g_tiles, 1)),
+                                 setup.ch0.eq(ch0), setup.bank.eq(bank)]
+                    m.next = "GROUP_START"
+            with state("GROUP_START"):
+                m.d.comb += self.group_start.eq(1)
+                with m.If(d.op == Op.CONV):
+                    m.next = "ISSUE_PARAMS"
+                with m.Else():
+                    m.next = "ISSUE_INPUT"
+            with state("ISSUE_PARAMS"):
+                with m.If(cmd_free):
+                    m.d.sync += read(ReadTarget.PARAMS, d.params_addr + (ch0 << 3), g_lanes_all << 3)
+                    # Depthwise groups read c_par entries per tile (the router pads to oc_par).
+                    m.next = "ISSUE_LUT"
+            with state("ISSUE_LUT"):
+                with m.If(~d.lut):
+                    m.next = "ISSUE_WEIGHTS"
+                with m.Elif(cmd_free):
+                    per_ch = d.lut_per_channel
+                    m.d.sync += read(ReadTarget.LUT, Mux(per_ch, d.lut_addr + (ch0 << 8), d.lut_addr),
+                                     Mux(per_ch, g_ch << 8, 256))
+                    m.next = "ISSUE_WEIGHTS"
+            with state("ISSUE_WEIGHTS"):
+                with m.If(cmd_free):
+                    m.d.comb += self.weights_first.eq(1)
+                    m.d.sync += read(ReadTarget.WEIGHTS, w_ptr, g_wbytes)
+                    m.next = "ISSUE_INPUT"
+            with state("ISSUE_INPUT"):
+                with m.If(cmd_free):
+                    m.d.sync += read(ReadTarget.INPUT, d.in_addr, p_row, d.in_h, p_row)
+                    m.next = "ISSUE_OUTPUT"
+            with state("ISSUE_OUTPUT"):
+                with m.If(~wr.valid):
+                    m.d.sync += [wr.valid.eq(1), wr.payload.addr.eq(d.out_addr + ch0),
+                                 wr.payload.inner_bytes.eq(Mux(d.op == Op.CONV, g_ch, d.out_cp)),
+                                 wr.payload.count1.eq(d.out_w), wr.payload.stride1.eq(d.out_cp),
+                                 wr.payload.count2.eq(d.out_h), wr.payload.stride2.eq(p_orow)]
+                    m.next = "GROUP_WAIT"
+            with state("GROUP_WAIT"):
+                m.d.comb += self.wr_done.ready.eq(1)
+                with m.If(self.wr_done.valid):
+                    with m.If((d.op == Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
+                        m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0), w_ptr.eq(w_ptr + g_wbytes),
+                                     g_wbytes.eq(0), bank.eq(~bank), g_blocks.eq(0), g_pool.eq(0)]
+                        m.next = "GROUP_SIZE"
+                    with m.Else():
+                        m.d.sync += [index.eq(index + 1), desc_addr.eq(desc_addr + 64)]
+                        m.next = "LAYER_END"
+            with state("LAYER_END"):
+                with m.If(self.datapath_idle & ~self.dma_busy):
+                    m.next = "NEXT_DESC"
+            with state("STOP"):
+                m.d.comb += self.flush.eq(1)
+                m.d.sync += rd.valid.eq(0)
+                m.d.sync += wr.valid.eq(0)
+                with m.If(~self.dma_busy):
+                    m.d.sync += [self.busy.eq(0), self.error.eq(~stop_soft), stop_soft.eq(0)]
+                    with m.If(stop_soft):
+                        m.d.sync += [self.done.eq(0), self.error_code.eq(0), self.error_field.eq(NO_FIELD),
+                                     self.error_addr.eq(0), self.desc_index.eq(0), index.eq(0)]
+                        m.d.comb += self.clear_status.eq(1)
+                    with m.Else():
+                        m.d.comb += self.irq_error.eq(1)
+                    m.next = "IDLE"
+
+        # A soft reset while idle just clears the status.
+        with m.If(~self.busy & self.soft_reset):
+            m.d.sync += [self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
+                         self.error_field.eq(NO_FIELD), self.error_addr.eq(0), self.desc_index.eq(0),
+                         index.eq(0)]
+            m.d.comb += self.clear_status.eq(1)
+        return m
+
+    def _layer_setup(self, d, setup, pad_b_eff, pad_r_eff):
+        cfg = self._cfg
+        pool = d.op == Op.MAXPOOL
+        # The conv's width before a fused 2x2 pool: 2*out_w, or 2*out_w + 1 when one more fits.
+        span = d.in_w + d.pad_l + d.pad_r - d.kw
+        conv_w = 2 * d.out_w + (_mul3(2 * d.out_w, d.stride_w) <= span)
+        return [
+            setup.pool.eq(pool),
+            setup.lb.width.eq(d.in_w), setup.lb.height.eq(d.in_h), setup.lb.channels.eq(d.in_cp),
+            setup.lb.kh.eq(d.kh), setup.lb.kw.eq(d.kw), setup.lb.stride.eq(d.stride_h),
+            setup.lb.pad_top.eq(d.pad_t), setup.lb.pad_left.eq(d.pad_l),
+            setup.lb.pad_bottom.eq(pad_b_eff), setup.lb.pad_right.eq(pad_r_eff),
+            setup.lb.zero_point.eq(Mux(pool, -128, d.in_zp)),
+            setup.lb.depthwise.eq(d.depthwise | pool),
+            setup.depthwise.eq(d.depthwise),
+            setup.zero_point.eq(d.out_zp), setup.lo.eq(d.clamp_lo), setup.hi.eq(d.clamp_hi),
+            setup.lut.eq(d.lut), setup.lut_per_channel.eq(d.lut_per_channel),
+            setup.fuse_maxpool.eq(d.fuse_maxpool & (d.op == Op.CONV)),
+            setup.conv_w.eq(conv_w),
+            setup.lanes.eq(Mux(d.depthwise | pool, cfg.c_par, cfg.oc_par)),
+            setup.out_c.eq(d.out_c), setup.out_cp.eq(d.out_cp),
+        ]
