@@ -1,0 +1,418 @@
+"""The board SoC: host bridge over the USB-UART, device memory, the core's registers, PLL and LEDs.
+
+::
+
+    UART rx/tx pins -- UartRx/UartTx -- HostBridge --m_axi--> AxiSram (device memory, 0x0000_0000)
+                                                  \\-m_axil-> core registers (0x8000_0000)
+
+``rtl/core.py`` (``JacquardCore``) is not finished yet, so the register side is
+:class:`PlaceholderCore`: the real generated register block (:class:`jacquard.rtl.csr.Csr`, so ID,
+VERSION, CONFIG* and CONFIG_HASH read exactly what the board's core will report) with no
+sequencer behind it (STATUS reads idle, CTRL does nothing). When the core lands it replaces the
+placeholder and becomes a second AXI4 master on the device memory.
+
+:class:`BridgeSoc` is the part that simulates (no clocking, pins as ports); :class:`BoardTop` adds
+the PLL, reset and the board's pins for a platform from :mod:`jacquard.boards.configs`.
+"""
+
+
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io, memory, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from jacquard.rtl.axi import AxiLiteSignature, AxiResp, AxiSignature
+from jacquard.rtl.csr import Csr
+from jacquard.rtl.host_bridge import HostBridge
+from jacquard.rtl.uart import UartRx, UartTx, uart_divisor
+from jacquard.sim.isa import HardwareConfig
+
+__all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll_params", "ice40_pll_params"]
+
+
+class AxiSram(wiring.Component):
+    """An AXI4 slave over on-chip RAM (32-bit data, INCR bursts, one transaction at a time).
+
+    Reads stream one beat per cycle after a cycle of latency. Addresses past the memory answer
+    DECERR (writes are not done), so a stray host or DMA address is reported, not wrapped.
+
+    Parameters
+    ----------
+    size : int
+        Bytes, a multiple of 4.
+    spram : bool
+        Build it from iCE40 SB_SPRAM256KA blocks (16 Ki words per pair) instead of inferred RAM.
+        Only with a platform; simulation always uses inferred RAM.
+
+    Members
+    -------
+    s_axi : In(AxiSignature(32, 32, 1))
+        The slave port.
+
+    Raises
+    ------
+    ValueError
+        If ``size`` is not a positive multiple of 4 (of 64 KiB with ``spram``).
+    """
+
+    def __init__(self, size: int, spram: bool = False) -> None:
+        if not isinstance(size, int) or size <= 0 or size % 4:
+            raise ValueError(f"size must be a positive multiple of 4 bytes, not {size!r}")
+        if spram and size % (64 * 1024):
+            raise ValueError(f"An SPRAM memory must be a multiple of 64 KiB, not {size!r}")
+        self._size = size
+        self._spram = spram
+        super().__init__({"s_axi": In(AxiSignature(32, 32, 1))})
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        bus = self.s_axi
+        words = self._size // 4
+
+        # A simple port: address, write data/mask/enable; read data one cycle later.
+        p_addr = Signal(range(words))
+        p_wdata = Signal(32)
+        p_wmask = Signal(4)
+        p_rdata = Signal(32)
+        if self._spram and platform is not None:
+            self._spram_banks(m, p_addr, p_wdata, p_wmask, p_rdata)
+        else:
+            m.submodules.ram = ram = memory.Memory(shape=32, depth=words, init=[])
+            wp = ram.write_port(granularity=8)
+            rp = ram.read_port()
+            m.d.comb += [wp.addr.eq(p_addr), rp.addr.eq(p_addr), wp.data.eq(p_wdata),
+                         wp.en.eq(p_wmask), p_rdata.eq(rp.data)]
+
+        addr = Signal(32)
+        beats = Signal(8)
+        bad = Signal()
+        in_range = addr < self._size
+        m.d.comb += [bus.bid.eq(0), bus.rid.eq(0), p_addr.eq(addr[2:])]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(bus.awvalid):
+                    m.d.comb += bus.awready.eq(1)
+                    m.d.sync += [addr.eq(bus.awaddr), bad.eq(0)]
+                    m.next = "WRITE"
+                with m.Elif(bus.arvalid):
+                    m.d.comb += bus.arready.eq(1)
+                    m.d.sync += [addr.eq(bus.araddr), beats.eq(bus.arlen), bad.eq(0)]
+                    m.next = "READ_FIRST"
+            with m.State("WRITE"):
+                m.d.comb += bus.wready.eq(1)
+                with m.If(bus.wvalid):
+                    with m.If(in_range):
+                        m.d.comb += [p_wdata.eq(bus.wdata), p_wmask.eq(bus.wstrb)]
+                    with m.Else():
+                        m.d.sync += bad.eq(1)
+                    m.d.sync += addr.eq(addr + 4)
+                    with m.If(bus.wlast):
+                        m.next = "WRITE_RESP"
+            with m.State("WRITE_RESP"):
+                m.d.comb += [bus.bvalid.eq(1), bus.bresp.eq(bad.replicate(2) & AxiResp.DECERR)]
+                with m.If(bus.bready):
+                    m.next = "IDLE"
+            with m.State("READ_FIRST"):
+                m.next = "READ"          # the RAM reads `addr` during this cycle
+            with m.State("READ"):
+                m.d.comb += [bus.rvalid.eq(1), bus.rdata.eq(p_rdata), bus.rlast.eq(beats == 0),
+                             bus.rresp.eq((~in_range).replicate(2) & AxiResp.DECERR)]
+                with m.If(bus.rready):
+                    m.d.sync += [addr.eq(addr + 4), beats.eq(beats - 1)]
+                    # Present the next address now, so the next beat follows without a bubble.
+                    m.d.comb += p_addr.eq(addr[2:] + 1)
+                    with m.If(beats == 0):
+                        m.next = "IDLE"
+        return m
+
+    def _spram_banks(self, m, p_addr, p_wdata, p_wmask, p_rdata) -> None:
+        # Each bank is two 16 Ki x 16 SPRAMs side by side; MASKWREN has one bit per nibble.
+        banks = self._size // (64 * 1024)
+        bank = p_addr[14:]
+        bank_q = Signal.like(bank) if banks > 1 else None
+        outs = []
+        for b in range(banks):
+            out = Signal(32, name=f"spram_q{b}")
+            outs.append(out)
+            for half in range(2):
+                mask = Signal(4, name=f"spram_mask{b}_{half}")
+                lo, hi = p_wmask[2 * half], p_wmask[2 * half + 1]
+                m.d.comb += mask.eq(Cat(lo, lo, hi, hi))
+                sel = (bank == b) if banks > 1 else 1
+                m.submodules[f"spram{b}_{half}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=p_addr[:14], i_DATAIN=p_wdata[16 * half:16 * half + 16],
+                    i_MASKWREN=mask, i_WREN=(p_wmask != 0) & sel, i_CHIPSELECT=1,
+                    i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                    o_DATAOUT=out[16 * half:16 * half + 16])
+        if bank_q is not None:
+            m.d.sync += bank_q.eq(bank)
+            with m.Switch(bank_q):
+                for b in range(banks):
+                    with m.Case(b):
+                        m.d.comb += p_rdata.eq(outs[b])
+        else:
+            m.d.comb += p_rdata.eq(outs[0])
+
+
+class PlaceholderCore(wiring.Component):
+    """Stand-in for ``JacquardCore`` until ``rtl/core.py`` exists: its register block, no engine.
+
+    Parameters
+    ----------
+    config : HardwareConfig
+        The config the ID/CONFIG registers report.
+
+    Members
+    -------
+    s_axil : In(AxiLiteSignature(32, 32))
+        The register port (only the low 12 address bits are decoded).
+    busy, error : Out(1)
+        STATUS.busy and STATUS.error (always 0 here).
+    """
+
+    s_axil: In(AxiLiteSignature(32, 32))
+    busy: Out(1)
+    error: Out(1)
+
+    def __init__(self, config: HardwareConfig) -> None:
+        if not isinstance(config, HardwareConfig):
+            raise TypeError(f"config must be a HardwareConfig, not {config!r}")
+        self._config = config
+        super().__init__()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.csr = csr = Csr(self._config, addr_width=12)
+        for name in ("awaddr", "araddr"):
+            m.d.comb += getattr(csr.s_axil, name).eq(getattr(self.s_axil, name)[:12])
+        for name, sig in AxiLiteSignature(32, 32).members.items():
+            if name in ("awaddr", "araddr"):
+                continue
+            if sig.flow == Out:
+                m.d.comb += getattr(csr.s_axil, name).eq(getattr(self.s_axil, name))
+            else:
+                m.d.comb += getattr(self.s_axil, name).eq(getattr(csr.s_axil, name))
+        return m
+
+
+class BridgeSoc(wiring.Component):
+    """UART + host bridge + device memory + core (placeholder) + LED logic, in the ``sync`` domain.
+
+    Parameters
+    ----------
+    config : HardwareConfig
+        The core's config.
+    memory_bytes : int
+        Device memory size.
+    divisor : int
+        UART bit period in cycles.
+    timeout : int
+        The bridge's inter-byte timeout in cycles.
+    max_words : int
+        The bridge's largest request.
+    heartbeat_bit : int
+        Counter bit that blinks the heartbeat LED (about ``log2(f_clk)`` for 1 Hz).
+    spram : bool
+        Device memory in iCE40 SPRAM.
+
+    Members
+    -------
+    rx : In(1)
+        UART line from the host (idle high).
+    tx : Out(1)
+        UART line to the host.
+    led_heartbeat, led_busy, led_error : Out(1)
+        Blinks while the clock runs; lit while the bridge or core is busy; lit for a while after a
+        dropped frame or while the core reports an error.
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    led_heartbeat: Out(1)
+    led_busy: Out(1)
+    led_error: Out(1)
+    frames_ok: Out(16)
+    frames_retried: Out(16)
+    frames_dropped: Out(16)
+
+    def __init__(self, config: HardwareConfig, *, memory_bytes: int = 64 * 1024, divisor: int = 16,
+                 timeout: int = 100_000, max_words: int = 64, heartbeat_bit: int = 24,
+                 spram: bool = False) -> None:
+        if not isinstance(heartbeat_bit, int) or not 4 <= heartbeat_bit <= 31:
+            raise ValueError(f"heartbeat_bit must be in 4..31, not {heartbeat_bit!r}")
+        self.config = config
+        self.heartbeat_bit = heartbeat_bit
+        self.uart_rx = UartRx(divisor)
+        self.uart_tx = UartTx(divisor)
+        self.bridge = HostBridge(max_words=max_words, timeout=timeout)
+        self.sram = AxiSram(memory_bytes, spram=spram)
+        self.core = PlaceholderCore(config)
+        super().__init__()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.uart_rx = self.uart_rx
+        m.submodules.uart_tx = self.uart_tx
+        m.submodules.bridge = bridge = self.bridge
+        m.submodules.sram = self.sram
+        m.submodules.core = self.core
+        m.d.comb += [self.uart_rx.rx.eq(self.rx), self.tx.eq(self.uart_tx.tx)]
+        wiring.connect(m, self.uart_rx.o, bridge.rx)
+        wiring.connect(m, bridge.tx, self.uart_tx.i)
+        wiring.connect(m, bridge.m_axi, self.sram.s_axi)
+        wiring.connect(m, bridge.m_axil, self.core.s_axil)
+        m.d.comb += [self.frames_ok.eq(bridge.frames_ok), self.frames_retried.eq(bridge.frames_retried),
+                     self.frames_dropped.eq(bridge.frames_dropped)]
+
+        counter = Signal(self.heartbeat_bit + 1)
+        m.d.sync += counter.eq(counter + 1)
+        # Pulses are stretched so that a person sees them: about 1/16 s for busy, 1/2 s for errors.
+        busy_hold = Signal(self.heartbeat_bit - 3)
+        err_hold = Signal(self.heartbeat_bit)
+        with m.If(bridge.busy | self.core.busy):
+            m.d.sync += busy_hold.eq((1 << len(busy_hold)) - 1)
+        with m.Elif(busy_hold != 0):
+            m.d.sync += busy_hold.eq(busy_hold - 1)
+        with m.If(bridge.dropped | self.core.error):
+            m.d.sync += err_hold.eq((1 << len(err_hold)) - 1)
+        with m.Elif(err_hold != 0):
+            m.d.sync += err_hold.eq(err_hold - 1)
+        m.d.comb += [self.led_heartbeat.eq(counter[-1]), self.led_busy.eq(busy_hold != 0),
+                     self.led_error.eq(err_hold != 0)]
+        return m
+
+
+def ecp5_pll_params(f_in: float, f_out: float) -> dict[str, int]:
+    """EHXPLLL dividers for ``f_out`` MHz from ``f_in`` MHz (VCO 400..800 MHz, exact or closest).
+
+    Raises
+    ------
+    ValueError
+        If no setting is within 1 % of ``f_out``.
+    """
+    best = None
+    for clki in range(1, 129):
+        pfd = f_in / clki
+        if not 3.125 <= pfd <= 400:
+            continue
+        for clkfb in range(1, 81):
+            fout = pfd * clkfb
+            for clkop in range(1, 129):
+                if not 400 <= fout * clkop <= 800:
+                    continue
+                err = abs(fout - f_out)
+                if best is None or err < best[0]:
+                    best = (err, {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop,
+                                  "CLKOP_CPHASE": (clkop - 1) // 2, "f_out": fout})
+    if best is None or best[0] > 0.01 * f_out:
+        raise ValueError(f"An ECP5 PLL cannot make {f_out} MHz from {f_in} MHz")
+    return best[1]
+
+
+def ice40_pll_params(f_in: float, f_out: float) -> dict[str, int]:
+    """SB_PLL40 (SIMPLE feedback) settings for ``f_out`` MHz from ``f_in`` MHz, as icepll computes them.
+
+    Raises
+    ------
+    ValueError
+        If no setting is within 1 % of ``f_out``.
+    """
+    best = None
+    for divr in range(16):
+        pfd = f_in / (divr + 1)
+        if not 10 <= pfd <= 133:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not 533 <= vco <= 1066:
+                continue
+            for divq in range(1, 7):
+                fout = vco / (1 << divq)
+                err = abs(fout - f_out)
+                if best is None or err < best[0]:
+                    rng = next(i for i, lim in enumerate((17, 26, 44, 66, 101), 1) if pfd < lim) \
+                        if pfd < 101 else 6
+                    best = (err, {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": rng,
+                                  "f_out": fout})
+    if best is None or best[0] > 0.01 * f_out:
+        raise ValueError(f"An iCE40 PLL cannot make {f_out} MHz from {f_in} MHz")
+    return best[1]
+
+
+class BoardTop(Elaboratable):
+    """A board's top: PLL -> ``sync``, reset held until lock, :class:`BridgeSoc` on the board's pins.
+
+    Parameters
+    ----------
+    board : str
+        A name in :data:`jacquard.boards.configs.BOARDS`.
+
+    Raises
+    ------
+    ValueError
+        If the board is unknown.
+    """
+
+    def __init__(self, board: str) -> None:
+        from jacquard.boards.configs import board as board_config
+
+        self.board = board_config(board)
+        cfg = self.board
+        if cfg.family == "ecp5":
+            self.pll = ecp5_pll_params(cfg.input_clock_mhz, cfg.clock_mhz)
+        else:
+            self.pll = ice40_pll_params(cfg.input_clock_mhz, cfg.clock_mhz)
+        f_hz = self.pll["f_out"] * 1e6
+        self.soc = BridgeSoc(cfg.hardware_config(), memory_bytes=cfg.memory_bytes,
+                             divisor=uart_divisor(f_hz, cfg.baud), timeout=int(f_hz * 0.02),
+                             heartbeat_bit=max(4, int(f_hz).bit_length() - 1),
+                             spram=cfg.family == "ice40")
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.board
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        locked = Signal()
+        clk_port = platform.request(platform.default_clk, dir="-")
+        if cfg.family == "ecp5":
+            m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_port)
+            p = self.pll
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=str(cfg.input_clock_mhz), a_FREQUENCY_PIN_CLKOP=f"{p['f_out']:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+                a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+                p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"], p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+                p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=p["CLKFB_DIV"],
+                i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, i_CLKFB=cd_sync.clk, i_PHASESEL0=0, i_PHASESEL1=0,
+                i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=cd_sync.clk, o_LOCK=locked)
+        else:
+            p = self.pll
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD",
+                p_FEEDBACK_PATH="SIMPLE", p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
+                p_FILTER_RANGE=p["FILTER_RANGE"],
+                i_PACKAGEPIN=clk_port.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=cd_sync.clk, o_LOCK=locked)
+        platform.add_clock_constraint(cd_sync.clk, self.pll["f_out"] * 1e6)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+
+        m.submodules.soc = soc = self.soc
+        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [soc.rx.eq(rx_buf.i), tx_buf.o.eq(soc.tx)]
+        for (res, idx), led in zip(cfg.leds, (soc.led_heartbeat, soc.led_busy, soc.led_error), strict=True):
+            buf = io.Buffer("o", platform.request(res, idx, dir="-"))
+            m.submodules[f"led_{res}_{idx}"] = buf
+            m.d.comb += buf.o.eq(led)
+        return m
