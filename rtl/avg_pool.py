@@ -1,0 +1,297 @@
+"""Windowed average pooling (QLinearAveragePool), bit-exact with ``golden.avg_pool``, in integer logic.
+
+onnxruntime (and ``golden.avg_pool``) works in float32::
+
+    v     = f32(f32(x - zx) * sx)                 per tap (padding: x = zx, so v = +0)
+    total = (((0 + v_0) + v_1) + ...)             row-major over the window, each add rounded
+    mean  = f32(total / count)                    count = KH*KW, or the taps inside the image
+    y     = clamp(rint(f32(f32(mean / sy) + zy)), -128, 127)
+
+Each step is one correctly rounded float32 operation, done exactly here with integer datapaths:
+the multiply and the adds reuse :func:`jacquard.rtl.eltwise_add._fma` (``v = fma(x - zx, sx, 0)``,
+``total = fma(1, v, total)``, ``fma(zy, 1, q)``), the divisions use a 27-stage restoring divider
+(quotient bits plus a remainder sticky, then round-half-even). With ``sx`` and ``sy`` in
+``[2^-32, 2^32)`` (else ``error``) every intermediate value is a normal float32: no subnormal or
+overflow case exists to get wrong.
+
+One lane datapath serves all ``c_par`` lanes in turn, so a tap takes ``max(c_par, 8)`` cycles
+(the running sum of a lane must leave the 7-stage adder before the lane's next tap enters it), and
+a window's results (about 80 cycles of latency) are collected before the next window starts.
+Average pooling is rare in the target networks, so the unit is small rather than fast; the int32
+global average (``Pool`` in ``SUM`` mode, then the requantizer) is full rate.
+A window that covers the whole map without padding is refused: onnxruntime (and the golden model)
+computes that case as a global average, which ``Pool``'s ``SUM`` mode does exactly.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .eltwise_add import FMA_STAGES, _decode, _Float, _fma, _Pipe
+from .layouts import pixel_layout, tap_layout
+
+__all__ = ["AvgPool"]
+
+SCALE_EXP_MIN, SCALE_EXP_MAX = -32, 31
+DIV_STAGES = 29  # operands in, 27 quotient bits, rounding
+
+
+def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
+    """``RNE24(a / b)`` for normal ``b``, pipelined over :data:`DIV_STAGES` stages.
+
+    ``tags`` (name -> value) travel along. Returns ``(_Float, tags)`` at the output.
+    """
+    # q0: operands in; the quotient of the significands is in (1/2, 2).
+    rem = p.reg(f"{name}_q0_rem", 26, a.mant)
+    den = p.reg(f"{name}_q0_den", 24, b.mant)
+    quo = p.reg(f"{name}_q0_quo", 27, 0)
+    sign = p.reg(f"{name}_q0_sign", 1, a.sign ^ b.sign)
+    zero = p.reg(f"{name}_q0_zero", 1, a.zero)
+    elead = p.reg(f"{name}_q0_elead", signed(12), a.elsb - b.elsb)
+    tags = {k: p.reg(f"{name}_q0_{k}", len(v), v) for k, v in tags.items()}
+    for i in range(1, 28):
+        ge = rem >= den
+        nrem = Mux(ge, rem - den, rem)
+        rem = p.reg(f"{name}_q{i}_rem", 26, nrem << 1)
+        quo = p.reg(f"{name}_q{i}_quo", 27, (quo << 1) | ge)
+        den = p.reg(f"{name}_q{i}_den", 24, den)
+        sign = p.reg(f"{name}_q{i}_sign", 1, sign)
+        zero = p.reg(f"{name}_q{i}_zero", 1, zero)
+        elead = p.reg(f"{name}_q{i}_elead", signed(12), elead)
+        tags = {k: p.reg(f"{name}_q{i}_{k}", len(v), v) for k, v in tags.items()}
+    # quo = floor(ma / mb * 2^26); the leading one is bit 26 or 25.
+    top = quo[26]
+    mant = Mux(top, quo[3:27], quo[2:26])
+    guard = Mux(top, quo[2], quo[1])
+    sticky = Mux(top, quo[:2].any(), quo[0]) | (rem != 0)
+    rounded = Signal(25, name=f"{name}_r_rounded")
+    p.m.d.comb += rounded.eq(mant + (guard & (sticky | mant[0])))
+    out = _Float(p.reg(f"{name}_r_sign", 1, sign),
+                 p.reg(f"{name}_r_elsb", signed(12), elead + top - 1 + rounded[24] - 23),
+                 p.reg(f"{name}_r_mant", 24, Mux(rounded[24], 1 << 23, rounded)),
+                 p.reg(f"{name}_r_zero", 1, zero))
+    tags = {k: p.reg(f"{name}_r_{k}", len(v), v) for k, v in tags.items()}
+    return out, tags
+
+
+class AvgPool(wiring.Component):
+    """QLinearAveragePool over the line buffer's depthwise-ordered windows, ``c_par`` lanes per beat.
+
+    Parameters
+    ----------
+    c_par : int
+        Channels per beat (1..64).
+
+    Members
+    -------
+    i : In(stream.Signature(tap_layout(c_par)))
+        Per output position (row-major) and channel tile: the KH*KW taps of the window, padding
+        taps holding ``zx`` (the line buffer's depthwise order).
+    o : Out(stream.Signature(pixel_layout(c_par)))
+        One int8 beat per window.
+    sx, sy : In(32)
+        float32 bits of the input and output scales.
+    zx, zy : In(signed(8))
+        Input and output zero points.
+    in_h, in_w, out_h, out_w : In(16)
+        Input and output map sizes (the output size already reflects ``ceil_mode``).
+    kh, kw, stride : In(3)
+        Window and stride (1..7, 1..4).
+    pad_t, pad_l, pad_b, pad_r : In(3)
+        Padding.
+    n_tiles : In(16)
+        Channel tiles per position (C / c_par).
+    count_include_pad : In(1)
+        Divide by KH*KW everywhere instead of by the taps inside the image.
+    clear : In(1)
+        Restarts the position counters and clears a sticky error (between layers only).
+    error : Out(1)
+        Bad configuration (a scale outside ``[2^-32, 2^32)``, a zero size or kernel, a window
+        covering the whole unpadded map) or a framing error (``first``/``last`` not at KH*KW taps,
+        sticky). Nothing is accepted while it is set.
+
+    Raises
+    ------
+    TypeError
+        If ``c_par`` is not an int.
+    ValueError
+        If ``c_par`` is out of range.
+    """
+
+    def __init__(self, c_par: int = 8) -> None:
+        if not isinstance(c_par, int) or isinstance(c_par, bool):
+            raise TypeError(f"c_par must be an int, not {c_par!r}")
+        if not 1 <= c_par <= 64:
+            raise ValueError(f"c_par must be 1..64, not {c_par!r}")
+        self._c_par = c_par
+        super().__init__({
+            "i": In(stream.Signature(tap_layout(c_par))),
+            "o": Out(stream.Signature(pixel_layout(c_par))),
+            "sx": In(32), "sy": In(32), "zx": In(signed(8)), "zy": In(signed(8)),
+            "in_h": In(16), "in_w": In(16), "out_h": In(16), "out_w": In(16),
+            "kh": In(3), "kw": In(3), "stride": In(3),
+            "pad_t": In(3), "pad_l": In(3), "pad_b": In(3), "pad_r": In(3),
+            "n_tiles": In(16), "count_include_pad": In(1),
+            "clear": In(1), "error": Out(1),
+        })
+
+    @property
+    def c_par(self) -> int:
+        return self._c_par
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        c_par = self._c_par
+        period = max(c_par, FMA_STAGES + 1)  # cycles per tap
+        lane_bits = max(1, (c_par - 1).bit_length())
+        p = _Pipe(m, Const(1))  # free running: the FSM below only issues work the pipe can finish
+
+        sx, _, _ = _decode(m, self.sx, "sx")
+        sy, _, _ = _decode(m, self.sy, "sy")
+        scales_ok = ~self.sx[31] & ~self.sy[31]
+        for bits in (self.sx, self.sy):
+            scales_ok &= (bits[23:31] >= 127 + SCALE_EXP_MIN) & (bits[23:31] <= 127 + SCALE_EXP_MAX)
+        whole = (self.kh == self.in_h) & (self.kw == self.in_w) & (self.pad_t == 0) & (self.pad_l == 0) \
+            & (self.pad_b == 0) & (self.pad_r == 0)
+        cfg_ok = Signal()
+        m.d.comb += cfg_ok.eq(scales_ok & ~whole & (self.kh != 0) & (self.kw != 0) & (self.stride != 0)
+                              & (self.in_h != 0) & (self.in_w != 0) & (self.out_h != 0)
+                              & (self.out_w != 0) & (self.n_tiles != 0))
+        framing = Signal()
+        m.d.comb += self.error.eq(framing | ~cfg_ok)
+
+        # --- window position, and the divisor of the current window ------------------------
+        tile = Signal(16)
+        ox = Signal(16)
+        oy = Signal(16)
+        xoff = Signal(20)  # ox * stride
+        yoff = Signal(20)
+        ys = Signal(signed(21))
+        xs = Signal(signed(21))
+        m.d.comb += [ys.eq(yoff - self.pad_t), xs.eq(xoff - self.pad_l)]
+        ch = Signal(signed(22))
+        cw = Signal(signed(22))
+        m.d.comb += [
+            ch.eq(Mux(ys + self.kh < self.in_h, ys + self.kh, self.in_h) - Mux(ys > 0, ys, 0)),
+            cw.eq(Mux(xs + self.kw < self.in_w, xs + self.kw, self.in_w) - Mux(xs > 0, xs, 0)),
+        ]
+        count = Signal(6)
+        m.d.comb += count.eq(Mux(self.count_include_pad, self.kh * self.kw, ch[:3] * cw[:3]))
+
+        # --- tap issue: lane `slot` of the held tap enters the multiplier -----------------------
+        tap = Signal(tap_layout(c_par))
+        taps_done = Signal(6)  # taps of the current window accepted so far
+        slot = Signal(range(period + 1), init=period)  # == period: no tap held
+        busy = Signal()  # a window's results are in flight or waiting on `o`
+        win_count = Signal(6)
+        at_first = taps_done == 0
+        at_last = taps_done == self.kh * self.kw - 1
+        m.d.comb += self.i.ready.eq((slot == period) & ~busy & cfg_ok & ~framing)
+        with m.If(self.clear):
+            m.d.sync += [framing.eq(0), taps_done.eq(0), tile.eq(0), ox.eq(0), oy.eq(0),
+                         xoff.eq(0), yoff.eq(0)]
+        with m.Elif(self.i.valid & self.i.ready):
+            t = self.i.payload
+            with m.If((t.first != at_first) | (t.last != at_last)):
+                m.d.sync += framing.eq(1)
+            with m.Else():
+                m.d.sync += [tap.eq(t), slot.eq(0), taps_done.eq(Mux(at_last, 0, taps_done + 1))]
+                with m.If(at_first):
+                    m.d.sync += win_count.eq(count)
+                with m.If(at_last):
+                    m.d.sync += busy.eq(1)
+                    # Advance to the next (position, tile).
+                    with m.If(tile + 1 == self.n_tiles):
+                        m.d.sync += tile.eq(0)
+                        with m.If(ox + 1 == self.out_w):
+                            m.d.sync += [ox.eq(0), xoff.eq(0)]
+                            with m.If(oy + 1 == self.out_h):
+                                m.d.sync += [oy.eq(0), yoff.eq(0)]
+                            with m.Else():
+                                m.d.sync += [oy.eq(oy + 1), yoff.eq(yoff + self.stride)]
+                        with m.Else():
+                            m.d.sync += [ox.eq(ox + 1), xoff.eq(xoff + self.stride)]
+                    with m.Else():
+                        m.d.sync += tile.eq(tile + 1)
+        with m.Elif(slot != period):
+            m.d.sync += slot.eq(slot + 1)
+
+        issue = Signal()
+        lane = Signal(lane_bits)
+        m.d.comb += [issue.eq(slot < c_par), lane.eq(slot)]
+        x = Signal(signed(8))
+        m.d.comb += x.eq(tap.data.as_value().word_select(lane, 8))
+        n = Signal(signed(9))
+        m.d.comb += n.eq(x - self.zx)
+
+        # --- v = fma(x - zx, sx, 0) -------------------------------------------------------------
+        zero_f = _Float(Const(0), Const(0, signed(12)), Const(0, 24), Const(1))
+        v = _fma(p, n, sx, zero_f, "dq")
+        tag_w = lane_bits + 3
+        a_tag = Signal(tag_w)
+        m.d.comb += a_tag.eq(Mux(issue, (lane | (tap.first << lane_bits) | (tap.last << (lane_bits + 1))
+                                          | (1 << (lane_bits + 2))), 0))
+        a_tags = [a_tag]
+        for s in range(FMA_STAGES):
+            a_tags.append(p.reg(f"dq_tag{s}", tag_w, a_tags[-1]))
+        v_tag = a_tags[-1]
+        v_lane, v_first = v_tag[:lane_bits], v_tag[lane_bits]
+
+        # --- total = fma(1, v, total[lane]) ------------------------------------------------------
+        float_layout = data.StructLayout({"sign": 1, "elsb": signed(12), "mant": 24, "zero": 1})
+        totals = Signal(data.ArrayLayout(float_layout, c_par))
+        prev = totals[v_lane]
+        add = _Float(prev.sign, prev.elsb, prev.mant, prev.zero | v_first)
+        s_ = _fma(p, Const(1, signed(2)), v, add, "acc")
+        b_tags = [v_tag]
+        for s in range(FMA_STAGES):
+            b_tags.append(p.reg(f"acc_tag{s}", tag_w, b_tags[-1]))
+        s_tag = b_tags[-1]
+        s_lane, s_last, s_valid = s_tag[:lane_bits], s_tag[lane_bits + 1], s_tag[lane_bits + 2]
+        with m.If(s_valid):
+            # Field order of float_layout (a dynamically indexed view takes raw bits only).
+            m.d.sync += totals[s_lane].as_value().eq(Cat(s_.sign, s_.elsb, s_.mant, s_.zero))
+
+        # --- mean = total / count; q = mean / sy --------------------------------------------------
+        lead = Signal(range(6))
+        for b in range(6):
+            with m.If(win_count[b]):
+                m.d.comb += lead.eq(b)
+        cnt = _Float(Const(0), Signal(signed(12), name="cnt_elsb"), Signal(24, name="cnt_mant"), Const(0))
+        m.d.comb += [cnt.elsb.eq(lead - 23), cnt.mant.eq((win_count << 23) >> lead)]
+        d1_in = {"lane": s_lane, "valid": s_valid & s_last}
+        mean, d1_tags = _div(p, s_, cnt, d1_in, "d1")
+        q, d2_tags = _div(p, mean, sy, d1_tags, "d2")
+
+        # --- r = fma(zy, 1, q); y = clamp(rint(r)) ------------------------------------------------
+        one_f = _Float(Const(0), Const(-23, signed(12)), Const(1 << 23, 24), Const(0))
+        r = _fma(p, self.zy, one_f, q, "zp")
+        tags = d2_tags
+        for s in range(FMA_STAGES):
+            tags = {k: p.reg(f"zp_{k}{s}", len(v_), v_) for k, v_ in tags.items()}
+        elead = r.elsb + 23
+        shift = Signal(range(9), name="rt_shift")
+        with m.If((elead >= -1) & (elead <= 7)):
+            m.d.comb += shift.eq(elead + 1)
+        fixed = Signal(32, name="rt_fixed")
+        m.d.comb += fixed.eq(r.mant << shift)
+        whole_ = fixed[24:]
+        mag = Signal(10, name="rt_mag")
+        m.d.comb += mag.eq(whole_ + (fixed[23] & (fixed[:23].any() | whole_[0])))
+        val = Signal(signed(11), name="rt_val")
+        with m.If(r.zero | (elead <= -2)):
+            m.d.comb += val.eq(0)
+        with m.Elif(elead >= 8):
+            m.d.comb += val.eq(Mux(r.sign, -128, 127))
+        with m.Else():
+            m.d.comb += val.eq(Mux(r.sign, -mag, mag))
+        y = Mux(val < -128, -128, Mux(val > 127, 127, val))
+
+        # --- collect the lanes into one output beat ------------------------------------------------
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [self.o.valid.eq(0), busy.eq(0)]
+        with m.If(tags["valid"]):
+            m.d.sync += self.o.payload.as_value().word_select(tags["lane"], 8).eq(y)
+            with m.If(tags["lane"] == c_par - 1):
+                m.d.sync += self.o.valid.eq(1)
+        return m
