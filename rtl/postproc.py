@@ -40,7 +40,7 @@ class PostProcessor(wiring.Component):
         Channels per beat (the PE array's output parallelism).
     n_requant : int
         Requantizer lanes; must divide ``oc_par``. Each lane is one :class:`RequantPipe`
-        (about four 18x18 multipliers). The unit takes a beat every ``oc_par // n_requant`` cycles.
+        (three MULT18X18D on ECP5). The unit takes a beat every ``oc_par // n_requant`` cycles.
     max_oc_tiles : int
         Depth of the parameter memory in oc tiles (``max_oc_tiles * oc_par`` output channels).
     lut : bool

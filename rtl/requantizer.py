@@ -13,7 +13,7 @@ s1    sign and magnitude of ``acc``; decode ``M``'s fields
 s2    leading-zero count of the magnitude (tree)
 s3    normalize (barrel shift)
 s4    round to a 24-bit significand (RNE): ``f32(acc)``
-s5    four partial products (18/6-bit split: one 18x18 DSP multiplier each)
+s5    four partial products (18/6-bit split): three 18x18 DSP multipliers, the 6x6 one in LUTs
 s6    sum of the cross terms
 s7    48-bit significand product
 s8    normalize the product, guard and sticky bits
@@ -146,7 +146,8 @@ class RequantPipe(wiring.Component):
         s5_ll = reg("s5_ll", 36, a_lo * m_lo)
         s5_lh = reg("s5_lh", 24, a_lo * m_hi)
         s5_hl = reg("s5_hl", 24, a_hi * m_lo)
-        s5_hh = reg("s5_hh", 12, a_hi * m_hi)
+        # 6x6 bits: shift-and-add in LUTs (about 40) rather than a whole 18x18 DSP block.
+        s5_hh = reg("s5_hh", 12, sum(Mux(a_hi[k], m_hi << k, 0) for k in range(6)))
         s5_exp = reg("s5_exp", signed(10), s4_exp)
         s5_zero = reg("s5_zero", 1, s4_zero)
         s5_sign = reg("s5_sign", 1, s4_sign)

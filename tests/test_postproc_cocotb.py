@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from jacquard.rtl.maxpool2x2 import MaxPool2x2
 from jacquard.rtl.postproc import PostProcessor
 from jacquard.sim.cocotb_run import run_cocotb
 
@@ -36,3 +37,12 @@ def test_postproc_cocotb_long(seed):
     run_cocotb(dut, "cocotb_postproc", simulator="verilator", test_dir=COCOTB_DIR, build_args=BUILD_ARGS,
                parameters={"seed": 1000 + seed, "oc_par": 16, "max_oc_tiles": 8, "lut": True,
                            "positions": 300, "layers": 4, "gap": 0.2})
+
+
+@pytest.mark.parametrize(("simulator", "maps", "max_width"), [("icarus", 2, 7), ("verilator", 6, 20)])
+def test_maxpool_cocotb(simulator, maps, max_width):
+    dut = MaxPool2x2(oc_par=4, max_width=max_width, max_oc_tiles=3, buffer_depth=32)
+    run_cocotb(dut, "cocotb_postproc", simulator=simulator, test_dir=COCOTB_DIR,
+               build_args=QUICK_BUILD_ARGS if simulator == "verilator" else None,
+               parameters={"top": "maxpool", "seed": maps, "oc_par": 4, "max_oc_tiles": 3, "maps": maps,
+                           "max_width": max_width, "max_height": 7, "gap": 0.3})
