@@ -53,7 +53,7 @@ class VcaConfig:
     video : str or None
         A video file or directory; None: Megamind.avi (Debian opencv-doc, fetched into the cache).
     frames : int
-        Frames to process per file (the first ones), then the query stops.
+        Frames to process (at least; whole micro-batches), then the query stops.
     width, height : int
         Frames are resized to this before detection.
     frames_per_trigger : int
@@ -266,8 +266,6 @@ class VcaApp:
                  f"{self.frames_seen()} frames so far")
 
     def start(self):
-        from pyspark.sql import functions as F
-
         from jacquard.spark_ext.video_source import register
 
         cfg = self.config
@@ -281,7 +279,9 @@ class VcaApp:
         if cfg.fps:
             reader = reader.option("fps", cfg.fps)
         device, min_face = cfg.device, cfg.min_face_size
-        frames = reader.load().where(F.col("frame_index") < cfg.frames)
+        # No frame filter: frames a bounded run reads past its target still reach the sink, so a
+        # query restarted from the checkpoint loses none of them.
+        frames = reader.load()
         detected = frames.mapInPandas(
             lambda it: detect_frames(it, device=device, min_face_size=min_face), DETECTION_SCHEMA)
         checkpoint = cfg.checkpoint or str(Path(cfg.output) / "checkpoint")
@@ -289,12 +289,16 @@ class VcaApp:
                       .option("checkpointLocation", checkpoint).trigger(processingTime="0 seconds").start())
         return self.query
 
-    def run(self, files: int = 1, timeout: float = 1800.0) -> dict:
-        """Start the query, wait until ``files * frames`` frames reached the sink, stop, summarize."""
+    def run(self, target: int | None = None, timeout: float = 1800.0) -> dict:
+        """Start the query, wait until at least ``target`` frames (default ``frames``) reached the sink.
+
+        The query stops after the micro-batch that reaches the target, so a few more frames than
+        asked may be processed (whole micro-batches).
+        """
         self.session()
         t0 = time.perf_counter()
         query = self.start()
-        want = files * self.config.frames
+        want = self.config.frames if target is None else target
         try:
             while self.frames_seen() < want:
                 if query.exception() is not None:
