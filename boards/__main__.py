@@ -37,8 +37,13 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     build_dir = Path(args.build_dir) / args.board
+    if args.block == "soc":
+        from jacquard.boards.soc import BoardTop
+        top = BoardTop(args.board)
+    else:
+        top = SmokeTop(args.block)
     with Console().status(f"Synthesizing {args.block} for {args.board} (YoWASP yosys + nextpnr)..."):
-        report = synthesize(args.board, SmokeTop(args.block), build_dir)
+        report = synthesize(args.board, top, build_dir)
     _print_report(report)
     print(f"report: {build_dir / 'report.json'}")
     return 0
@@ -69,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synthesize", help="build a bitstream and write build/BOARD/report.json")
     synth.add_argument("board", choices=sorted(TARGETS))
-    synth.add_argument("--block", choices=sorted(BLOCKS), default="mac", help="the block under the smoke top")
+    synth.add_argument("--block", choices=[*sorted(BLOCKS), "soc"], default="mac",
+                       help="a block under the smoke top, or `soc`: the board SoC (boards/soc.py)")
     flash = sub.add_parser("flash", help="program the board with the last bitstream built for it")
     flash.add_argument("board", choices=sorted(PROGRAMMERS))
     args = parser.parse_args(argv)

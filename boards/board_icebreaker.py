@@ -13,8 +13,8 @@ BOARD = BoardConfig(
     clock_mhz=24.0, input_clock_mhz=12.0,
     # Two SB_SPRAM256KA side by side give 16 Ki 32-bit words; the other two stay for the core.
     memory_bytes=64 * 1024,
-    # LED 0 is the red user LED, 1 the green one; the error LED is the red one on the button PMOD.
-    leds=(("led_g", 0), ("led_r", 0), ("led_r", 1)),
+    # The board has two user LEDs: green is the heartbeat, red the error; busy has none.
+    leds=(("led_g", 0), None, ("led_r", 0)),
     logic_cells=("ICESTORM_LC",), dsp_cells=("ICESTORM_DSP",), bram_cells=("ICESTORM_RAM",),
     build_overrides={"synth_opts": "-dsp"},
     programmer=(("iceprog",), "fpga-icestorm", ".bin"),

@@ -40,8 +40,9 @@ class BoardConfig:
         On-chip device memory (BRAM on ECP5, SPRAM on iCE40).
     baud : int
         UART baud rate of the host bridge.
-    leds : tuple of (str, int)
-        ``(resource, index)`` of the heartbeat, busy and error LEDs, in that order.
+    leds : tuple of (str, int) or None
+        ``(resource, index)`` of the heartbeat, busy and error LEDs, in that order; None for a
+        status the board has no LED for.
     logic_cells, dsp_cells, bram_cells : tuple of str
         nextpnr cell types counted as logic, DSP and block RAM in the report.
     build_overrides : dict
@@ -63,7 +64,7 @@ class BoardConfig:
     input_clock_mhz: float
     memory_bytes: int
     baud: int = 115200
-    leds: tuple[tuple[str, int], ...] = (("led", 0), ("led", 1), ("led", 2))
+    leds: tuple[tuple[str, int] | None, ...] = (("led", 0), ("led", 1), ("led", 2))
     logic_cells: tuple[str, ...] = ()
     dsp_cells: tuple[str, ...] = ()
     bram_cells: tuple[str, ...] = ()

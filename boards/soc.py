@@ -411,7 +411,10 @@ class BoardTop(Elaboratable):
         m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [soc.rx.eq(rx_buf.i), tx_buf.o.eq(soc.tx)]
-        for (res, idx), led in zip(cfg.leds, (soc.led_heartbeat, soc.led_busy, soc.led_error), strict=True):
+        for pin, led in zip(cfg.leds, (soc.led_heartbeat, soc.led_busy, soc.led_error), strict=True):
+            if pin is None:
+                continue
+            res, idx = pin
             buf = io.Buffer("o", platform.request(res, idx, dir="-"))
             m.submodules[f"led_{res}_{idx}"] = buf
             m.d.comb += buf.o.eq(led)
