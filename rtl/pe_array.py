@@ -166,8 +166,8 @@ class PEArray(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
-        return 5 + self._tree_stages()
+        """Clock edges from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
+        return 4 + self._tree_stages()
 
     def _tree_stages(self) -> int:
         return (ceil_log2(self._c_par) + 1) // 2

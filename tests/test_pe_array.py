@@ -286,3 +286,31 @@ def test_pe_array_sticky_errors_and_clear():
 def test_pe_array_bad_parameters(args, exc):
     with pytest.raises(exc):
         PEArray(*args)
+
+
+@pytest.mark.parametrize("c_par", [1, 2, 4, 8])
+def test_pe_array_latency(c_par):
+    # The documented latency is what the pipeline does: s1, s2, s3, the adder-tree stages, the
+    # accumulators and the output register.
+    dut = PEArray(c_par, 2, 4)
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.taps, 1)
+        ctx.set(dut.n_oc_tiles, 1)
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.i.payload, {"data": [1] * c_par, "first": 1, "last": 1})
+        ctx.set(dut.i.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        edges = 0
+        while not ctx.get(dut.o.valid):
+            await ctx.tick()
+            edges += 1
+        seen.append(edges)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [dut.latency]
