@@ -41,7 +41,7 @@ Latency and output
     state: 1 tap per cycle.
 
 Configuration
-    Sampled at ``start`` while idle. A setup step of ``W.bit_length() + 1`` cycles (11 for
+    Sampled at ``start`` while idle. A setup step of ``W.bit_length() + 2`` cycles (12 for
     W = 512) checks it, computing ``W * C/c_par`` with a shift-and-add so that no DSP is spent;
     an out-of-range config sets ``error`` and the unit stays idle. ``start`` while busy is
     ignored. Per frame the overhead is this setup plus the fill: the first tap waits for the
@@ -276,6 +276,7 @@ class LineBuffer(wiring.Component):
             width=tap_layout(self._c_par).size, depth=_CREDITS)
 
         cfg_ok = Signal()
+        cfg_ok_q = Signal()
         W, H = cfg.width, cfg.height
         m.d.comb += cfg_ok.eq(
             (cfg.kh >= 1) & (cfg.kh <= self._max_kh) & (cfg.kw >= 1) & (cfg.kw <= _MAX_KW)
@@ -310,36 +311,44 @@ class LineBuffer(wiring.Component):
                     ]
                     m.next = "SETUP"
             with m.State("SETUP"):
+                # Derived values are registered while the product is computed, so that neither
+                # the range check nor these adders sit in front of the run registers' inputs.
                 m.d.comb += self.busy.eq(1)
+                m.d.sync += [
+                    cfg_ok_q.eq(cfg_ok),
+                    ct_max.eq(ct - 1),
+                    kx_max.eq(cfg.kw - 1),
+                    ky_max.eq(cfg.kh - 1),
+                    oc_max.eq(cfg.oc_tiles - 1),
+                    step_ct_col.eq(_mul_small(cfg.stride, ct, aw)),
+                    col0.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
+                    col_limit.eq(W - 1 + cfg.pad_right - cfg.stride),
+                    row_limit.eq(H - 1 + cfg.pad_bottom - cfg.stride),
+                    zero_pixel.eq(Cat(*[cfg.zero_point] * self._c_par)),
+                ]
                 with m.If(mul_b != 0):
                     m.d.sync += [
                         mul_a.eq(mul_a << 1),
                         mul_b.eq(mul_b >> 1),
                         mul_acc.eq(Mux(mul_b[0], mul_acc + mul_a, mul_acc)),
                     ]
-                with m.Elif(~cfg_ok):
+                with m.Else():
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~cfg_ok_q):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     ix_start = 0 - cfg.pad_left
                     m.d.sync += [
-                        ct_max.eq(ct - 1),
-                        kx_max.eq(cfg.kw - 1),
-                        ky_max.eq(cfg.kh - 1),
-                        oc_max.eq(cfg.oc_tiles - 1),
-                        step_ct_col.eq(_mul_small(cfg.stride, ct, aw)),
-                        col0.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
-                        col_limit.eq(W - 1 + cfg.pad_right - cfg.stride),
-                        row_limit.eq(H - 1 + cfg.pad_bottom - cfg.stride),
-                        zero_pixel.eq(Cat(*[cfg.zero_point] * self._c_par)),
                         wr_row.eq(0), wr_x.eq(0), wr_ct.eq(0), wr_col.eq(0), wr_all.eq(0),
                         wr_limit.eq(rows - cfg.pad_top),
                         s0_iy0.eq(0 - cfg.pad_top), s0_iy.eq(0 - cfg.pad_top),
                         s0_r_need.eq(cfg.kh - 1 - cfg.pad_top),
                         s0_ix0.eq(ix_start), s0_ix.eq(ix_start),
                         s0_c_need.eq(cfg.kw - 1 - cfg.pad_left),
-                        s0_pos_col.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
-                        s0_tap_col.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
+                        s0_pos_col.eq(col0), s0_tap_col.eq(col0),
                         s0_ct.eq(0), s0_kx.eq(0), s0_ky.eq(0), s0_oc.eq(0), s0_done.eq(0),
                     ]
                     m.next = "RUN"
