@@ -196,8 +196,12 @@ class _Packer(wiring.Component):
         shifted = Mux(emit & self.o.ready, buf >> (8 * wb), buf)
         mask = Signal(8 * width)
         m.d.comb += mask.eq(Const((1 << (8 * width)) - 1, 8 * width) >> ((width - nbytes).as_unsigned() << 3))
+        # Channels past out_c carry the output zero point (pools pass the input's padding through).
+        beat = Signal(data.ArrayLayout(signed(8), width))
+        for j in range(width):
+            m.d.comb += beat[j].eq(Mux(ch + j >= s.out_c, s.zero_point, self.i.payload[j]))
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [buf.eq(shifted | ((self.i.payload.as_value() & mask) << (after * 8))),
+            m.d.sync += [buf.eq(shifted | ((beat.as_value() & mask) << (after * 8))),
                          cnt.eq(after + nbytes), tile.eq(tile + 1), ch.eq(ch + s.lanes)]
             with m.If(tile == s.n_tiles - 1):
                 m.d.sync += [tile.eq(0), ch.eq(s.ch0)]

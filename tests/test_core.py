@@ -39,6 +39,7 @@ from jacquard.sim.isa_regs import register, status_error
 COCOTB_DIR = Path(__file__).parent / "cocotb"
 CFG = CONFIGS["sim-small"]
 SMOKE_SIM = "verilator"
+LAYER_SIM = "verilator"
 
 
 def _align(n: int, a: int = 64) -> int:
@@ -218,7 +219,7 @@ def test_core_random_layers(tmp_path, seed):
     prog = img.place_program(descs)
     expected = img.data.copy()
     execute(prog, expected, CFG, prog_addr=0)
-    result = run_case(tmp_path, img, [program_run(img, prog)], seed=seed)
+    result = run_case(tmp_path, img, [program_run(img, prog)], seed=seed, simulator=LAYER_SIM)
     expect_ok(result)
     print(f"seed={seed} layers={[(d.op.name, d.kh, d.kw, d.in_c, d.out_c) for d in descs]}")
     assert_same_memory(result["mems"][0], expected, seed)
