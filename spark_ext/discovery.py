@@ -55,11 +55,12 @@ def local_devices(env: dict[str, str] | None = None) -> list[str]:
     return [f"uart:{p}" for p in ports] or ["emu"]
 
 
-def claim_slot(owner: int | None = None, root: str | os.PathLike | None = None) -> int:
+def claim_slot(owner: int | None = None, root: str | os.PathLike | None = None, group: str = "") -> int:
     """Claim the next free slot among discovery calls made by process ``owner`` (default: our parent).
 
-    Claims live in ``root/<owner>-<owner start time>`` so a new Spark JVM with a recycled pid
-    starts again from slot 0.
+    Claims live in ``root/<owner>-<owner start time>[-<group>]``, so a new Spark JVM with a
+    recycled pid starts again from slot 0, and so does each new ``group`` (the session helper
+    gives every SparkSession its own, since PySpark reuses one JVM for the sessions of a process).
     """
     owner = os.getppid() if owner is None else owner
     try:
@@ -67,7 +68,7 @@ def claim_slot(owner: int | None = None, root: str | os.PathLike | None = None) 
     except (OSError, IndexError):  # no procfs (macOS): the pid alone still separates live JVMs
         start = "0"
     base = Path(root) if root is not None else Path(tempfile.gettempdir()) / f"jacquard-fpga-{os.getuid()}"
-    claims = base / f"{owner}-{start}"
+    claims = base / (f"{owner}-{start}" + (f"-{group}" if group else ""))
     claims.mkdir(parents=True, exist_ok=True)
     slot = 0
     while True:
@@ -107,7 +108,7 @@ def discover(env: dict[str, str] | None = None, slot: int | None = None) -> dict
         raise ValueError(f"JACQUARD_DEVICES_PER_WORKER must be an integer >= 0, not {raw!r}")
     if per == 0:
         return {"name": RESOURCE_NAME, "addresses": devices}
-    slot = claim_slot() if slot is None else slot
+    slot = claim_slot(group=env.get("JACQUARD_DISCOVERY_GROUP", "")) if slot is None else slot
     first = slot * per
     return {"name": RESOURCE_NAME, "addresses": [devices[(first + i) % len(devices)] for i in range(per)]}
 

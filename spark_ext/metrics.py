@@ -7,7 +7,9 @@ source's offset). Two hooks add what Spark cannot know:
 
 * :meth:`FrameMetricsListener.observe_batch`, called from ``foreachBatch`` once the batch's
   results are written, records each frame's end-to-end latency: result time minus the frame's
-  ingest ``timestamp`` column (set by the source when it decoded the frame);
+  ingest ``timestamp`` column (set by the source when it decoded the frame). Persist the batch
+  first: an unpersisted batch DataFrame used twice is read from the source twice, with new
+  ingest times, and Spark then counts its input rows twice;
 * :meth:`FrameMetricsListener.add_device_busy` records accelerator busy seconds per batch. The
   device runtime reports them; until then nothing calls it and the figure stays 0.
 
@@ -16,8 +18,10 @@ Usage::
     metrics = FrameMetricsListener()
     spark.streams.addListener(metrics)
     def sink(df, batch_id):
+        df.persist()  # read once: a second scan would decode again and double numInputRows
         df.write.mode("append").parquet(out)
         metrics.observe_batch(df, batch_id)
+        df.unpersist()
     frames.writeStream.foreachBatch(sink).start()
     ...
     print(metrics.summary())

@@ -48,7 +48,7 @@ so with an idempotent sink (Spark's file sink) every ``(file, frame_index)`` lan
 Bad input: skipped, counted, and logged
 ---------------------------------------
 The source never fails the query because of one bad file. The driver decodes each new file
-once when it first sees it (:func:`jacquard.spark_ext.media.probe_video`) and decides:
+once when the stream reaches it (:func:`jacquard.spark_ext.media.probe_video`) and decides:
 
 * an unreadable path (permission denied, a broken link, an I/O error), a corrupt file that is
   not a video, a file with no video stream or no decodable frame: the whole file is skipped;
@@ -220,6 +220,10 @@ class VideoStreamReader(DataSourceStreamReader):
         self.options = options
         self._probes: dict[tuple[str, int, int], VideoProbe | str] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Spark pickles the reader into every read task; the driver's probe cache stays behind.
+        return {"options": self.options, "_probes": {}}
+
     # -- driver side -------------------------------------------------------------------------
 
     def initialOffset(self) -> dict:
@@ -233,27 +237,28 @@ class VideoStreamReader(DataSourceStreamReader):
         files = {f: list(v) for f, v in start["files"].items()}
         skipped_files = dict(start["skipped_files"])
         skipped_frames = dict(start["skipped_frames"])
-        for path in self._list():
-            if path in files or path in skipped_files:
-                continue
-            probe = self._probe(path)
-            if isinstance(probe, str):
-                log.warning("jacquard.video: skipping %s: %s", path, probe)
-                skipped_files[path] = probe
-                continue
-            files[path] = [0, probe.frames]
-            if probe.skipped:
-                reason = "; ".join(probe.problems)
-                log.warning("jacquard.video: %s: %d frame(s) skipped: %s", path, probe.skipped, reason)
-                skipped_frames[path] = {"count": probe.skipped, "reason": reason}
-
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else math.inf
         if self.options.fps is not None:
             consumed = sum(pos for pos, _ in files.values())
             # The epsilon keeps frame n due at t0 + n/fps despite rounding (epoch floats have ~0.2 us ulp).
             due = math.floor((time.time() - start["t0"]) * self.options.fps + 1e-3) + 1
             budget = min(budget, max(0, due - consumed))
-        for path in sorted(files):
+        # Files in name order. A new file is probed (decoded once) only when the stream reaches it,
+        # so a large backlog does not stall the first trigger.
+        for path in sorted(set(self._list()) | set(files)):
+            if path in skipped_files or (path not in files and budget <= 0):
+                continue
+            if path not in files:
+                probe = self._probe(path)
+                if isinstance(probe, str):
+                    log.warning("jacquard.video: skipping %s: %s", path, probe)
+                    skipped_files[path] = probe
+                    continue
+                files[path] = [0, probe.frames]
+                if probe.skipped:
+                    reason = "; ".join(probe.problems)
+                    log.warning("jacquard.video: %s: %d frame(s) skipped: %s", path, probe.skipped, reason)
+                    skipped_frames[path] = {"count": probe.skipped, "reason": reason}
             pos, total = files[path]
             take = int(min(budget, total - pos))
             if take > 0:
