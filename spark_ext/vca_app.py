@@ -41,7 +41,7 @@ import numpy as np
 __all__ = ["DETECTION_SCHEMA", "FaceTracker", "VcaApp", "VcaConfig", "detect_frames", "iou", "main"]
 
 DETECTION_SCHEMA = ("file string, frame_index long, ingest timestamp, detected timestamp, faces int, "
-                    "boxes array<float>, device string, device_s double, fpga_est_s double")
+                    "boxes array<float>, device string, detect_s double, device_s double, fpga_est_s double")
 
 
 @dataclass
@@ -70,6 +70,13 @@ class VcaConfig:
         Folder for the parquet sink, the checkpoint and the contact sheet.
     master : str
         Spark master URL.
+    devices : str or None
+        Comma-separated device URIs the ``fpga`` discovery script reports (``JACQUARD_DEVICES``),
+        e.g. ``emu:0,emu:1`` for ``local-cluster[2,1,1024]``.
+    iou, max_missed : float, int
+        Tracking: see :class:`FaceTracker`.
+    checkpoint : str or None
+        Checkpoint folder; None: ``<output>/checkpoint``, cleared before each demo run.
     """
 
     video: str | None = None
@@ -83,6 +90,7 @@ class VcaConfig:
     sink: str = "memory"
     output: str = "build/demo"
     master: str = "local[2]"
+    devices: str | None = None
     iou: float = 0.3
     max_missed: int = 2
     checkpoint: str | None = None
@@ -125,13 +133,15 @@ def detect_frames(batches: Iterator[Any], *, device: str | None, min_face_size: 
         for row in pdf.itertuples(index=False):
             image = np.frombuffer(row.data, np.uint8).reshape(row.height, row.width, row.channels)
             busy0, est0 = det.runner.busy_seconds, process_stats().estimated_fpga_seconds
+            t0 = time.perf_counter()
             found = det.detect(image)
+            seconds = time.perf_counter() - t0
             boxes = np.hstack([found.boxes, found.scores[:, None]]).astype(np.float32).ravel()
             out.append((row.file, row.frame_index, row.timestamp, dt.datetime.now(dt.UTC), len(found),
-                        boxes.tolist(), uri, det.runner.busy_seconds - busy0,
+                        boxes.tolist(), uri, seconds, det.runner.busy_seconds - busy0,
                         process_stats().estimated_fpga_seconds - est0))
         yield pd.DataFrame(out, columns=["file", "frame_index", "ingest", "detected", "faces", "boxes",
-                                         "device", "device_s", "fpga_est_s"])
+                                         "device", "detect_s", "device_s", "fpga_est_s"])
 
 
 # -- driver side ------------------------------------------------------------------------------------
@@ -223,7 +233,8 @@ class VcaApp:
         if self.spark is None:
             from jacquard.spark_ext.session import build_session
 
-            self.spark = build_session(self.config.master, app_name="jacquard-vca")
+            self.spark = build_session(self.config.master, app_name="jacquard-vca",
+                                       devices=self.config.devices)
         return self.spark
 
     def frames_seen(self) -> int:
@@ -383,6 +394,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sink", choices=("memory", "console", "parquet"), default=d.sink)
     p.add_argument("--output", default=d.output, help="folder for parquet, checkpoint and the contact sheet")
     p.add_argument("--master", default=d.master, help="Spark master (local[N], local-cluster[W,C,M], ...)")
+    p.add_argument("--devices", default=None,
+                   help="device URIs for the fpga discovery script, e.g. emu:0,emu:1 (local-cluster)")
     return p
 
 
@@ -393,7 +406,8 @@ def config_from_args(args: argparse.Namespace) -> VcaConfig:
         raise SystemExit(f"error: --size takes WIDTHxHEIGHT, not {args.size!r}") from None
     return VcaConfig(video=args.video, frames=args.frames, width=width, height=height,
                      frames_per_trigger=args.frames_per_trigger, fps=args.fps, device=args.device,
-                     min_face_size=args.min_face_size, sink=args.sink, output=args.output, master=args.master)
+                     min_face_size=args.min_face_size, sink=args.sink, output=args.output, master=args.master,
+                     devices=args.devices)
 
 
 def run_and_report(config: VcaConfig, console=None) -> dict:

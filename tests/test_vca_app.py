@@ -55,3 +55,21 @@ def test_config_refuses_bad_values():
         VcaConfig(sink="kafka")
     with pytest.raises(ValueError, match="frames"):
         VcaConfig(frames=0)
+
+
+@pytest.mark.slow
+def test_vca_app_on_local_cluster_uses_each_executors_device(tmp_path):
+    """The same query on two executor JVMs: the frames are split between emu:0 and emu:1."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "jacquard.spark_ext.vca_app", "--master",
+                           "local-cluster[2,1,1024]", "--devices", "emu:0,emu:1", "--frames", "8",
+                           "--frames-per-trigger", "4", "--size", "240x176", "--sink", "parquet",
+                           "--output", str(tmp_path)], env=dict(os.environ, PYSPARK_PYTHON=sys.executable),
+                          capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sink = pd.concat([pd.read_parquet(p) for p in (tmp_path / "detections").glob("*.parquet")])
+    assert sorted(sink["frame_index"]) == list(range(len(sink))) and len(sink) >= 8
+    assert set(sink["device"]) == {"emu:0", "emu:1"}, sink[["frame_index", "device"]]

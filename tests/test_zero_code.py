@@ -82,3 +82,25 @@ def test_submit_refuses_a_missing_app(tmp_path):
     from jacquard.host.cli import main
 
     assert main(["submit", str(tmp_path / "nope.py")]) == 2
+
+
+def test_one_spark_conf_offloads_the_workers(rnet, tmp_path):
+    """The documented alternative: spark.python.daemon.module=jacquard.spark_ext.offload, no submit."""
+    rng = np.random.default_rng(SEED + 1)
+    data = tmp_path / "in.parquet"
+    pd.DataFrame({"id": np.arange(8), "x": [rng.uniform(-1, 1, 24 * 24 * 3).astype(np.float32)
+                                              for _ in range(8)]}).to_parquet(data)
+    stats = tmp_path / "stats"
+    env = dict(_env(), PYSPARK_SUBMIT_ARGS=(
+        "--conf spark.python.daemon.module=jacquard.spark_ext.offload "
+        f"--conf spark.executorEnv.JACQUARD_STATS_DIR={stats} pyspark-shell"))
+    proc = subprocess.run([sys.executable, str(APP), str(rnet), str(data), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = aggregate_stats(stats)
+    assert summary["rows"] == 8 and summary["device_inferences"] == summary["inferences"] > 0, summary
+    got = _read(tmp_path / "out")
+    sess = ort.InferenceSession(str(rnet), providers=["CPUExecutionProvider"])
+    cpu = [sess.run(None, {"input_2": x.reshape(1, 24, 24, 3)}) for x in pd.read_parquet(data)["x"]]
+    _assert_equal(got, pd.DataFrame({"id": np.arange(8), "dense_2": [o[0].ravel() for o in cpu],
+                                     "softmax_1": [o[1].ravel() for o in cpu]}), "one conf")
