@@ -440,7 +440,12 @@ class AcceleratedModel:
             with _Internal():
                 self._cpu = ort.InferenceSession(self.model, providers=["CPUExecutionProvider"])
         with _Internal():
-            values = self._cpu.run(None, dict(feeds))
+            if self._split_rows(feeds):  # the model takes one row at a time, like the device path
+                n = next(iter(feeds.values())).shape[0]
+                rows = [self._cpu.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+                values = [np.concatenate(parts) for parts in zip(*rows, strict=True)]
+            else:
+                values = self._cpu.run(None, dict(feeds))
         return dict(zip(self.outputs, values, strict=True))
 
     def close(self) -> None:

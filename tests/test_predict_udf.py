@@ -144,3 +144,31 @@ def test_device_binding_through_the_discovery_script_on_local_cluster(rnet, tmp_
     for i in range(16):
         got = np.asarray(result["pred"][str(i)], np.float32)
         assert (m := _first_mismatch(got, want[i]["dense_2"].ravel())) is None, (i, m)
+
+
+def test_float_model_is_calibrated_on_its_first_rows_then_offloaded():
+    """A float model runs on the CPU (exactly onnxruntime's float results) until calibrated, then on
+    the device, where it equals the host runtime importing the model with the same calibration rows."""
+    from test_compiler import classifier
+
+    from jacquard.spark_ext.accel import AcceleratedModel, process_stats
+
+    _, model = classifier()
+    rng = np.random.default_rng(SEED + 3)
+    batches = [rng.normal(0, 1, (4, 3, 20, 20)).astype(np.float32) for _ in range(4)]
+    accel = AcceleratedModel(model, "emu", calibration_rows=8)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = accel.outputs[0]
+    before = process_stats().device_inferences
+    first = accel.run({"x": batches[0]})[name]
+    assert np.array_equal(first, np.concatenate([sess.run(None, {"x": x[None]})[0] for x in batches[0]]))
+    assert process_stats().device_inferences == before
+    got = [accel.run({"x": x})[name] for x in batches[1:]]
+    assert process_stats().device_inferences == before + 3
+    with Device("emu") as dev:
+        dev.load(model, calibrate=np.concatenate(batches[:2]))
+        for k, batch in enumerate(batches[1:]):
+            want = np.concatenate([dev.run(x[None])[name] for x in batch])
+            assert (m := _first_mismatch(got[k], want)) is None, (k, m)
+            ref = np.concatenate([sess.run(None, {"x": x[None]})[0] for x in batch])
+            assert (got[k].argmax(1) == ref.argmax(1)).mean() >= 0.75  # int8 keeps the float ranking
