@@ -489,7 +489,12 @@ class JacquardCore(wiring.Component):
             m.d.comb += [packer.i.payload.eq(lutpad.o.payload.as_value()), packer.i.valid.eq(lutpad.o.valid),
                          lutpad.o.ready.eq(packer.i.ready)]
         wiring.connect(m, packer.o, writer.i)
-        m.d.comb += seq.datapath_idle.eq(~lb.busy & ~pp.busy & ~mp.busy & ~packer.busy & ~mr.o.valid
+        # Icarus leaves the line buffer's ``busy`` (a case on its FSM state) at X until that state
+        # first changes, so the line buffer counts as idle until it has been started once.
+        lb_started = Signal()
+        with m.If(go):
+            m.d.sync += lb_started.eq(1)
+        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pp.busy & ~mp.busy & ~packer.busy & ~mr.o.valid
                                          & ~lutpad.o.valid & ~pgear.o.valid)
 
         # -- performance counters -------------------------------------------------------------

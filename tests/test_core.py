@@ -38,8 +38,8 @@ from jacquard.sim.isa_regs import register, status_error
 
 COCOTB_DIR = Path(__file__).parent / "cocotb"
 CFG = CONFIGS["sim-small"]
-SMOKE_SIM = "verilator"
-LAYER_SIM = "verilator"
+SMOKE_SIM = "icarus"
+LAYER_SIM = "verilator"  # three-layer programs take ~10k cycles; Icarus runs ~1k cycles/s here
 
 
 def _align(n: int, a: int = 64) -> int:
@@ -172,11 +172,19 @@ def expect_ok(result: dict, k: int = 0) -> None:
     assert st["done"] == 1 and st["error"] == 0 and st["busy"] == 0, f"STATUS {st}: {err}"
 
 
-def random_layer(rng, img: Image):
-    """One random layer of a random kind on a random input; returns (descriptor, kind)."""
-    kind = rng.choice(["conv", "conv", "depthwise", "strided", "fc", "maxpool", "lut", "fused"])
-    h, w = int(rng.integers(3, 11)), int(rng.integers(3, 11))
-    c = int(rng.integers(1, 13))
+KINDS = ("conv", "depthwise", "strided", "fc", "maxpool", "lut", "fused")
+
+
+def random_layer(rng, img: Image, kind: str | None = None, small: bool = False):
+    """One random layer of ``kind`` (random if None) on a random input; returns (descriptor, kind).
+
+    ``small`` keeps maps at most 6x6 with 8 channels, for short Icarus runs.
+    """
+    if kind is None:
+        kind = str(rng.choice(["conv", *KINDS]))
+    top = 7 if small else 11
+    h, w = int(rng.integers(3, top)), int(rng.integers(3, top))
+    c = int(rng.integers(1, 9 if small else 13))
     zp = int(rng.integers(-20, 21))
     x = img.alloc(pack_tensor(rand_tensor(rng, h, w, c), img.cfg, zp))
     k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
@@ -193,11 +201,11 @@ def random_layer(rng, img: Image):
             ceil = False
         return maxpool_layer(img, x, h, w, c, k=kk, stride=s, pads=pp, ceil_mode=ceil)[0], kind
     if kind == "fc":
-        c = int(rng.integers(8, 100))
+        c = int(rng.integers(8, 40 if small else 100))
         x = img.alloc(pack_tensor(rand_tensor(rng, 1, 1, c), img.cfg, zp))
         return conv_layer(img, rng, x, 1, 1, c, cout=int(rng.integers(1, 20)), k=(1, 1), **common)[0], kind
     clamp = (out_zp, 127) if rng.random() < 0.5 else (-128, 127)
-    args = {"cout": int(rng.integers(1, 21)), "k": k, "pads": pads, "clamp": clamp, **common}
+    args = {"cout": int(rng.integers(1, 9 if small else 21)), "k": k, "pads": pads, "clamp": clamp, **common}
     if kind == "depthwise":
         args["depthwise"] = True
     elif kind == "strided":
@@ -210,9 +218,25 @@ def random_layer(rng, img: Image):
     return conv_layer(img, rng, x, h, w, c, **args)[0], kind
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", KINDS)
+def test_core_layer_kinds_icarus(tmp_path, kind):
+    """One small random layer of each kind on Icarus, bit-exact with the executor."""
+    seed = 1000 + KINDS.index(kind)
+    rng = np.random.default_rng(seed)
+    img = Image(CFG, 1 << 13)
+    d, _ = random_layer(rng, img, kind, small=True)
+    prog = img.place_program([d])
+    expected = img.data.copy()
+    execute(prog, expected, CFG, prog_addr=0)
+    result = run_case(tmp_path, img, [program_run(img, prog, timeout=200_000)], seed=seed, simulator="icarus")
+    print(f"seed={seed} {kind}: {d}")
+    expect_ok(result)
+    assert_same_memory(result["mems"][0], expected, seed, kind)
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.slow) if s >= 2 else s for s in range(8)])
 def test_core_random_layers(tmp_path, seed):
-    """A program of three random layers of random kinds, bit-exact with the executor."""
+    """A program of three random layers of random kinds (Verilator), bit-exact with the executor."""
     rng = np.random.default_rng(seed)
     img = Image(CFG, 1 << 16)
     descs = [random_layer(rng, img)[0] for _ in range(3)]

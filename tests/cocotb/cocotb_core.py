@@ -76,6 +76,26 @@ class TB:
         return out
 
 
+def _dump_state(dut):
+    """Log the sequencer's state and the stream handshakes, to tell where a hung run waits."""
+    for name in ("datapath_idle", "can_grow"):
+        for scope in (dut, dut.sequencer):
+            handle = getattr(scope, name, None)
+            if handle is not None:
+                dut._log.warning("%s = %s", name, handle.value)
+    for path in ("sequencer", "reader", "writer", "line_buffer", "pe_array", "postproc", "packer", "route"):
+        sub = getattr(dut, path, None)
+        if sub is None:
+            continue
+        for handle in sub:
+            name = handle._name
+            if any(key in name for key in ("state", "valid", "ready", "busy", "words_left", "level")):
+                try:
+                    dut._log.warning("%s.%s = %s", path, name, handle.value)
+                except (AttributeError, TypeError, ValueError):  # arrays and scopes have no value
+                    pass
+
+
 @cocotb.test()
 async def run_case(dut):
     p = params()
@@ -105,6 +125,7 @@ async def run_case(dut):
         status = await tb.read("STATUS")
         while status & 1:
             if cycles > run.get("timeout", 2_000_000):
+                _dump_state(dut)
                 raise AssertionError(f"run {k}: core still busy after {cycles} cycles, STATUS={status:#x}")
             await ClockCycles(dut.clk, 200)
             cycles += 200
