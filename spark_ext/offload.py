@@ -214,7 +214,7 @@ def _print_summary(s: dict) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     share = 100 * s["macs_device"] / s["macs_total"] if s["macs_total"] else 0.0
-    for k, v in (("processes with the hook (driver + Python workers)", str(s["processes"])),
+    for k, v in (("processes that ran a model (driver, Python workers)", str(s["processes"])),
                  ("processes that used a device", str(s["processes_on_device"])),
                  ("inferences", f"{s['inferences']:,} ({s['rows']:,} rows)"),
                  ("inferences on a device", f"{s['device_inferences']:,}"),
