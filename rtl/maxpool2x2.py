@@ -17,9 +17,10 @@ odd         even         ``buf[a] = max(buf[a], v)``
 odd         odd          emit ``max(buf[a], v)``
 ==========  ===========  ======================================
 
-The read of ``buf[a]`` is issued when the beat is taken and is transparent to the write of the beat
-ahead of it (the same entry is touched again ``n_oc_tiles`` beats later, as soon as the next beat
-when ``n_oc_tiles == 1``), so the unit takes one beat per cycle.
+The read of ``buf[a]`` is issued when the beat is taken (``s1``), registered (``s2``) and written
+back from ``s2``. The same entry is touched again ``n_oc_tiles`` beats later (the very next beat when
+``n_oc_tiles == 1``): the write two beats ahead is seen through the read port's transparency, the
+one just ahead is forwarded. So the unit takes one beat per cycle.
 """
 
 from amaranth.hdl import Module, Mux, Signal
@@ -52,7 +53,8 @@ class MaxPool2x2(wiring.Component):
     o : Out(stream.Signature(out_layout(oc_par)))
         Pooled feature map in the same order.
     start : In(1)
-        Pulse: sample ``width`` and ``n_oc_tiles`` and begin a feature map at (0, 0, 0).
+        Pulse: sample ``width`` and ``n_oc_tiles`` and begin a feature map at (0, 0, 0). The
+        configuration is checked on the next cycle; ``error`` is valid two cycles after ``start``.
     width : In(range(max_width + 1))
         Input width W, 2..``max_width``.
     n_oc_tiles : In(range(max_oc_tiles + 1))
@@ -149,29 +151,57 @@ class MaxPool2x2(wiring.Component):
             with m.Else():
                 m.d.sync += addr.eq(addr + 1)
 
+        # s2: the partial maximum registered (a DP16KD's clock-to-out is about 5.6 ns). The beat
+        # ahead in s2 writes its entry only as this one leaves s1, so forward it on a match; the
+        # beat two ahead has written already (the read port is transparent to that write).
+        s2_valid = Signal()
+        s2_v = Signal(layout)
+        s2_held = Signal(layout)
+        s2_addr = Signal(range(self._depth))
+        s2_first = Signal()
+        s2_emit = Signal()
+        s2_drop = Signal()
+        s2_writes = Signal()
         pooled = Signal(layout)
         for lane in range(self._oc_par):
-            held, new = rd.data[lane], s1_v[lane]
-            m.d.comb += pooled[lane].eq(Mux(s1_first | (new > held), new, held))
+            held, new = s2_held[lane], s2_v[lane]
+            m.d.comb += pooled[lane].eq(Mux(s2_first | (new > held), new, held))
+        m.d.comb += s2_writes.eq(s2_valid & ~s2_emit & ~s2_drop)
+        forward = s2_writes & (s2_addr == s1_addr)
+        with m.If(en):
+            m.d.sync += [
+                s2_valid.eq(s1_valid), s2_v.eq(s1_v), s2_addr.eq(s1_addr),
+                s2_held.eq(Mux(forward, pooled, rd.data)),
+                s2_first.eq(s1_first), s2_emit.eq(s1_emit), s2_drop.eq(s1_drop),
+            ]
         m.d.comb += [
-            wr.addr.eq(s1_addr),
+            wr.addr.eq(s2_addr),
             wr.data.eq(pooled),
-            wr.en.eq(en & s1_valid & ~s1_emit & ~s1_drop),
+            wr.en.eq(en & s2_writes),
         ]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(en & s1_valid & s1_emit):
+        with m.If(en & s2_valid & s2_emit):
             m.d.sync += [self.o.payload.eq(pooled), self.o.valid.eq(1)]
 
-        m.d.comb += self.busy.eq(s1_valid | self.o.valid)
+        m.d.comb += self.busy.eq(s1_valid | s2_valid | self.o.valid)
+        # The configuration is checked one cycle after start, from registers (the row-size product
+        # stays off the port-to-register path); nothing is taken meanwhile.
+        width = Signal.like(self.width)
+        n_oc_tiles = Signal.like(self.n_oc_tiles)
+        checking = Signal()
+        refused = Signal()
         with m.If(self.start):
-            pairs = self.width[1:]
-            bad = ((self.width < 2) | (self.width > self._max_width) | (self.n_oc_tiles == 0) |
-                   (self.n_oc_tiles > self._max_oc_tiles) | (pairs * self.n_oc_tiles > self._depth) |
-                   self.busy)
             m.d.sync += [
-                running.eq(~bad), self.error.eq(bad),
-                last_x.eq(self.width - 1), last_t.eq(self.n_oc_tiles - 1),
+                width.eq(self.width), n_oc_tiles.eq(self.n_oc_tiles),
+                checking.eq(1), refused.eq(self.busy), running.eq(0), self.error.eq(0),
                 x.eq(0), t.eq(0), odd_row.eq(0), addr.eq(0),
+            ]
+        with m.If(checking):
+            bad = ((width < 2) | (width > self._max_width) | (n_oc_tiles == 0) |
+                   (n_oc_tiles > self._max_oc_tiles) | (width[1:] * n_oc_tiles > self._depth) | refused)
+            m.d.sync += [
+                checking.eq(0), running.eq(~bad), self.error.eq(bad),
+                last_x.eq(width - 1), last_t.eq(n_oc_tiles - 1),
             ]
         return m

@@ -149,8 +149,11 @@ class PostProcessor(wiring.Component):
         f_valid = Signal()
         f_acc = Signal(acc_layout(self._oc_par))
         f_group = Signal(range(groups))
-        # Valid and "last group of the beat" flags: stage x (param read), b (bias), pipe s1..s13, l (LUT).
-        depth = 2 + RequantPipe.LATENCY + 1
+        # Valid and "last group of the beat" flags, one bit per stage: x (param read issued),
+        # p (param memory output registered: a DP16KD's clock-to-out is about 5.6 ns), b (bias),
+        # requantizer s1..s13, l (LUT read issued), q (LUT output registered).
+        depth = 3 + RequantPipe.LATENCY + 2
+        s13_index = 2 + RequantPipe.LATENCY
         v_valid = Signal(depth)
         v_last = Signal(depth)
 
@@ -241,17 +244,20 @@ class PostProcessor(wiring.Component):
                 v_last.eq(Cat(f_group == groups - 1, v_last[:-1])),
             ]
 
-        # b: bias add (int32, wrapping like the accumulators).
+        # p: registered memory output; b: bias add (int32, wrapping like the accumulators).
+        p_acc = Signal.like(x_acc)
+        p_params = Signal(data.ArrayLayout(ChannelParamsLayout(), n_r))
         b_acc = Signal(data.ArrayLayout(signed(32), n_r))
         b_mult = Signal(data.ArrayLayout(32, n_r))
         with m.If(en):
+            m.d.sync += [p_acc.eq(x_acc), p_params.eq(p_rd.data)]
             for j in range(n_r):
                 m.d.sync += [
-                    b_acc[j].eq(x_acc[j] + p_rd.data[j].bias),
-                    b_mult[j].eq(p_rd.data[j].multiplier),
+                    b_acc[j].eq(p_acc[j] + p_params[j].bias),
+                    b_mult[j].eq(p_params[j].multiplier),
                 ]
 
-        # s1..s13: requantizer lanes in lock step; then l: the LUT (one read port per lane).
+        # s1..s13: requantizer lanes in lock step; then l: the LUT (one read port per lane), q.
         l_y = Signal(data.ArrayLayout(signed(8), n_r))
         group_y = Signal(data.ArrayLayout(signed(8), n_r))
         invalid = Signal()
@@ -262,31 +268,33 @@ class PostProcessor(wiring.Component):
                 pipe.en.eq(en), pipe.i_acc.eq(b_acc[j]), pipe.i_multiplier.eq(b_mult[j]),
                 pipe.zero_point.eq(zero_point), pipe.lo.eq(lo), pipe.hi.eq(hi),
             ]
-            with m.If(pipe.o_invalid & v_valid[-2]):
+            with m.If(pipe.o_invalid & v_valid[s13_index]):
                 m.d.comb += invalid.eq(1)
             with m.If(en):
                 m.d.sync += l_y[j].eq(pipe.o_y)
             if self._lut:
                 rp = lut_rd[j]
                 m.d.comb += [rp.addr.eq(pipe.o_y.as_unsigned() ^ 0x80), rp.en.eq(en)]
-                m.d.comb += group_y[j].eq(Mux(lut_enable, rp.data, l_y[j]))
+                with m.If(en):
+                    m.d.sync += group_y[j].eq(Mux(lut_enable, rp.data, l_y[j]))
             else:
-                m.d.comb += group_y[j].eq(l_y[j])
+                with m.If(en):
+                    m.d.sync += group_y[j].eq(l_y[j])
         # Defense in depth: the loader already refuses such multipliers.
         with m.If(invalid):
             m.d.sync += state.eq(ERROR)
 
         # -- assembly: groups shift in at the top; the last one completes the output beat --------
-        l_valid, l_last = v_valid[-1], v_last[-1]
+        q_valid, q_last = v_valid[-1], v_last[-1]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         if groups == 1:
-            with m.If(en & l_valid):
+            with m.If(en & q_valid):
                 m.d.sync += [self.o.payload.eq(group_y), self.o.valid.eq(1)]
         else:
             a_buf = Signal(8 * n_r * (groups - 1))
-            with m.If(en & l_valid):
-                with m.If(l_last):
+            with m.If(en & q_valid):
+                with m.If(q_last):
                     m.d.sync += [self.o.payload.eq(Cat(a_buf, group_y)), self.o.valid.eq(1)]
                 with m.Else():
                     m.d.sync += a_buf.eq(Cat(a_buf[8 * n_r:], group_y))
