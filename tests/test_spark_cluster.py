@@ -3,8 +3,9 @@
 Two executor JVMs, each with its own Python workers; the ``fpga`` resource comes from the shipped
 discovery script with ``JACQUARD_DEVICES=emu:0,emu:1``. Every task records the device Spark gave
 it and the executor it ran on; each executor must have used exactly the one device it was given,
-and the two executors different ones. The same run checks exactly-once output and the metrics
-listener (rates from Spark's progress, end-to-end latency from the ingest timestamp).
+and the two executors different ones. In the same run one Python worker is killed mid-stream
+(Spark retries its task), and the test checks exactly-once output and the metrics listener
+(rates from Spark's progress, end-to-end latency from the ingest timestamp).
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ def test_each_executor_uses_its_own_device(cluster, tmp_path):
     placement = StructType([StructField("device", StringType()), StructField("executor", StringType()),
                             StructField("pid", StringType())])
 
+    marker, victim = tmp_path / "killed-once", str(root / "b.avi")
+
     @F.udf(placement)
-    def where(_index):
+    def where(file, index):
         from jacquard.spark_ext.binding import executor_id, task_device_uri
 
+        if file == victim and index == 4 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(17)  # a Python worker dies mid-stream; Spark retries the task
         return (task_device_uri(), executor_id(), str(os.getpid()))
 
     metrics = FrameMetricsListener()
@@ -61,7 +67,7 @@ def test_each_executor_uses_its_own_device(cluster, tmp_path):
 
     frames = (cluster.readStream.format("jacquard.video").option("path", str(root))
               .option("maxFramesPerTrigger", 21).option("framesPerPartition", 3).load())
-    q = (frames.withColumn("where", where("frame_index")).drop("data")
+    q = (frames.withColumn("where", where("file", "frame_index")).drop("data")
          .writeStream.foreachBatch(sink).option("checkpointLocation", str(tmp_path / "ckpt")).start())
     try:
         q.processAllAvailable()
@@ -69,6 +75,7 @@ def test_each_executor_uses_its_own_device(cluster, tmp_path):
         q.stop()
         cluster.streams.removeListener(metrics)
 
+    assert marker.exists()  # the worker was killed, and the query recovered by itself
     rows = cluster.read.parquet(str(out)).select("file", "frame_index", "where.*").collect()
     counts = Counter((os.path.basename(r.file), r.frame_index) for r in rows)
     want = {(name, i) for name, n in FILES.items() for i in range(n)}
