@@ -211,6 +211,15 @@ def test_changed_file_fails_clearly(clips, tmp_path):
         list(video_source.read_frames(VideoPartition(str(path), 0, 8, 8), options))
 
 
+def test_media_fetch_errors_are_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("JACQUARD_CACHE", str(tmp_path))  # an empty cache: a fetch is needed
+    monkeypatch.setattr(media.shutil, "which", lambda tool: None)
+    with pytest.raises(media.MediaUnavailableError, match="`apt-get` is not available"):
+        media.megamind_avi()
+    with pytest.raises(ValueError, match="plain name"):
+        media.fetch_opencv_doc("../etc/passwd")
+
+
 # -- Spark: real streaming queries on one local[2] session ----------------------------------------
 
 @pytest.fixture(scope="module")
