@@ -1,0 +1,167 @@
+"""Whole networks on JacquardCore (Verilator), bit-exact with the reference executor.
+
+* The int8 MTCNN P-Net (onnxruntime-quantized, compiled by ``jacquard.host.compiler`` for
+  sim-small) on a real ``skimage.data`` astronaut crop: 24x24 in the default tier, 64x64 (slow).
+* A small classifier built from descriptors: conv3x3+ReLU+fused 2x2 pool, conv3x3+ReLU, MAXPOOL,
+  FC (default tier on 12x12; slow on 28x28).
+
+Each run also prints per-layer cycle counters (each layer run as its own one-descriptor program,
+counters cleared before it) and the whole-network MAC utilization, for docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_core import CFG, Image, conv_layer, expect_ok, maxpool_layer, pack_tensor, rand_tensor, run_case
+
+from jacquard.sim.executor import execute
+from jacquard.sim.isa import Op, Program
+
+SIM = "verilator"
+
+
+def _macs(d) -> int:
+    if d.op != Op.CONV:
+        return 0
+    oh, ow = (d.out_h * 2, d.out_w * 2) if d.fuse_maxpool else (d.out_h, d.out_w)
+    if d.fuse_maxpool:  # the conv's own output size (the pool may drop an odd row or column)
+        oh = (d.in_h + d.pad_t + d.pad_b - d.kh) // d.stride_h + 1
+        ow = (d.in_w + d.pad_l + d.pad_r - d.kw) // d.stride_w + 1
+    return oh * ow * d.out_c * d.kh * d.kw * (1 if d.depthwise else d.in_c)
+
+
+def _run_network(tmp_path, img: Image, descs, seed: int, label: str) -> dict:
+    """Run the whole program once, then each layer alone (for per-layer counters); compare all."""
+    prog = img.place_program(descs)
+    expected = img.data.copy()
+    execute(prog, expected, CFG, prog_addr=0)
+    # Per-layer programs live right after the whole one, in the 1 KiB program slot.
+    runs = [{"window_base": 0, "window_limit": img.size, "prog_base": 0, "prog_len": prog.size(),
+             "irq_enable": 3, "timeout": 20_000_000}]
+    singles = []
+    for i, d in enumerate(descs):
+        raw = Program.for_config(CFG, [d]).to_bytes()
+        addr = 0x400 - 0x50 * (len(descs) - i)
+        singles.append((addr, raw))
+        runs.append({"prog_base": addr, "prog_len": len(raw), "timeout": 20_000_000})
+    for addr, raw in singles:
+        if addr < prog.size():
+            raise ValueError("program too long for per-layer copies")
+        img.data[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        expected[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    result = run_case(tmp_path, img, runs, seed=seed, simulator=SIM, pause=0.1)
+    for k in range(len(runs)):
+        expect_ok(result, k)
+        bad = np.flatnonzero(result["mems"][k] != expected)
+        if bad.size:
+            i = int(bad[0])
+            raise AssertionError(f"seed={seed} {label} run {k}: {bad.size} bytes differ; first at {i:#x}: "
+                                 f"expected {expected[i].view(np.int8)}, "
+                                 f"got {result['mems'][k][i].view(np.int8)}")
+    total = result["runs"][0]["counters"]
+    macs = sum(_macs(d) for d in descs)
+    util = macs / (CFG.macs * total["BUSY_CYCLES"])
+    big = [i for i, d in enumerate(descs) if d.op == Op.CONV and d.in_c >= CFG.c_par]
+    wall = result["runs"][0]["wall_s"]
+    print(f"\n{label}: {total['BUSY_CYCLES']} busy cycles, {macs} MACs, MAC utilization {100 * util:.1f} % "
+          f"(sim wall {wall:.1f} s, {total['CYCLES'] / wall:.0f} cycles/s incl. polling)")
+    for i, d in enumerate(descs):
+        c = result["runs"][1 + i]["counters"]
+        lm = _macs(d)
+        print(f"  layer {i} {d.op.name} {d.kh}x{d.kw} s{d.stride_h} {d.in_h}x{d.in_w}x{d.in_c}->"
+              f"{d.out_h}x{d.out_w}x{d.out_c}: busy {c['BUSY_CYCLES']}, mac-active {c['MAC_ACTIVE_CYCLES']}, "
+              f"util {100 * lm / (CFG.macs * c['BUSY_CYCLES']):.1f} %, stalls in/w/out/rq "
+              f"{c['STALL_INPUT']}/{c['STALL_WEIGHTS']}/{c['STALL_OUTPUT']}/{c['STALL_REQUANT']}, "
+              f"DMA rd/wr {c['DMA_READ_BYTES']}/{c['DMA_WRITE_BYTES']}")
+    if big:
+        bm = sum(_macs(descs[i]) for i in big)
+        bc = sum(result["runs"][1 + i]["counters"]["BUSY_CYCLES"] for i in big)
+        print(f"  layers with C_in >= C_PAR: MAC utilization {100 * bm / (CFG.macs * bc):.1f} %")
+    return result
+
+
+def _pnet(size: int):
+    from jacquard.host import material
+    from jacquard.host.cache import cache_dir
+    from jacquard.host.compiler import compile_model, pack_rows
+
+    path = cache_dir("material", "mtcnn-int8") / "pnet.int8.onnx"
+    if not path.exists():
+        pytest.skip("quantized P-Net not cached yet: run tests/test_mtcnn_layers.py first")
+    exe = compile_model(str(path), CFG, input_shapes={"input_1": (1, size, size, 3)})
+    steps = [s for s in exe.steps if s.kind == "device"]
+    assert len(steps) == 1, "P-Net should compile to one device program"
+    step = steps[0]
+    from skimage.transform import resize
+
+    crop = material.astronaut()[90:170, 170:250]
+    rgb = resize(crop, (size, size), preserve_range=True, anti_aliasing=True).astype(np.float32)
+    x = ((rgb - 127.5) / 128).astype(np.float32)
+    name, addr = step.inputs[0]
+    t = exe.tensors[name]
+    q = np.clip(np.rint(x / np.float32(t.scale)) + t.zero_point, -128, 127).astype(np.int8)
+    image = np.zeros(exe.memory_size, dtype=np.uint8)
+    image[:len(exe.image)] = np.frombuffer(exe.image, dtype=np.uint8)
+    raw = pack_rows(q.reshape(t.shape), t, CFG)
+    image[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return exe.program(step), step.prog_addr, image
+
+
+def _run_pnet(tmp_path, size: int):
+    prog, prog_addr, image = _pnet(size)
+    seed = size
+    expected = image.copy()
+    execute(prog, expected, CFG, prog_addr=prog_addr)
+    runs = [{"window_base": 0, "window_limit": image.size, "prog_base": prog_addr, "prog_len": prog.size(),
+             "irq_enable": 1, "timeout": 50_000_000}]
+    img = Image(CFG, image.size)
+    img.data[:] = image
+    result = run_case(tmp_path, img, runs, seed=seed, simulator=SIM, pause=0.1)
+    expect_ok(result)
+    bad = np.flatnonzero(result["mems"][0] != expected)
+    assert not bad.size, f"P-Net {size}x{size}: {bad.size} bytes differ; first at {bad[0]:#x}"
+    c = result["runs"][0]["counters"]
+    macs = sum(_macs(d) for d in prog.descriptors)
+    big = sum(_macs(d) for d in prog.descriptors if d.in_c >= CFG.c_par)
+    print(f"\nP-Net {size}x{size} on {CFG.name}: {c['BUSY_CYCLES']} busy cycles, {macs} MACs, whole-network "
+          f"MAC utilization {100 * macs / (CFG.macs * c['BUSY_CYCLES']):.1f} % (MACs of C_in >= C_PAR "
+          f"layers: {big}); mac-active {c['MAC_ACTIVE_CYCLES']}; stalls in/w/out/rq {c['STALL_INPUT']}/"
+          f"{c['STALL_WEIGHTS']}/{c['STALL_OUTPUT']}/{c['STALL_REQUANT']}; Verilator "
+          f"{c['CYCLES'] / result['runs'][0]['wall_s']:.0f} cycles/s (incl. AXI4-Lite polling)")
+
+
+def test_core_pnet_small(tmp_path):
+    _run_pnet(tmp_path, 24)
+
+
+@pytest.mark.slow
+def test_core_pnet_64(tmp_path):
+    _run_pnet(tmp_path, 64)
+
+
+def _classifier(rng, size: int):
+    img = Image(CFG, 1 << 16)
+    zp = -5
+    x = img.alloc(pack_tensor(rand_tensor(rng, size, size, 1), CFG, zp))
+    d0, (h, w, c) = conv_layer(img, rng, x, size, size, 1, cout=8, k=(3, 3), pads=(1, 1, 1, 1), in_zp=zp,
+                               out_zp=-128, clamp=(-128, 127), fuse_maxpool=True)
+    d1, (h, w, c) = conv_layer(img, rng, d0.out_addr, h, w, c, cout=16, k=(3, 3), pads=(1, 1, 1, 1),
+                               in_zp=-128, out_zp=-128, clamp=(-128, 127))
+    d2, (h, w, c) = maxpool_layer(img, d1.out_addr, h, w, c, k=(2, 2), stride=2, ceil_mode=True)
+    # Flatten is free: the (h, w, 16) map is the (1, 1, h*w*16) vector at the same address.
+    d3, _ = conv_layer(img, rng, d2.out_addr, 1, 1, h * w * c, cout=10, k=(1, 1), in_zp=-128, out_zp=3)
+    return img, [d0, d1, d2, d3]
+
+
+def test_core_classifier_small(tmp_path):
+    seed = 21
+    img, descs = _classifier(np.random.default_rng(seed), 12)
+    _run_network(tmp_path, img, descs, seed, "classifier 12x12")
+
+
+@pytest.mark.slow
+def test_core_classifier_28(tmp_path):
+    seed = 22
+    img, descs = _classifier(np.random.default_rng(seed), 28)
+    _run_network(tmp_path, img, descs, seed, "classifier 28x28")
