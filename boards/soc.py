@@ -1,167 +1,41 @@
-"""The board SoC: host bridge over the USB-UART, device memory, the core's registers, PLL and LEDs.
+"""The board SoC: host bridge over the USB-UART, the core, device memory, PLL and LEDs.
 
 ::
 
-    UART rx/tx pins -- UartRx/UartTx -- HostBridge --m_axi--> AxiSram (device memory, 0x0000_0000)
-                                                  \\-m_axil-> core registers (0x8000_0000)
+    UART pins -- UartRx/UartTx -- HostBridge --m_axi--> AxiArbiter --> AxiSram (memory, 0x0000_0000)
+                                            |             ^
+                                            |   JacquardCore.m_axi (DMA)
+                                            \\-m_axil-> JacquardCore.s_axil (registers, 0x8000_0000)
 
-``rtl/core.py`` (``JacquardCore``) is not finished yet, so the register side is
-:class:`PlaceholderCore`: the real generated register block (:class:`jacquard.rtl.csr.Csr`, so ID,
-VERSION, CONFIG* and CONFIG_HASH read exactly what the board's core will report) with no
-sequencer behind it (STATUS reads idle, CTRL does nothing). When the core lands it replaces the
-placeholder and becomes a second AXI4 master on the device memory.
+The bridge is master 0 of the arbiter and the core's DMA master 1. :class:`PlaceholderCore` (the
+core's register block with no engine behind it) can stand in for the core where only the bridge
+protocol is under test, because a bit-level UART simulation of the whole core is slow.
 
 :class:`BridgeSoc` is the part that simulates (no clocking, pins as ports); :class:`BoardTop` adds
 the PLL, reset and the board's pins for a platform from :mod:`jacquard.boards.configs`.
 """
 
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
-from amaranth.lib import io, memory, wiring
+from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
-from jacquard.rtl.axi import AxiLiteSignature, AxiResp, AxiSignature
+from jacquard.rtl.axi import AxiLiteSignature
+from jacquard.rtl.axi_arbiter import AxiArbiter
+from jacquard.rtl.axi_sram import AxiSram
+from jacquard.rtl.core import JacquardCore
 from jacquard.rtl.csr import Csr
 from jacquard.rtl.host_bridge import HostBridge
 from jacquard.rtl.uart import UartRx, UartTx, uart_divisor
 from jacquard.sim.isa import HardwareConfig
+from jacquard.sim.isa_regs import register
 
 __all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll_params", "ice40_pll_params"]
 
 
-class AxiSram(wiring.Component):
-    """An AXI4 slave over on-chip RAM (32-bit data, INCR bursts, one transaction at a time).
-
-    Reads stream one beat per cycle after a cycle of latency. Addresses past the memory answer
-    DECERR (writes are not done), so a stray host or DMA address is reported, not wrapped.
-
-    Parameters
-    ----------
-    size : int
-        Bytes, a multiple of 4.
-    spram : bool
-        Build it from iCE40 SB_SPRAM256KA blocks (16 Ki words per pair) instead of inferred RAM.
-        Only with a platform; simulation always uses inferred RAM.
-
-    Members
-    -------
-    s_axi : In(AxiSignature(32, 32, 1))
-        The slave port.
-
-    Raises
-    ------
-    ValueError
-        If ``size`` is not a positive multiple of 4 (of 64 KiB with ``spram``).
-    """
-
-    def __init__(self, size: int, spram: bool = False) -> None:
-        if not isinstance(size, int) or size <= 0 or size % 4:
-            raise ValueError(f"size must be a positive multiple of 4 bytes, not {size!r}")
-        if spram and size % (64 * 1024):
-            raise ValueError(f"An SPRAM memory must be a multiple of 64 KiB, not {size!r}")
-        self._size = size
-        self._spram = spram
-        super().__init__({"s_axi": In(AxiSignature(32, 32, 1))})
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def elaborate(self, platform) -> Module:
-        m = Module()
-        bus = self.s_axi
-        words = self._size // 4
-
-        # A simple port: address, write data/mask/enable; read data one cycle later.
-        p_addr = Signal(range(words))
-        p_wdata = Signal(32)
-        p_wmask = Signal(4)
-        p_rdata = Signal(32)
-        if self._spram and platform is not None:
-            self._spram_banks(m, p_addr, p_wdata, p_wmask, p_rdata)
-        else:
-            m.submodules.ram = ram = memory.Memory(shape=32, depth=words, init=[])
-            wp = ram.write_port(granularity=8)
-            rp = ram.read_port()
-            m.d.comb += [wp.addr.eq(p_addr), rp.addr.eq(p_addr), wp.data.eq(p_wdata),
-                         wp.en.eq(p_wmask), p_rdata.eq(rp.data)]
-
-        addr = Signal(32)
-        beats = Signal(8)
-        bad = Signal()
-        in_range = addr < self._size
-        m.d.comb += [bus.bid.eq(0), bus.rid.eq(0), p_addr.eq(addr[2:])]
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(bus.awvalid):
-                    m.d.comb += bus.awready.eq(1)
-                    m.d.sync += [addr.eq(bus.awaddr), bad.eq(0)]
-                    m.next = "WRITE"
-                with m.Elif(bus.arvalid):
-                    m.d.comb += bus.arready.eq(1)
-                    m.d.sync += [addr.eq(bus.araddr), beats.eq(bus.arlen), bad.eq(0)]
-                    m.next = "READ_FIRST"
-            with m.State("WRITE"):
-                m.d.comb += bus.wready.eq(1)
-                with m.If(bus.wvalid):
-                    with m.If(in_range):
-                        m.d.comb += [p_wdata.eq(bus.wdata), p_wmask.eq(bus.wstrb)]
-                    with m.Else():
-                        m.d.sync += bad.eq(1)
-                    m.d.sync += addr.eq(addr + 4)
-                    with m.If(bus.wlast):
-                        m.next = "WRITE_RESP"
-            with m.State("WRITE_RESP"):
-                m.d.comb += [bus.bvalid.eq(1), bus.bresp.eq(bad.replicate(2) & AxiResp.DECERR)]
-                with m.If(bus.bready):
-                    m.next = "IDLE"
-            with m.State("READ_FIRST"):
-                m.next = "READ"          # the RAM reads `addr` during this cycle
-            with m.State("READ"):
-                m.d.comb += [bus.rvalid.eq(1), bus.rdata.eq(p_rdata), bus.rlast.eq(beats == 0),
-                             bus.rresp.eq((~in_range).replicate(2) & AxiResp.DECERR)]
-                with m.If(bus.rready):
-                    m.d.sync += [addr.eq(addr + 4), beats.eq(beats - 1)]
-                    # Present the next address now, so the next beat follows without a bubble.
-                    m.d.comb += p_addr.eq(addr[2:] + 1)
-                    with m.If(beats == 0):
-                        m.next = "IDLE"
-        return m
-
-    def _spram_banks(self, m, p_addr, p_wdata, p_wmask, p_rdata) -> None:
-        # Each bank is two 16 Ki x 16 SPRAMs side by side; MASKWREN has one bit per nibble.
-        banks = self._size // (64 * 1024)
-        bank = p_addr[14:]
-        bank_q = Signal.like(bank) if banks > 1 else None
-        outs = []
-        for b in range(banks):
-            out = Signal(32, name=f"spram_q{b}")
-            outs.append(out)
-            for half in range(2):
-                mask = Signal(4, name=f"spram_mask{b}_{half}")
-                lo, hi = p_wmask[2 * half], p_wmask[2 * half + 1]
-                m.d.comb += mask.eq(Cat(lo, lo, hi, hi))
-                sel = (bank == b) if banks > 1 else 1
-                m.submodules[f"spram{b}_{half}"] = Instance(
-                    "SB_SPRAM256KA",
-                    i_ADDRESS=p_addr[:14], i_DATAIN=p_wdata[16 * half:16 * half + 16],
-                    i_MASKWREN=mask, i_WREN=(p_wmask != 0) & sel, i_CHIPSELECT=1,
-                    i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
-                    o_DATAOUT=out[16 * half:16 * half + 16])
-        if bank_q is not None:
-            m.d.sync += bank_q.eq(bank)
-            with m.Switch(bank_q):
-                for b in range(banks):
-                    with m.Case(b):
-                        m.d.comb += p_rdata.eq(outs[b])
-        else:
-            m.d.comb += p_rdata.eq(outs[0])
-
-
 class PlaceholderCore(wiring.Component):
-    """Stand-in for ``JacquardCore`` until ``rtl/core.py`` exists: its register block, no engine.
+    """Stand-in for ``JacquardCore`` in protocol tests: its register block, no engine.
 
     Parameters
     ----------
@@ -201,8 +75,26 @@ class PlaceholderCore(wiring.Component):
         return m
 
 
+class _CoreStatus(JacquardCore):
+    """``JacquardCore`` with its STATUS ``busy`` and ``error`` bits readable by the SoC (for the LEDs).
+
+    The core has no status pins, only ``irq``; the bits are taken from its register block.
+    """
+
+    def __init__(self, config: HardwareConfig) -> None:
+        super().__init__(config)
+        self.busy = Signal()
+        self.error = Signal()
+
+    def elaborate(self, platform) -> Module:
+        m = super().elaborate(platform)
+        status = register("STATUS").layout()(m.submodules.csr.status)
+        m.d.comb += [self.busy.eq(status.busy), self.error.eq(status.error)]
+        return m
+
+
 class BridgeSoc(wiring.Component):
-    """UART + host bridge + device memory + core (placeholder) + LED logic, in the ``sync`` domain.
+    """UART + host bridge + core + arbiter + device memory + LED logic, in the ``sync`` domain.
 
     Parameters
     ----------
@@ -220,6 +112,9 @@ class BridgeSoc(wiring.Component):
         Counter bit that blinks the heartbeat LED (about ``log2(f_clk)`` for 1 Hz).
     spram : bool
         Device memory in iCE40 SPRAM.
+    core : bool
+        Build the real :class:`~jacquard.rtl.core.JacquardCore` (default); False puts the
+        register-only :class:`PlaceholderCore` in its place, for protocol tests.
 
     Members
     -------
@@ -230,6 +125,15 @@ class BridgeSoc(wiring.Component):
     led_heartbeat, led_busy, led_error : Out(1)
         Blinks while the clock runs; lit while the bridge or core is busy; lit for a while after a
         dropped frame or while the core reports an error.
+    frames_ok, frames_retried, frames_dropped : Out(16)
+        The bridge's frame counters.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a HardwareConfig.
+    ValueError
+        If ``heartbeat_bit`` is out of range, or the core's bus is not 32 bits wide.
     """
 
     rx: In(1, init=1)
@@ -243,16 +147,22 @@ class BridgeSoc(wiring.Component):
 
     def __init__(self, config: HardwareConfig, *, memory_bytes: int = 64 * 1024, divisor: int = 16,
                  timeout: int = 100_000, max_words: int = 64, heartbeat_bit: int = 24,
-                 spram: bool = False) -> None:
+                 spram: bool = False, core: bool = True) -> None:
+        if not isinstance(config, HardwareConfig):
+            raise TypeError(f"config must be a HardwareConfig, not {config!r}")
         if not isinstance(heartbeat_bit, int) or not 4 <= heartbeat_bit <= 31:
             raise ValueError(f"heartbeat_bit must be in 4..31, not {heartbeat_bit!r}")
+        if core and config.dma_align != 4:
+            raise ValueError(f"The SoC's memory bus is 32 bits; config {config.name!r} has dma_align "
+                             f"{config.dma_align}, not 4")
         self.config = config
         self.heartbeat_bit = heartbeat_bit
         self.uart_rx = UartRx(divisor)
         self.uart_tx = UartTx(divisor)
         self.bridge = HostBridge(max_words=max_words, timeout=timeout)
         self.sram = AxiSram(memory_bytes, spram=spram)
-        self.core = PlaceholderCore(config)
+        self.core = _CoreStatus(config) if core else PlaceholderCore(config)
+        self.arbiter = AxiArbiter(32, 32, 1) if core else None
         super().__init__()
 
     def elaborate(self, platform) -> Module:
@@ -261,25 +171,42 @@ class BridgeSoc(wiring.Component):
         m.submodules.uart_tx = self.uart_tx
         m.submodules.bridge = bridge = self.bridge
         m.submodules.sram = self.sram
-        m.submodules.core = self.core
+        m.submodules.core = core = self.core
         m.d.comb += [self.uart_rx.rx.eq(self.rx), self.tx.eq(self.uart_tx.tx)]
         wiring.connect(m, self.uart_rx.o, bridge.rx)
         wiring.connect(m, bridge.tx, self.uart_tx.i)
-        wiring.connect(m, bridge.m_axi, self.sram.s_axi)
-        wiring.connect(m, bridge.m_axil, self.core.s_axil)
+        if self.arbiter is not None:
+            m.submodules.arbiter = arb = self.arbiter
+            wiring.connect(m, bridge.m_axi, arb.s_axi0)
+            wiring.connect(m, core.m_axi, arb.s_axi1)
+            wiring.connect(m, arb.m_axi, self.sram.s_axi)
+        else:
+            wiring.connect(m, bridge.m_axi, self.sram.s_axi)
+        # The core decodes 12 address bits; the bridge has already taken REG_BASE off.
+        for name, sig in AxiLiteSignature(32, 32).members.items():
+            ours, theirs = getattr(bridge.m_axil, name), getattr(core.s_axil, name)
+            if name in ("awaddr", "araddr"):
+                m.d.comb += theirs.eq(ours[:len(theirs)])
+            elif sig.flow == Out:
+                m.d.comb += theirs.eq(ours)
+            else:
+                m.d.comb += ours.eq(theirs)
         m.d.comb += [self.frames_ok.eq(bridge.frames_ok), self.frames_retried.eq(bridge.frames_retried),
                      self.frames_dropped.eq(bridge.frames_dropped)]
 
         counter = Signal(self.heartbeat_bit + 1)
         m.d.sync += counter.eq(counter + 1)
         # Pulses are stretched so that a person sees them: about 1/16 s for busy, 1/2 s for errors.
+        # The status bits are registered first: the LEDs need no single-cycle path from the core.
+        busy, error = Signal(), Signal()
+        m.d.sync += [busy.eq(bridge.busy | core.busy), error.eq(bridge.dropped | core.error)]
         busy_hold = Signal(self.heartbeat_bit - 3)
         err_hold = Signal(self.heartbeat_bit)
-        with m.If(bridge.busy | self.core.busy):
+        with m.If(busy):
             m.d.sync += busy_hold.eq((1 << len(busy_hold)) - 1)
         with m.Elif(busy_hold != 0):
             m.d.sync += busy_hold.eq(busy_hold - 1)
-        with m.If(bridge.dropped | self.core.error):
+        with m.If(error):
             m.d.sync += err_hold.eq((1 << len(err_hold)) - 1)
         with m.Elif(err_hold != 0):
             m.d.sync += err_hold.eq(err_hold - 1)

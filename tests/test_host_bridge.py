@@ -134,6 +134,7 @@ class SimLine:
 
 def make(seed=1, drop=0.0, corrupt=0.0, retries=8, config="sim-small"):
     dut = BridgeSoc(CONFIGS[config], memory_bytes=MEM, divisor=DIVISOR, timeout=200, max_words=MAX_WORDS,
+                    core=False,
                     heartbeat_bit=8)
     line = SimLine(dut, DIVISOR, seed, drop=drop, corrupt=corrupt)
     line.run_cycles(8)
