@@ -125,7 +125,7 @@ def float_to_int_rne(exp, mant):
     whole = fixed >> 24
     guard = (fixed >> 23) & 1
     sticky = (fixed & 0x7F_FFFF) != 0
-    # s12_: round, then saturate or flush (s13_: zero point and clamp).
+    # s12_: round, then saturate or flush (s13_: zero point, s14_: clamp).
     mag = whole + (guard & (sticky | (whole & 1)))
     mag = np.where(sat, SAT_MAGNITUDE, np.where(tiny, 0, mag))
     return np.minimum(mag, SAT_MAGNITUDE)

@@ -54,7 +54,8 @@ class MaxPool2x2(wiring.Component):
         Pooled feature map in the same order.
     start : In(1)
         Pulse: sample ``width`` and ``n_oc_tiles`` and begin a feature map at (0, 0, 0). The
-        configuration is checked on the next cycle; ``error`` is valid two cycles after ``start``.
+        configuration is checked over the next two cycles; ``error`` is valid three cycles after
+        ``start``.
     width : In(range(max_width + 1))
         Input width W, 2..``max_width``.
     n_oc_tiles : In(range(max_oc_tiles + 1))
@@ -185,21 +186,24 @@ class MaxPool2x2(wiring.Component):
             m.d.sync += [self.o.payload.eq(pooled), self.o.valid.eq(1)]
 
         m.d.comb += self.busy.eq(s1_valid | s2_valid | self.o.valid)
-        # The configuration is checked one cycle after start, from registers (the row-size product
-        # stays off the port-to-register path); nothing is taken meanwhile.
+        # The configuration is checked from registers over two cycles after start (the row-size
+        # product gets a cycle of its own); nothing is taken meanwhile.
         width = Signal.like(self.width)
         n_oc_tiles = Signal.like(self.n_oc_tiles)
-        checking = Signal()
+        checking = Signal(2)
         refused = Signal()
+        entries = Signal(range(self._max_width * self._max_oc_tiles + 1))
         with m.If(self.start):
             m.d.sync += [
                 width.eq(self.width), n_oc_tiles.eq(self.n_oc_tiles),
-                checking.eq(1), refused.eq(self.busy), running.eq(0), self.error.eq(0),
+                checking.eq(0b01), refused.eq(self.busy), running.eq(0), self.error.eq(0),
                 x.eq(0), t.eq(0), odd_row.eq(0), addr.eq(0),
             ]
-        with m.If(checking):
+        with m.If(checking[0]):
+            m.d.sync += [entries.eq(width[1:] * n_oc_tiles), checking.eq(0b10)]
+        with m.If(checking[1]):
             bad = ((width < 2) | (width > self._max_width) | (n_oc_tiles == 0) |
-                   (n_oc_tiles > self._max_oc_tiles) | (width[1:] * n_oc_tiles > self._depth) | refused)
+                   (n_oc_tiles > self._max_oc_tiles) | (entries > self._depth) | refused)
             m.d.sync += [
                 checking.eq(0), running.eq(~bad), self.error.eq(bad),
                 last_x.eq(width - 1), last_t.eq(n_oc_tiles - 1),

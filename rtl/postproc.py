@@ -151,9 +151,9 @@ class PostProcessor(wiring.Component):
         f_group = Signal(range(groups))
         # Valid and "last group of the beat" flags, one bit per stage: x (param read issued),
         # p (param memory output registered: a DP16KD's clock-to-out is about 5.6 ns), b (bias),
-        # requantizer s1..s13, l (LUT read issued), q (LUT output registered).
+        # requantizer s1..s14, l (LUT read issued), q (LUT output registered).
         depth = 3 + RequantPipe.LATENCY + 2
-        s13_index = 2 + RequantPipe.LATENCY
+        s14_index = 2 + RequantPipe.LATENCY
         v_valid = Signal(depth)
         v_last = Signal(depth)
 
@@ -257,7 +257,7 @@ class PostProcessor(wiring.Component):
                     b_mult[j].eq(p_params[j].multiplier),
                 ]
 
-        # s1..s13: requantizer lanes in lock step; then l: the LUT (one read port per lane), q.
+        # s1..s14: requantizer lanes in lock step; then l: the LUT (one read port per lane), q.
         l_y = Signal(data.ArrayLayout(signed(8), n_r))
         group_y = Signal(data.ArrayLayout(signed(8), n_r))
         invalid = Signal()
@@ -268,7 +268,7 @@ class PostProcessor(wiring.Component):
                 pipe.en.eq(en), pipe.i_acc.eq(b_acc[j]), pipe.i_multiplier.eq(b_mult[j]),
                 pipe.zero_point.eq(zero_point), pipe.lo.eq(lo), pipe.hi.eq(hi),
             ]
-            with m.If(pipe.o_invalid & v_valid[s13_index]):
+            with m.If(pipe.o_invalid & v_valid[s14_index]):
                 m.d.comb += invalid.eq(1)
             with m.If(en):
                 m.d.sync += l_y[j].eq(pipe.o_y)

@@ -6,7 +6,7 @@ zero, denormal (exactly zero output, see :mod:`jacquard.rtl.fp32`), negative, ti
 multipliers. ``M`` = inf or NaN is refused with ``o_invalid``. The stages mirror the NumPy model in
 :mod:`jacquard.rtl.fp32` one for one; the reasoning for exactness is written there.
 
-Pipeline, 13 registered stages (``LATENCY``), one result per cycle:
+Pipeline, 14 registered stages (``LATENCY``), one result per cycle:
 
 ====  ==========================================================================
 s1    sign and magnitude of ``acc``; decode ``M``'s fields
@@ -21,7 +21,8 @@ s9    round to 24 bits (RNE): ``f32(f32(acc) * M)``
 s10   exponent range check: shift amount (0..8), saturate/flush flags
 s11   fixed-point shift (24 fraction bits), guard and sticky bits
 s12   round half to even to an integer; sign
-s13   add the zero point and clamp
+s13   add the zero point
+s14   clamp
 ====  ==========================================================================
 """
 
@@ -70,7 +71,7 @@ class RequantPipe(wiring.Component):
     i_multiplier : In(32)
         float32 bit pattern of ``M``, sampled with ``i_acc``.
     zero_point, lo, hi : In(signed(8))
-        Output zero point and clamp bounds (``lo <= hi``), used in ``s13``; hold them steady while
+        Output zero point and clamp bounds (``lo <= hi``), used in ``s13`` and ``s14``; hold them steady while
         values are in flight.
     o_y : Out(signed(8))
         Result, ``LATENCY`` enabled cycles after its inputs.
@@ -78,7 +79,7 @@ class RequantPipe(wiring.Component):
         The result's ``M`` was inf or NaN: ``o_y`` is meaningless.
     """
 
-    LATENCY = 13
+    LATENCY = 14
 
     en: In(1)
     i_acc: In(signed(32))
@@ -228,18 +229,18 @@ class RequantPipe(wiring.Component):
         s12_value = reg("s12_value", signed(10), Mux(s11_sign, -mag, mag))
         s12_invalid = reg("s12_invalid", 1, s11_invalid)
 
-        # s13: zero point, clamp.
-        shifted = Signal(signed(11), name="s13_shifted")
-        m.d.comb += shifted.eq(s12_value + self.zero_point)
-        clamped = Mux(shifted < self.lo, self.lo, Mux(shifted > self.hi, self.hi, shifted))
-        s13_y = reg("s13_y", signed(8), clamped)
+        # s13: zero point; s14: clamp.
+        s13_shifted = reg("s13_shifted", signed(11), s12_value + self.zero_point)
         s13_invalid = reg("s13_invalid", 1, s12_invalid)
-        m.d.comb += [self.o_y.eq(s13_y), self.o_invalid.eq(s13_invalid)]
+        clamped = Mux(s13_shifted < self.lo, self.lo, Mux(s13_shifted > self.hi, self.hi, s13_shifted))
+        s14_y = reg("s14_y", signed(8), clamped)
+        s14_invalid = reg("s14_invalid", 1, s13_invalid)
+        m.d.comb += [self.o_y.eq(s14_y), self.o_invalid.eq(s14_invalid)]
         return m
 
 
 class Requantizer(wiring.Component):
-    """One exact requantizer lane with stream handshakes: one result per cycle, 13 cycles latency.
+    """One exact requantizer lane with stream handshakes: one result per cycle, 14 cycles latency.
 
     The whole pipeline stalls together while the output waits (a single enable, so the ready path
     is one gate deep); bubbles are not squeezed out while stalled.

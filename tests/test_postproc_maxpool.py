@@ -34,7 +34,7 @@ def run_maps(dut: MaxPool2x2, fmaps, seed: int, gap: float = 0.3):
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            await ctx.tick()  # the configuration check
+            await ctx.tick().repeat(2)  # the configuration check
             assert not ctx.get(dut.error)
             await stream_send(ctx, dut.i, to_beats(fmap, oc_par), rng=rng, gap=gap)
 
@@ -102,7 +102,7 @@ def test_maxpool_refuses_bad_config(width, n_oc_tiles, busy):
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await ctx.tick()
+        await ctx.tick().repeat(2)
         seen["error"] = ctx.get(dut.error)
         ctx.set(dut.i.valid, 1)
         await ctx.tick()
