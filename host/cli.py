@@ -315,6 +315,29 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pipeline", action="store_true", help="run frames one by one, without overlap")
 
 
+def _cmd_export_verilog(args) -> int:
+    from pathlib import Path
+
+    from jacquard.rtl.core import export_verilog
+    from jacquard.sim.isa import CONFIGS
+
+    if args.config not in CONFIGS:
+        print(f"error: --config must be one of {', '.join(CONFIGS)}, not {args.config!r}", file=sys.stderr)
+        return 2
+    text = export_verilog(CONFIGS[args.config], name=args.name)
+    Path(args.output).write_text(text)
+    lines = len(text.splitlines())
+    print(f"wrote {args.output}: module {args.name} for config {args.config} ({lines:,} lines); "
+          "ports in docs/CORE.md")
+    return 0
+
+
+def _configure_export_verilog(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="hardware config preset (see docs/ISA.md)")
+    p.add_argument("-o", "--output", required=True, metavar="CORE.v", help="where to write the Verilog")
+    p.add_argument("--name", default="jacquard_core", help="top module name (default jacquard_core)")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "doctor": (
         "list each tool with its version, or what is missing and how to get it",
@@ -327,6 +350,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
             _configure_run, _cmd_run),
     "bench": ("measure fps and latency on a backend, next to the estimated FPGA fps", _configure_bench,
               _cmd_bench),
+    "export-verilog": ("write the JacquardCore of a hardware config as plain Verilog",
+                       _configure_export_verilog, _cmd_export_verilog),
     "submit": ("run a PySpark app with onnxruntime offloaded to the accelerator, then summarize the offload",
                _configure_submit, _cmd_submit),
 }

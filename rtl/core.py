@@ -45,7 +45,7 @@ from .pe_array import PEArray
 from .postproc import PostProcessor
 from .sequencer import LayerSetup, ReadTarget, Sequencer
 
-__all__ = ["JacquardCore"]
+__all__ = ["JacquardCore", "export_verilog", "port_table"]
 
 _MAX_BURST = 16
 _OUTSTANDING = 4
@@ -272,15 +272,12 @@ class JacquardCore(wiring.Component):
     """
 
     def __init__(self, config: HardwareConfig | str, *, n_requant: int | None = None) -> None:
-        if isinstance(config, str):
-            if config not in CONFIGS:
-                raise ValueError(f"config must be one of {', '.join(CONFIGS)}, not {config!r}")
-            config = CONFIGS[config]
-        if not isinstance(config, HardwareConfig):
-            raise TypeError(f"config must be a HardwareConfig or a preset name, not {config!r}")
-        if config.c_par % config.dma_align or config.dma_align not in (4, 8, 16):
-            raise ValueError(f"c_par ({config.c_par}) must be a multiple of dma_align ({config.dma_align}), "
-                             f"which must be 4, 8 or 16")
+        try:
+            config = self._check_config(config)
+        except (TypeError, ValueError):
+            # A refused component is never elaborated; do not let amaranth warn about that too.
+            self._MustUse__silence = True
+            raise
         if n_requant is None:
             n_requant = config.oc_par if config.macs <= 16 else max(1, config.oc_par // 4)
         self._cfg = config
@@ -291,6 +288,19 @@ class JacquardCore(wiring.Component):
             "m_axi": Out(AxiSignature(32, 8 * config.dma_align, 1)),
             "irq": Out(1),
         })
+
+    @staticmethod
+    def _check_config(config) -> HardwareConfig:
+        if isinstance(config, str):
+            if config not in CONFIGS:
+                raise ValueError(f"config must be one of {', '.join(CONFIGS)}, not {config!r}")
+            config = CONFIGS[config]
+        if not isinstance(config, HardwareConfig):
+            raise TypeError(f"config must be a HardwareConfig or a preset name, not {config!r}")
+        if config.c_par % config.dma_align or config.dma_align not in (4, 8, 16):
+            raise ValueError(f"c_par ({config.c_par}) must be a multiple of dma_align ({config.dma_align}), "
+                             f"which must be 4, 8 or 16")
+        return config
 
     @property
     def config(self) -> HardwareConfig:
@@ -494,8 +504,8 @@ class JacquardCore(wiring.Component):
         lb_started = Signal()
         with m.If(go):
             m.d.sync += lb_started.eq(1)
-        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pp.busy & ~mp.busy & ~packer.busy & ~mr.o.valid
-                                         & ~lutpad.o.valid & ~pgear.o.valid)
+        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pp.busy & ~mp.busy & ~packer.busy
+                                         & ~mr.o.valid & ~lutpad.o.valid & ~pgear.o.valid)
 
         # -- performance counters -------------------------------------------------------------
         counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
@@ -518,3 +528,32 @@ class JacquardCore(wiring.Component):
             m.d.sync += ctr.eq(Mux(clear, 0, ctr + incs[name]))
             m.d.comb += getattr(csr, name).eq(ctr)
         return m
+
+
+def port_table(core: JacquardCore) -> list[str]:
+    """Markdown lines of the Verilog port list of ``core``, generated from its signature.
+
+    Amaranth flattens ``s_axil.awaddr`` to the Verilog port ``s_axil__awaddr``; ``clk`` and ``rst``
+    (synchronous, active high) are added by the ``sync`` domain.
+    """
+    # The core is only inspected here, never elaborated: do not let amaranth warn about that.
+    core._MustUse__silence = True
+    lines = ["| Port | Direction | Width | Interface |", "|---|---|---|---|",
+             "| `clk` | input | 1 | clock (`sync` domain) |",
+             "| `rst` | input | 1 | synchronous reset, active high |"]
+    docs = {"s_axil": "AXI4-Lite slave (registers)", "m_axi": "AXI4 master (device memory)",
+            "irq": "interrupt, level, active high"}
+    for path, member, _ in core.signature.flatten(core):
+        name = "__".join(str(p) for p in path)
+        out = member.flow == Out
+        width = len(getattr(core, path[0]) if len(path) == 1 else getattr(getattr(core, path[0]), path[1]))
+        lines.append(f"| `{name}` | {'output' if out else 'input'} | {width} | {docs[path[0]]} |")
+    return lines
+
+
+def export_verilog(config: HardwareConfig | str, name: str = "jacquard_core") -> str:
+    """Plain Verilog of a :class:`JacquardCore` for ``config`` (a top module called ``name``)."""
+    from amaranth.back import verilog
+
+    core = JacquardCore(config)
+    return verilog.convert(core, name=name, emit_src=False)
