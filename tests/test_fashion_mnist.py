@@ -108,7 +108,8 @@ def check(result: dict) -> None:
     acc, lg = result["accuracy"], result["logits"]
     print(f"\nFashion-MNIST, first {result['n']} test images: float {100 * acc['float']:.2f} %, "
           f"onnxruntime int8 {100 * acc['ort_int8']:.2f} %, "
-          f"Jacquard int8 {100 * acc['jacquard_int8']:.2f} %, emu {result['emu_fps']:.0f} fps (calibration seed {CALIB_SEED})")
+          f"Jacquard int8 {100 * acc['jacquard_int8']:.2f} %, emu {result['emu_fps']:.0f} fps "
+          f"(calibration seed {CALIB_SEED})")
     # Every convolution and the dense layer run on the accelerator.
     assert all(r["where"] == "accelerator" for r in result["report"] if r["macs"] > 0), result["report"]
     want, got = lg["ort_int8"], lg["jacquard_int8"]
