@@ -3,8 +3,9 @@
 The network is ``conv3x3(8) - relu - maxpool2 - conv3x3(16) - relu - maxpool2 - flatten - fc(10)``
 (``same`` padding, 10.8k parameters, 290k MACs per image), trained with Adam on softmax
 cross-entropy. The implementation is plain vectorized NumPy (im2col convolutions, NHWC inside), so
-training needs no extra dependency; two epochs reach about 89 % test accuracy in roughly 30 s on one
-core of this machine class.
+training needs no extra dependency: the default, one epoch over the 60,000 training images, reaches
+87.2 % test accuracy (seed 0) in 11 s of CPU time on one core of this machine class (two epochs at
+batch 64: 88.4 % in 20 s).
 
 The exported model is what a PyTorch user would hand to Jacquard: float32, NCHW, opset 13, a dynamic
 batch dimension ``N`` on the input ``image`` (pixels / 255) and the output ``logits``. The fully
