@@ -21,9 +21,10 @@ weight block before it is written.
 
 Performance counters (64 bit, see the register map): ``STALL_INPUT`` counts busy cycles of a
 CONV group in which the PE array had no tap while its weights were loaded, ``STALL_WEIGHTS`` the
-cycles a tap waited for the weight load, ``STALL_OUTPUT`` the cycles a tap waited because the
-writer (through the packer) held the post-processor, and ``STALL_REQUANT`` the cycles a tap
-waited on the PE array's output while the writer side was ready (the requantizers were busy).
+cycles of a started group before its weights were loaded (the input waits behind them),
+``STALL_OUTPUT`` the cycles a tap waited because the writer (through the packer) held the
+post-processor, and ``STALL_REQUANT`` the cycles a tap waited on the PE array's output while the
+writer side was ready (the requantizers were busy).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
@@ -509,7 +510,7 @@ class JacquardCore(wiring.Component):
 
         # -- performance counters -------------------------------------------------------------
         counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
-        conv_run = seq.busy & ~s.pool & lb.busy
+        conv_run = seq.busy & ~s.pool & lb_started & lb.busy
         tap_wait = lb.o.valid & ~pe.i.ready & gate & ~s.pool
         out_block = packer.i.valid & ~packer.i.ready
         incs = {
@@ -519,7 +520,7 @@ class JacquardCore(wiring.Component):
             "dma_read_bytes": reader.bytes_read,
             "dma_write_bytes": writer.bytes_written,
             "stall_input": conv_run & w_loaded & ~lb.o.valid,
-            "stall_weights": conv_run & lb.o.valid & ~gate,
+            "stall_weights": conv_run & ~w_loaded,
             "stall_output": tap_wait & out_block,
             "stall_requant": tap_wait & ~out_block,
         }

@@ -264,3 +264,11 @@ def test_core_smoke_conv(tmp_path):
     result = run_case(tmp_path, img, [program_run(img, prog, timeout=20000)], seed=seed, simulator=SMOKE_SIM)
     expect_ok(result)
     assert_same_memory(result["mems"][0], expected, seed)
+    # Identification and config registers hold what the register map defines for this config.
+    for name, value in result["ids"].items():
+        r = register(name)
+        want = r.value(CFG) if r.config is not None else r.reset
+        assert value == want, f"{name} = {value:#x}, expected {want:#x}"
+    c = result["runs"][0]["counters"]
+    assert c["MAC_ACTIVE_CYCLES"] == 9 and c["DMA_WRITE_BYTES"] == 9 * d.out_cp, c
+    assert c["BUSY_CYCLES"] <= c["CYCLES"], c
