@@ -17,10 +17,10 @@ odd         even         ``buf[a] = max(buf[a], v)``
 odd         odd          emit ``max(buf[a], v)``
 ==========  ===========  ======================================
 
-The read of ``buf[a]`` is issued when the beat is taken (``s1``), registered (``s2``) and written
-back from ``s2``. The same entry is touched again ``n_oc_tiles`` beats later (the very next beat when
-``n_oc_tiles == 1``): the write two beats ahead is seen through the read port's transparency, the
-one just ahead is forwarded. So the unit takes one beat per cycle.
+The read of ``buf[a]`` is issued when the beat is taken (``s1``), registered (``s2``), and the new
+maximum is written back from ``s3``. The same entry is touched again ``n_oc_tiles`` beats later
+(the very next beat when ``n_oc_tiles == 1``): the writes of the two beats ahead are forwarded,
+older ones are seen through the read port's transparency. So the unit takes one beat per cycle.
 """
 
 from amaranth.hdl import Module, Mux, Signal
@@ -152,9 +152,10 @@ class MaxPool2x2(wiring.Component):
             with m.Else():
                 m.d.sync += addr.eq(addr + 1)
 
-        # s2: the partial maximum registered (a DP16KD's clock-to-out is about 5.6 ns). The beat
-        # ahead in s2 writes its entry only as this one leaves s1, so forward it on a match; the
-        # beat two ahead has written already (the read port is transparent to that write).
+        # s2: the partial maximum registered (a DP16KD's clock-to-out is about 5.6 ns); s3: the
+        # new maximum registered and written (the block RAMs' data inputs are far apart). The two
+        # beats ahead in s2 and s3 write their entries only after this one's read, so forward
+        # theirs on a match (the newer wins); older writes are seen through the read port.
         s2_valid = Signal()
         s2_v = Signal(layout)
         s2_held = Signal(layout)
@@ -168,24 +169,29 @@ class MaxPool2x2(wiring.Component):
             held, new = s2_held[lane], s2_v[lane]
             m.d.comb += pooled[lane].eq(Mux(s2_first | (new > held), new, held))
         m.d.comb += s2_writes.eq(s2_valid & ~s2_emit & ~s2_drop)
-        forward = s2_writes & (s2_addr == s1_addr)
+        s3_writes = Signal()
+        s3_addr = Signal(range(self._depth))
+        s3_data = Signal(layout)
+        forwarded = Mux(s2_writes & (s2_addr == s1_addr), pooled,
+                        Mux(s3_writes & (s3_addr == s1_addr), s3_data, rd.data))
         with m.If(en):
             m.d.sync += [
                 s2_valid.eq(s1_valid), s2_v.eq(s1_v), s2_addr.eq(s1_addr),
-                s2_held.eq(Mux(forward, pooled, rd.data)),
+                s2_held.eq(forwarded),
                 s2_first.eq(s1_first), s2_emit.eq(s1_emit), s2_drop.eq(s1_drop),
+                s3_writes.eq(s2_writes), s3_addr.eq(s2_addr), s3_data.eq(pooled),
             ]
         m.d.comb += [
-            wr.addr.eq(s2_addr),
-            wr.data.eq(pooled),
-            wr.en.eq(en & s2_writes),
+            wr.addr.eq(s3_addr),
+            wr.data.eq(s3_data),
+            wr.en.eq(en & s3_writes),
         ]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(en & s2_valid & s2_emit):
             m.d.sync += [self.o.payload.eq(pooled), self.o.valid.eq(1)]
 
-        m.d.comb += self.busy.eq(s1_valid | s2_valid | self.o.valid)
+        m.d.comb += self.busy.eq(s1_valid | s2_valid | s3_writes | self.o.valid)
         # The configuration is checked from registers over two cycles after start (the row-size
         # product gets a cycle of its own); nothing is taken meanwhile.
         width = Signal.like(self.width)
