@@ -11,6 +11,20 @@ PE array delivers one beat per accumulation, i.e. every ``KH * KW * c_tiles`` cy
 never limits a layer whose accumulation is at least ``oc_par / n_requant`` taps long. A 1x1 layer
 with ``C_in == c_par`` (one tap per accumulation) needs ``n_requant == oc_par``.
 
+Where it bottlenecks (reference config c_par = 8, oc_par = 16; each lane costs 3 MULT18X18D):
+
+==========  =====  ==================  ===============================================================
+n_requant   DSPs   cycles per beat     PE array slowed down when taps per accumulation T < cycles
+==========  =====  ==================  ===============================================================
+16          48     1                   never
+8           24     2                   1x1 with C_in <= 8 (T = 1): PE at 50 %
+4           12     4                   1x1 with C_in <= 24 (T <= 3): PE at T/4; 3x3 (T >= 9) never
+==========  =====  ==================  ===============================================================
+
+3x3 layers (including a first layer with C_in = 3, and depthwise 3x3: T = 9) never wait for the
+post-processor. Loading a layer's parameters takes ``n_oc_tiles * oc_par`` cycles (plus 256 for
+the LUT); it is not overlapped with the previous layer (single-buffered parameter memory).
+
 Control: the per-layer configuration is sampled on ``start`` (only while ``busy`` is low). The unit
 then takes ``n_oc_tiles * oc_par`` channel parameters on ``params`` (channel order), then, if
 ``lut_enable``, the 256 LUT entries on ``lut`` (entry ``x + 128`` for input ``x``), then accumulator
