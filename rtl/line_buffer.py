@@ -34,11 +34,12 @@ Flow control
 
 Latency and output
     ``s0`` is the address generator (window counters), ``s1`` holds the read address, ``s2`` the
-    memory's read data; ``s2`` writes into an 8-entry ``SyncFIFOBuffered`` that drives ``o``.
-    Reads are issued against credits (at most 8 taps between ``s0`` and ``o``), so a stalled
-    consumer never stalls the memory pipeline and ``o.ready`` reaches only the FIFO and the credit
-    counter. A tap is valid on ``o`` 5 cycles after the input beat it needs was accepted; steady
-    state: 1 tap per cycle.
+    memory's read data, ``s3`` that data registered (the block RAM's output is slow); ``s3``
+    substitutes the zero point for padding taps and writes into an 8-entry ``SyncFIFOBuffered``
+    that drives ``o``. Reads are issued against credits (at most 8 taps between ``s0`` and
+    ``o``), so a stalled consumer never stalls the memory pipeline and ``o.ready`` reaches only
+    the FIFO and the credit counter. A tap is valid on ``o`` 6 cycles after the input beat it
+    needs was accepted; steady state: 1 tap per cycle.
 
 Configuration
     Sampled at ``start`` while idle. A setup step of ``W.bit_length() + 2`` cycles (12 for
@@ -57,7 +58,7 @@ from .layouts import pixel_layout, tap_layout
 __all__ = ["LineBuffer", "LineBufferConfig"]
 
 # Taps in flight between the address generator and the output: covers the s0 -> o -> credit
-# return loop (5 cycles) so the generator never waits on it while the consumer keeps up.
+# return loop (6 cycles) so the generator never waits on it while the consumer keeps up.
 _CREDITS = 8
 # Kernel width bound (the contract's 1..7); the height bound is the ``max_kh`` parameter.
 _MAX_KW = 7
@@ -426,23 +427,35 @@ class LineBuffer(wiring.Component):
                         with m.If(s0_r_need > row_limit):
                             m.d.sync += s0_done.eq(1)
 
-        # ---- s1: memory read; s2: read data, padding, into the output FIFO ----------------------
+        # ---- s1: memory read; s2: read data; s3: registered data, padding, into the FIFO -------
+        # s3 registers the block RAM's output before any logic: the RAM's clock-to-output is
+        # most of a 10 ns cycle on ECP5.
+        s3_valid = Signal()
+        s3_pad = Signal()
+        s3_first = Signal()
+        s3_last = Signal()
+        s3_data = Signal(pixel_layout(self._c_par))
         m.d.sync += [
             s1_valid.eq(issue),
             s2_valid.eq(s1_valid),
             s2_pad.eq(s1_pad),
             s2_first.eq(s1_first),
             s2_last.eq(s1_last),
+            s3_valid.eq(s2_valid),
+            s3_pad.eq(s2_pad),
+            s3_first.eq(s2_first),
+            s3_last.eq(s2_last),
+            s3_data.eq(rd.data),
             inflight.eq(inflight + issue - pop),
         ]
-        s2_tap = Signal(tap_layout(self._c_par))
+        s3_tap = Signal(tap_layout(self._c_par))
         m.d.comb += [
             rd.en.eq(s1_valid),
-            s2_tap.data.eq(Mux(s2_pad, zero_pixel, rd.data)),
-            s2_tap.first.eq(s2_first),
-            s2_tap.last.eq(s2_last),
-            out_fifo.w_data.eq(s2_tap),
-            out_fifo.w_en.eq(s2_valid),
+            s3_tap.data.eq(Mux(s3_pad, zero_pixel, s3_data)),
+            s3_tap.first.eq(s3_first),
+            s3_tap.last.eq(s3_last),
+            out_fifo.w_data.eq(s3_tap),
+            out_fifo.w_en.eq(s3_valid),
             self.o.payload.eq(out_fifo.r_data),
             self.o.valid.eq(out_fifo.r_rdy),
             out_fifo.r_en.eq(self.o.ready),

@@ -117,6 +117,7 @@ def run(dut: LineBuffer, frames: list[tuple[Case, np.ndarray]], seed: int, in_ga
                     res.taps.append((payload.as_bits() & ((1 << 8 * c_par) - 1), int(payload.first),
                                      int(payload.last)))
                     assert len(res.taps) <= expected, f"seed={seed}: more than {expected} taps"
+                assert not ctx.get(dut.error), f"seed={seed}: legal config refused: {case}"
                 assert cycle < max_cycles, (f"seed={seed}: stuck after {cycle} cycles: {sent}/{len(beats)} "
                                             f"beats in, {len(res.taps)}/{expected} taps out, {case}")
             ctx.set(dut.i.valid, 0)

@@ -52,7 +52,7 @@ def test_line_buffer_icarus_refuses_bad_config(tmp_path):
 @pytest.mark.parametrize(("seed", "gap", "case"), [
     (21, 0.3, Case(10, 12, 8, 3, 3, 1, (1, 1, 1, 1), zero_point=3, oc_tiles=2)),
     (22, 0.5, Case(11, 12, 4, 7, 7, 2, (3, 3, 3, 3), zero_point=-128)),
-    (23, 0.0, Case(9, 11, 12, 3, 3, 2, (0, 0, 1, 1), zero_point=7, depthwise=True)),
+    (23, 0.0, Case(9, 11, 8, 3, 3, 2, (0, 0, 1, 1), zero_point=7, depthwise=True)),
 ])
 def test_line_buffer_verilator(tmp_path, seed, gap, case):
     run(tmp_path, "verilator", seed, case, gap, **SMALL)

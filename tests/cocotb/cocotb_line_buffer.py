@@ -68,11 +68,15 @@ class TB:
                 await RisingEdge(dut.clk)
             dut.i__valid.value = 0
 
-    async def recv(self, count, gap):
+    async def recv(self, count, gap, max_cycles):
         dut = self.dut
         out = []
         held = None
+        cycles = 0
         while len(out) < count:
+            assert dut.error.value == 0, "config refused"
+            assert cycles < max_cycles, f"stuck: {len(out)} of {count} taps after {max_cycles} cycles"
+            cycles += 1
             ready = self.rng.random() >= gap
             dut.o__ready.value = int(ready)
             await RisingEdge(dut.clk)
@@ -110,7 +114,8 @@ async def feature_map(dut):
     want = [pack(t) | (int(f) << (8 * c_par)) | (int(la) << (8 * c_par + 1))
             for t, f, la in zip(taps, first, last, strict=True)]
     sender = cocotb.start_soon(tb.send(words, gap))
-    got = await tb.recv(len(want), gap)
+    # Generous: every beat in and out at the given gap, plus setup and fill.
+    got = await tb.recv(len(want), gap, int((len(want) + len(words)) / (1 - gap) ** 2) + 1000)
     await sender        # rows below the last window (stride skips) are still consumed
     for _ in range(4):
         await RisingEdge(dut.clk)
