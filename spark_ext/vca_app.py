@@ -73,6 +73,8 @@ class VcaConfig:
     devices : str or None
         Comma-separated device URIs the ``fpga`` discovery script reports (``JACQUARD_DEVICES``),
         e.g. ``emu:0,emu:1`` for ``local-cluster[2,1,1024]``.
+    partitions : int
+        Spark partitions (tasks) per micro-batch: the cores to spread a batch's frames over.
     iou, max_missed : float, int
         Tracking: see :class:`FaceTracker`.
     checkpoint : str or None
@@ -91,6 +93,7 @@ class VcaConfig:
     output: str = "build/demo"
     master: str = "local[2]"
     devices: str | None = None
+    partitions: int = 2
     iou: float = 0.3
     max_missed: int = 2
     checkpoint: str | None = None
@@ -98,7 +101,7 @@ class VcaConfig:
     def __post_init__(self) -> None:
         if self.sink not in ("memory", "console", "parquet"):
             raise ValueError(f"sink must be 'memory', 'console' or 'parquet', not {self.sink!r}")
-        for name in ("frames", "width", "height", "frames_per_trigger", "min_face_size"):
+        for name in ("frames", "width", "height", "frames_per_trigger", "min_face_size", "partitions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -285,8 +288,8 @@ class VcaApp:
         reader = (spark.readStream.format("jacquard.video").option("path", self.video_path())
                   .option("maxFramesPerTrigger", cfg.frames_per_trigger)
                   .option("width", cfg.width).option("height", cfg.height)
-                  # Spread a micro-batch's frames over the cores: two tasks per batch.
-                  .option("framesPerPartition", max(1, math.ceil(cfg.frames_per_trigger / 2))))
+                  # Spread a micro-batch's frames over the cores.
+                  .option("framesPerPartition", max(1, math.ceil(cfg.frames_per_trigger / cfg.partitions))))
         if cfg.fps:
             reader = reader.option("fps", cfg.fps)
         device, min_face = cfg.device, cfg.min_face_size
