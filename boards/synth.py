@@ -10,46 +10,18 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from amaranth.hdl import Elaboratable
 
+from jacquard.boards.configs import BOARDS, BoardConfig
 from jacquard.host.toolchain import toolchain_env
 
-__all__ = ["TARGETS", "Target", "synthesize"]
+__all__ = ["TARGETS", "synthesize"]
 
 
-@dataclass(frozen=True)
-class Target:
-    """A board the flow can build for."""
-
-    name: str
-    platform: Callable[[], object]
-    # nextpnr cell types that count as logic, DSP and block RAM on this family.
-    logic_cells: tuple[str, ...]
-    dsp_cells: tuple[str, ...]
-    bram_cells: tuple[str, ...]
-    overrides: dict[str, str] = field(default_factory=dict)
-
-
-def _icebreaker():
-    from amaranth_boards.icebreaker import ICEBreakerPlatform
-    return ICEBreakerPlatform()
-
-
-def _ulx3s_85f():
-    from amaranth_boards.ulx3s import ULX3S_85F_Platform
-    return ULX3S_85F_Platform()
-
-
-TARGETS: dict[str, Target] = {
-    "icebreaker": Target("icebreaker", _icebreaker, ("ICESTORM_LC",), ("ICESTORM_DSP",), ("ICESTORM_RAM",),
-                         {"synth_opts": "-dsp"}),
-    "ulx3s-85f": Target("ulx3s-85f", _ulx3s_85f, ("TRELLIS_COMB", "TRELLIS_FF"), ("MULT18X18D",),
-                        ("DP16KD",)),
-}
+#: The boards the flow can build for: one file per board (:mod:`jacquard.boards.configs`).
+TARGETS: dict[str, BoardConfig] = BOARDS
 
 
 def _utilization(report: dict, cells: tuple[str, ...]) -> dict[str, int]:
@@ -74,7 +46,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     target = TARGETS[board]
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    overrides = dict(target.overrides)
+    overrides = dict(target.build_overrides)
     # Relative to the build dir the script runs in: YoWASP maps /tmp to a private folder, so an
     # absolute path under /tmp would be written where we cannot read it.
     overrides["nextpnr_opts"] = "--report nextpnr-report.json"

@@ -51,16 +51,35 @@ def _emu(arg: str, *, config: str | HardwareConfig = "ulx3s-85f", memory_bytes: 
     return EmuTransport(get_config(config), memory_bytes, hang=hang)
 
 
-def _sim(arg: str, **options) -> Transport:
-    raise DeviceError("the sim backend drives the RTL core (JacquardCore, issue 5) in Verilator, and the "
-                      "core is not in this tree yet; run on 'emu' until it lands")
+def _sim(arg: str, *, config: str | HardwareConfig = "sim-small", memory_bytes: int = 1 << 20,
+         simulator: str = "verilator", wait_cycles: int = 2000) -> Transport:
+    # The RTL core in a simulator (jacquard.host.sim_transport); small configs keep it quick.
+    from .sim_transport import SimTransport
+
+    if arg:
+        raise DeviceError(f"the sim device takes no argument ('sim', not {'sim:' + arg!r}); choose the "
+                          "simulator with Device('sim', simulator='icarus')")
+    return SimTransport(get_config(config), memory_bytes, simulator=simulator, wait_cycles=wait_cycles)
 
 
-def _uart(arg: str, **options) -> Transport:
+def _uart(arg: str, *, config: str | HardwareConfig | None = None, baud: int = 115200, port=None,
+          link_timeout: float = 0.5, retries: int = 5, memory_bytes: int | None = None) -> Transport:
+    # A board through its UART bridge (jacquard.host.uart_link). `port` replaces the serial port with
+    # any pyserial-shaped byte stream (a simulated line in tests); everything else is the same.
+    from .uart_link import UartLink, UartTransport
+
     if not arg:
         raise DeviceError("a board URI names its serial port, as in 'uart:/dev/ttyUSB0'")
-    raise DeviceError(f"the uart backend ({arg}) speaks the board's UART bridge protocol (issue 8), which "
-                      "is not in this tree yet; run on 'emu' until it lands")
+    if port is None:
+        link = UartLink.open(arg, baud, timeout=link_timeout, retries=retries)
+    else:
+        link = UartLink(port, timeout=link_timeout, retries=retries, name=f"uart:{arg}")
+    try:
+        return UartTransport(link, config=None if config is None else get_config(config),
+                             memory_size=memory_bytes)
+    except JacquardError:
+        link.close()
+        raise
 
 
 register_backend("emu", _emu)
@@ -85,7 +104,10 @@ class Device:
         Seconds one program may run before it is aborted (:class:`DeviceTimeout`).
     **options
         Backend options: for ``emu``, ``config`` (preset name, default ``ulx3s-85f``),
-        ``memory_bytes`` and ``hang`` (fault injection).
+        ``memory_bytes`` and ``hang`` (fault injection); for ``sim``, ``config`` (default
+        ``sim-small``), ``memory_bytes``, ``simulator`` and ``wait_cycles``; for ``uart:PORT``,
+        ``config`` (the device must be built for it), ``baud``, ``link_timeout``, ``retries``,
+        ``memory_bytes`` (probed when not given) and ``port`` (an open pyserial-like stream).
 
     Raises
     ------

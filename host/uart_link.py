@@ -11,9 +11,9 @@ The link talks to any byte stream with pyserial's shape: ``write(bytes)``, ``rea
 seconds; ``reset_input_buffer()`` is used when present. :meth:`UartLink.open` opens a real serial
 port with pyserial; tests plug in a simulated line.
 
-It provides the host runtime's transport operations: ``read_reg``/``write_reg`` (32-bit registers at
-byte offsets of :data:`jacquard.sim.isa_regs.REGISTERS`) and ``read_mem``/``write_mem`` (device
-memory bytes).
+:class:`UartTransport` is the host runtime's ``uart:PORT`` backend. The link provides the transport
+operations: ``read_reg``/``write_reg`` (32-bit registers at byte offsets of
+:data:`jacquard.sim.isa_regs.REGISTERS`) and ``read_mem``/``write_mem`` (device memory bytes).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import struct
 from typing import Protocol
 
 from jacquard.host.errors import DeviceError, DeviceTimeout
+from jacquard.host.transport import Transport
 
 __all__ = [
     "CMD_PING",
@@ -32,6 +33,7 @@ __all__ = [
     "REG_BASE",
     "ByteStream",
     "UartLink",
+    "UartTransport",
     "crc16",
     "request_frame",
     "verify_device",
@@ -336,3 +338,74 @@ def verify_device(transport, config, name: str = "device") -> None:
                           f"{config.name!r} (hash {config.config_hash():#010x}); recompile with "
                           f"--config {known[0] if known else 'MATCHING_CONFIG'} or flash the "
                           f"{config.name} bitstream")
+
+
+class UartTransport(Transport):
+    """The ``uart:PORT`` backend: a :class:`UartLink` as the host runtime's Transport.
+
+    Device memory size is found by probing: the board's memory answers a bus error past its end
+    (:class:`jacquard.rtl.axi_sram.AxiSram`), so the largest power-of-two size that reads cleanly is
+    it (board memories are powers of two).
+
+    Parameters
+    ----------
+    link : UartLink
+        An open link.
+    config : HardwareConfig, optional
+        When given, the device must be a core built for it (:func:`verify_device`), checked now.
+    memory_size : int, optional
+        Skip the probe and use this size.
+
+    Raises
+    ------
+    DeviceError
+        If the device is not a Jacquard core, or not one of ``config``.
+    DeviceTimeout
+        If the board does not answer.
+    """
+
+    def __init__(self, link: UartLink, *, config=None, memory_size: int | None = None) -> None:
+        self.link = link
+        self.config = config
+        link.ping()
+        if config is not None:
+            verify_device(link, config, name=link.name)
+        self.memory_size = memory_size if memory_size is not None else self._probe_size()
+
+    def _probe_size(self) -> int:
+        size = 4096
+        while size < REG_BASE:
+            try:
+                self.link.read_words(2 * size - 4, 1)
+            except DeviceError as exc:
+                if isinstance(exc, DeviceTimeout) or "bus error" not in str(exc):
+                    raise
+                return size
+            size *= 2
+        return size
+
+    def _read32(self, offset: int) -> int:
+        return self.link.read_reg(offset)
+
+    def _write32(self, offset: int, value: int) -> None:
+        self.link.write_reg(offset, value)
+
+    def read_mem(self, addr: int, size: int) -> bytes:
+        self._check(addr, size)
+        return self.link.read_mem(addr, size)
+
+    def write_mem(self, addr: int, data: bytes) -> None:
+        self._check(addr, len(data))
+        self.link.write_mem(addr, data)
+
+    def _check(self, addr: int, size: int) -> None:
+        if addr < 0 or size < 0 or addr + size > self.memory_size:
+            raise DeviceError(f"{self.link.name}: memory access [{addr:#x}, {addr + size:#x}) is outside the "
+                              f"board's {self.memory_size} bytes")
+
+    def wait(self, timeout: float) -> None:
+        # A STATUS read over the UART takes about 2 ms at 115200 baud: that is the polling pace.
+        pass
+
+    def close(self) -> None:
+        self.link.close()
