@@ -6,16 +6,12 @@ import argparse
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from jacquard.boards.smoke import BLOCKS, SmokeTop
 from jacquard.boards.synth import TARGETS, synthesize
-
-# The programmer each board family uses, and the Debian package that has it.
-PROGRAMMERS = {
-    "icebreaker": (["iceprog"], "fpga-icestorm", ".bin"),
-    "ulx3s-85f": (["openFPGALoader", "-b", "ulx3s"], "openfpgaloader", ".bit"),
-}
 
 
 def _print_report(report: dict) -> None:
@@ -26,35 +22,110 @@ def _print_report(report: dict) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for clk, mhz in report["fmax_mhz"].items():
-        table.add_row(f"Fmax {clk}", f"{mhz} MHz")
+        table.add_row(f"Fmax {clk}", f"{mhz} MHz (target {report['fmax_constraint_mhz'].get(clk)})")
+    table.add_row("MACs / peak GOPS", f"{report['macs']} / {report['peak_gops']}")
+    path = report.get("critical_path")
+    if path:
+        table.add_row("critical path", f"{path['delay_ns']} ns: {path['from']} -> {path['to']}")
     for key in ("cells", "dsps", "brams"):
         used, avail = report[key]["used"], report[key]["available"]
         table.add_row(key, f"{used} / {avail} ({100 * used / max(avail, 1):.1f}%)")
     Console().print(table)
 
 
+def _last_line(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 400))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:100] if lines else ""
+
+
+def _results_markdown(report: dict, block: str) -> str:
+    path = report.get("critical_path") or {}
+    rows = [f"| Fmax `{clk}` | {mhz} MHz (constraint {report['fmax_constraint_mhz'].get(clk)} MHz) |"
+            for clk, mhz in report["fmax_mhz"].items()]
+    for key, label in (("cells", "logic cells"), ("dsps", "DSPs"), ("brams", "block RAMs")):
+        used, avail = report[key]["used"], report[key]["available"]
+        rows.append(f"| {label} | {used} / {avail} ({100 * used / max(avail, 1):.1f} %) |")
+    rows += [f"| MACs | {report['macs']} |", f"| peak GOPS (2 x MACs x Fmax) | {report['peak_gops']} |",
+             f"| build time | {report['build_seconds']} s |"]
+    crit = (f"Critical path ({path.get('clock')}): {path.get('delay_ns')} ns from `{path.get('from')}` to "
+            f"`{path.get('to')}`." if path else "nextpnr reported no critical path.")
+    return (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`)\n\n"
+            "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n{crit}\n")
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     build_dir = Path(args.build_dir) / args.board
+    board = TARGETS[args.board]
+    cfg = board.hardware_config()
     if args.block == "soc":
         from jacquard.boards.soc import BoardTop
-        top = BoardTop(args.board)
+        top, macs = BoardTop(args.board), cfg.macs
     else:
-        top = SmokeTop(args.block)
-    with Console().status(f"Synthesizing {args.block} for {args.board} (YoWASP yosys + nextpnr)..."):
-        report = synthesize(args.board, top, build_dir)
+        top, macs = SmokeTop(args.block), 1
+    result: dict = {}
+
+    def build():
+        try:
+            result["report"] = synthesize(args.board, top, build_dir, macs=macs,
+                                          config_hash=cfg.config_hash() if args.block == "soc" else None)
+        except (RuntimeError, ValueError) as exc:  # shown by the main thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=build, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    # Progress: elapsed time and the last line of the tool that runs (yosys log, then nextpnr's).
+    with Console().status("") as status:
+        while worker.is_alive():
+            tim, rpt = build_dir / "top.tim", build_dir / "top.rpt"
+            stage, line = ("nextpnr", _last_line(tim)) if tim.exists() else ("yosys", _last_line(rpt))
+            elapsed = time.monotonic() - started
+            status.update(f"{args.block} for {args.board}: {elapsed:5.0f} s  [{stage}] {line}")
+            worker.join(2.0)
+    if "error" in result:
+        print(f"error: {result['error']}", file=sys.stderr)
+        return 1
+    report = result["report"]
     _print_report(report)
     print(f"report: {build_dir / 'report.json'}")
+    if args.block == "soc" and args.results:
+        from jacquard.host.results import write_section
+
+        write_section(f"synth-{args.board}", _results_markdown(report, args.block),
+                      command=f"nox -s synthesize -- {args.board}")
+        print("wrote the figures to docs/RESULTS.md")
     return 0
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    command, package, suffix = PROGRAMMERS[args.board]
+    import json
+
+    board = TARGETS[args.board]
+    command, package, suffix = board.programmer
+    command = list(command)
     bitstream = Path(args.build_dir) / args.board / f"top{suffix}"
     if not bitstream.exists():
         print(f"error: no bitstream at {bitstream}; run `nox -s synthesize -- {args.board}` first",
               file=sys.stderr)
+        return 2
+    # report.json, written next to the bitstream, says which board and core config it was built for.
+    report_path = bitstream.parent / "report.json"
+    try:
+        built = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        built = {}
+    want_hash = board.hardware_config().config_hash()
+    if built.get("board") != args.board or built.get("config_hash") != want_hash:
+        print(f"error: {bitstream} was built for board {built.get('board')!r} with config hash "
+              f"{built.get('config_hash')!r}, not for {args.board!r} with its config {board.hw_config!r} "
+              f"(hash {want_hash}); rebuild it with `nox -s synthesize -- {args.board}`", file=sys.stderr)
         return 2
     if shutil.which(command[0]) is None:
         print(f"error: {command[0]} is not installed; run `apt-get install {package}`", file=sys.stderr)
@@ -74,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synthesize", help="build a bitstream and write build/BOARD/report.json")
     synth.add_argument("board", choices=sorted(TARGETS))
-    synth.add_argument("--block", choices=[*sorted(BLOCKS), "soc"], default="mac",
-                       help="a block under the smoke top, or `soc`: the board SoC (boards/soc.py)")
+    synth.add_argument("--block", choices=[*sorted(BLOCKS), "soc"], default="soc",
+                       help="`soc`: the board SoC with the core (boards/soc.py), or a smoke-top block")
+    synth.add_argument("--no-results", dest="results", action="store_false",
+                       help="do not write the figures into docs/RESULTS.md")
     flash = sub.add_parser("flash", help="program the board with the last bitstream built for it")
-    flash.add_argument("board", choices=sorted(PROGRAMMERS))
+    flash.add_argument("board", choices=sorted(TARGETS))
     args = parser.parse_args(argv)
     return cmd_synthesize(args) if args.command == "synthesize" else cmd_flash(args)
 

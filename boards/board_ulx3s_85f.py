@@ -15,8 +15,5 @@ BOARD = BoardConfig(
     memory_bytes=128 * 1024,
     leds=(("led", 0), ("led", 1), ("led", 7)),
     logic_cells=("TRELLIS_COMB", "TRELLIS_FF"), dsp_cells=("MULT18X18D",), bram_cells=("DP16KD",),
-    # yosys 0.50's ABC9 flow asserts (rtlil.cc:3091, ABC_OPS_REINTEGRATE) on the full SoC; classic
-    # ABC maps it.
-    build_overrides={"synth_opts": "-noabc9"},
     programmer=(("openFPGALoader", "-b", "ulx3s"), "openfpgaloader", ".bit"),
 )

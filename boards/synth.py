@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -31,7 +32,31 @@ def _utilization(report: dict, cells: tuple[str, ...]) -> dict[str, int]:
     return {"used": used, "available": available}
 
 
-def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top") -> dict:
+def critical_path(log: str) -> dict | None:
+    """The last (post-route) critical path in a nextpnr log: clock, delay, first source and last sink.
+
+    Returns None when the log has no timing report.
+    """
+    blocks = re.split(r"Info: Critical path report for clock '([^']*)'[^\n]*\n", log)
+    if len(blocks) < 3:
+        return None
+    worst = None
+    for clock, body in zip(blocks[1::2], blocks[2::2], strict=True):
+        body = body.split("\n\n")[0]
+        nets = re.findall(r"Net (\S+)", body)
+        ends = re.findall(r"(?:Source|Sink) (\S+)", body)
+        delay = re.findall(r"Info:\s+([\d.]+)\s+[\d.]+\s+Net", body)
+        total = re.search(r"([\d.]+) ns logic, ([\d.]+) ns routing", body)
+        ns = float(total.group(1)) + float(total.group(2)) if total else sum(map(float, delay))
+        path = {"clock": clock, "delay_ns": round(ns, 2), "from": ends[0] if ends else None,
+                "to": ends[-1] if ends else None, "nets": nets[:3] + nets[-3:] if len(nets) > 6 else nets}
+        if worst is None or path["delay_ns"] > worst["delay_ns"]:
+            worst = path
+    return worst
+
+
+def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top", *,
+               macs: int = 0, config_hash: int | None = None) -> dict:
     """Build a bitstream of ``top`` for ``board`` into ``build_dir`` and return the report dict.
 
     Raises
@@ -53,6 +78,8 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     # amaranth's build system reads the tool names from os.environ.
     os.environ.update(toolchain_env())
     started = time.monotonic()
+    for stale in (build_dir / "nextpnr-report.json", build_dir / f"{name}.tim"):
+        stale.unlink(missing_ok=True)
     try:
         target.platform().build(top, name=name, build_dir=str(build_dir), do_program=False, **overrides)
     except subprocess.CalledProcessError as exc:  # name the build dir, where the tools' logs are
@@ -61,9 +88,18 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     nextpnr = json.loads((build_dir / "nextpnr-report.json").read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in nextpnr.get("fmax", {}).items()}
     bitstreams = [p.name for p in build_dir.glob(f"{name}.b*") if p.suffix in (".bin", ".bit")]
+    log = build_dir / f"{name}.tim"
+    core_mhz = min(fmax.values()) if fmax else 0.0
     report = {
         "board": board,
+        "config": target.hw_config,
+        "config_hash": config_hash,
         "fmax_mhz": fmax,
+        "fmax_constraint_mhz": {clk: round(v["constraint"], 2) for clk, v in nextpnr.get("fmax", {}).items()},
+        "macs": macs,
+        # The slowest domain limits the core (the SoC has one: the PLL's `sync`).
+        "peak_gops": round(2 * macs * core_mhz / 1000, 2),
+        "critical_path": critical_path(log.read_text(errors="replace")) if log.exists() else None,
         "cells": _utilization(nextpnr, target.logic_cells),
         "dsps": _utilization(nextpnr, target.dsp_cells),
         "brams": _utilization(nextpnr, target.bram_cells),
