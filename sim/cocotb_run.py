@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,8 +69,13 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
     if simulator == "verilator":
         # Amaranth emits processes Verilator lints as width/unused noise; it is not a design error.
         extra += ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT"]
-    runner.build(sources=[vfile], hdl_toplevel=name, build_dir=build_dir, always=False,
-                 timescale=("1ns", "1ps"), build_args=extra)
+    try:
+        runner.build(sources=[vfile], hdl_toplevel=name, build_dir=build_dir, always=False,
+                     timescale=("1ns", "1ps"), build_args=extra)
+    except (SystemExit, subprocess.CalledProcessError) as exc:
+        # A half-built model would be reused by the next run (always=False): drop the whole folder.
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise AssertionError(f"{simulator} could not build {name} ({exc}); see the log above") from None
     run_dir = Path(test_dir)
     env = {"JQ_PARAMS": json.dumps(parameters or {})}
     # The runner hands sys.path to the simulator's embedded Python as its PYTHONPATH.
