@@ -1,0 +1,179 @@
+"""The analytical performance model (``jacquard.host.perf``) against JacquardCore's own counters.
+
+Each layer runs alone on the core in Verilator (a one-descriptor program, counters cleared before
+it, AxiRam without back-pressure: the model describes the core with memory at full speed) and its
+``BUSY_CYCLES`` counter must be within 10 % of the model's estimate (issue 5: "the hardware
+counters must match the analytical performance model within 10% per layer"). The outputs are
+checked bit-exactly against the reference executor too, so a counted run is a correct run.
+
+Default tier: one Verilator run with the single-layer kinds (3x3, 1x1, depthwise, strided, fused
+pool, per-channel LUT, multi-group, max pool, FC) and the layers of the small classifier and of
+the int8 MTCNN P-Net at 24x24 (sim-small). Slow tier: the classifier at 28x28 and P-Net at 64x64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_core import CFG, Image, conv_layer, expect_ok, maxpool_layer, pack_tensor, rand_tensor, run_case
+
+from jacquard.host.perf import estimate_descriptor, program_overhead
+from jacquard.sim.executor import execute
+from jacquard.sim.isa import LayerDescriptor, Op, Program
+
+SIM = "verilator"
+TOLERANCE = 0.10
+PROG_SLOT = 0x1000  # one-descriptor programs (80 bytes each) live below this address
+
+
+def layer_label(d: LayerDescriptor) -> str:
+    kind = d.op.name
+    if d.op == Op.CONV:
+        kind = "DW" if d.depthwise else ("FC" if d.kh == d.kw == d.in_h == d.in_w == 1 else "CONV")
+        if d.fuse_maxpool:
+            kind += "+POOL"
+        if d.lut:
+            kind += "+LUT"
+    return (f"{kind} {d.kh}x{d.kw} s{d.stride_h} {d.in_h}x{d.in_w}x{d.in_c}->"
+            f"{d.out_h}x{d.out_w}x{d.out_c}")
+
+
+def measure(tmp_path, img: Image, descs: list[LayerDescriptor], seed: int) -> list[dict]:
+    """Run each descriptor alone on the core; check every output; return counters per layer.
+
+    ``img`` must have been built with ``top=PROG_SLOT`` so that the programs fit below it.
+    """
+    expected = img.data.copy()
+    runs = []
+    for i, d in enumerate(descs):
+        raw = Program.for_config(CFG, [d]).to_bytes()
+        addr = 0x60 * i
+        if addr + len(raw) > PROG_SLOT:
+            raise ValueError(f"descs: {len(descs)} layers do not fit the program slot")
+        img.data[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        expected[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        runs.append({"prog_base": addr, "prog_len": len(raw), "timeout": 20_000_000})
+    runs[0].update(window_base=0, window_limit=img.size, irq_enable=0)
+    result = run_case(tmp_path, img, runs, seed=seed, simulator=SIM, pause=0.0)
+    rows = []
+    for i, d in enumerate(descs):
+        execute(Program.for_config(CFG, [d]), expected, CFG, prog_addr=runs[i]["prog_base"])
+        expect_ok(result, i)
+        bad = np.flatnonzero(result["mems"][i] != expected)
+        if bad.size:
+            j = int(bad[0])
+            raise AssertionError(f"seed={seed} layer {i} ({layer_label(d)}): {bad.size} bytes differ; "
+                                 f"first at {j:#x}: expected {expected[j].view(np.int8)}, got "
+                                 f"{result['mems'][i][j].view(np.int8)}")
+        c = result["runs"][i]["counters"]
+        est = estimate_descriptor(d, CFG)
+        model = est.cycles + program_overhead(CFG)
+        rtl = c["BUSY_CYCLES"]
+        rows.append({"layer": layer_label(d), "model": model, "rtl": rtl, "error": (model - rtl) / rtl,
+                     "macs": est.macs, "rtl_util": est.macs / (CFG.macs * rtl), "counters": c})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'layer':44s} {'model':>8s} {'rtl':>8s} {'err %':>7s} {'util %':>7s}  stalls in/w/out/rq"]
+    for r in rows:
+        c = r["counters"]
+        lines.append(f"{r['layer']:44s} {r['model']:8d} {r['rtl']:8d} {100 * r['error']:7.1f} "
+                     f"{100 * r['rtl_util']:7.1f}  {c['STALL_INPUT']}/{c['STALL_WEIGHTS']}/"
+                     f"{c['STALL_OUTPUT']}/{c['STALL_REQUANT']}")
+    return "\n".join(lines)
+
+
+def check(rows: list[dict], what: str) -> None:
+    print(f"\n{what} on {CFG.name}:\n{table(rows)}")
+    worst = max(rows, key=lambda r: abs(r["error"]))
+    assert abs(worst["error"]) <= TOLERANCE, (
+        f"{what}: model off by {100 * worst['error']:.1f} % on {worst['layer']} "
+        f"(tolerance {100 * TOLERANCE:.0f} %)\n{table(rows)}")
+
+
+def single_layers(rng) -> tuple[Image, list[LayerDescriptor]]:
+    """One layer of each kind the core runs, on maps large enough that fixed costs do not dominate."""
+    img = Image(CFG, 1 << 18, top=PROG_SLOT)
+    zp = -3
+    x8 = img.alloc(pack_tensor(rand_tensor(rng, 16, 16, 8), CFG, zp))
+    x16 = img.alloc(pack_tensor(rand_tensor(rng, 12, 12, 16), CFG, zp))
+    x32 = img.alloc(pack_tensor(rand_tensor(rng, 8, 8, 32), CFG, zp))
+    x3 = img.alloc(pack_tensor(rand_tensor(rng, 20, 20, 3), CFG, zp))
+    fc = img.alloc(pack_tensor(rand_tensor(rng, 1, 1, 200), CFG, zp))
+    q = {"in_zp": zp, "out_zp": -128, "clamp": (-128, 127)}
+    descs = [
+        conv_layer(img, rng, x8, 16, 16, 8, cout=16, k=(3, 3), pads=(1, 1, 1, 1), **q)[0],
+        conv_layer(img, rng, x16, 12, 12, 16, cout=16, k=(1, 1), **q)[0],
+        conv_layer(img, rng, x8, 16, 16, 8, cout=8, k=(3, 3), pads=(1, 1, 1, 1), depthwise=True, **q)[0],
+        conv_layer(img, rng, x8, 16, 16, 8, cout=8, k=(3, 3), stride=2, pads=(1, 1, 0, 0), **q)[0],
+        conv_layer(img, rng, x3, 20, 20, 3, cout=8, k=(3, 3), **q)[0],
+        conv_layer(img, rng, x16, 12, 12, 16, cout=8, k=(3, 3), pads=(1, 1, 1, 1), fuse_maxpool=True, **q)[0],
+        conv_layer(img, rng, x8, 16, 16, 8, cout=8, k=(3, 3), lut="channel", **q)[0],
+        conv_layer(img, rng, x32, 8, 8, 32, cout=24, k=(3, 3), pads=(1, 1, 1, 1), **q)[0],  # several groups
+        maxpool_layer(img, x16, 12, 12, 16, k=(2, 2), stride=2)[0],
+        maxpool_layer(img, x8, 16, 16, 8, k=(3, 3), stride=2, ceil_mode=True)[0],
+        conv_layer(img, rng, fc, 1, 1, 200, cout=10, k=(1, 1), in_zp=zp, out_zp=3)[0],
+    ]
+    return img, descs
+
+
+def relocate(data: np.ndarray, descs: list[LayerDescriptor]) -> tuple[Image, list[LayerDescriptor]]:
+    """Move a memory image up by ``PROG_SLOT`` (room for the one-descriptor programs)."""
+    img = Image(CFG, data.size + PROG_SLOT, top=PROG_SLOT)
+    img.data[PROG_SLOT:] = data
+    out = []
+    for d in descs:
+        moved = {f: getattr(d, f) + PROG_SLOT for f in ("in_addr", "out_addr", "weights_addr", "params_addr")}
+        if d.lut:
+            moved["lut_addr"] = d.lut_addr + PROG_SLOT
+        out.append(dataclasses.replace(d, **moved))
+    return img, out
+
+
+def classifier(rng, size: int) -> tuple[Image, list[LayerDescriptor]]:
+    """The small classifier of tests/test_core_networks.py (same layers, same seeds)."""
+    from test_core_networks import _classifier
+
+    img, descs = _classifier(rng, size)
+    return relocate(img.data, descs)
+
+
+def pnet(size: int) -> tuple[Image, list[LayerDescriptor]]:
+    from test_core_networks import _pnet
+
+    prog, _, image = _pnet(size)
+    return relocate(image, prog.descriptors)
+
+
+def test_perf_single_layers_vs_rtl(tmp_path):
+    seed = 5
+    img, descs = single_layers(np.random.default_rng(seed))
+    check(measure(tmp_path, img, descs, seed), "single layers")
+
+
+def test_perf_networks_vs_rtl(tmp_path):
+    seed = 21
+    img, descs = classifier(np.random.default_rng(seed), 12)
+    (tmp_path / "classifier").mkdir()
+    rows = measure(tmp_path / "classifier", img, descs, seed)
+    (tmp_path / "pnet").mkdir()
+    img, descs = pnet(24)
+    rows_p = measure(tmp_path / "pnet", img, descs, 24)
+    check(rows, "classifier 12x12")
+    check(rows_p, "P-Net 24x24")
+
+
+@pytest.mark.slow
+def test_perf_networks_vs_rtl_large(tmp_path):
+    seed = 22
+    img, descs = classifier(np.random.default_rng(seed), 28)
+    (tmp_path / "classifier").mkdir()
+    rows = measure(tmp_path / "classifier", img, descs, seed)
+    (tmp_path / "pnet").mkdir()
+    img, descs = pnet(64)
+    rows_p = measure(tmp_path / "pnet", img, descs, 64)
+    check(rows, "classifier 28x28")
+    check(rows_p, "P-Net 64x64")
