@@ -273,10 +273,13 @@ class ProgramEstimate:
 
 def estimate_program(program: Program | list[LayerDescriptor], cfg: HardwareConfig,
                      k: PerfConstants = DEFAULT, *, clock_mhz: float | None = None) -> ProgramEstimate:
-    """Sum :func:`estimate_descriptor` over a program's descriptors (run back to back), plus the header."""
+    """Sum :func:`estimate_descriptor` over a program's descriptors (run back to back).
+
+    The header's few cycles (:func:`program_overhead`) are left out, so that the sum matches the
+    emu backend's per-descriptor counters (``host/transport.py``).
+    """
     descs = program.descriptors if isinstance(program, Program) else list(program)
     layers = [estimate_descriptor(d, cfg, k) for d in descs]
-    header = program_overhead(cfg, k) if descs else 0
-    return ProgramEstimate(layers, header + sum(e.cycles for e in layers), sum(e.macs for e in layers),
+    return ProgramEstimate(layers, sum(e.cycles for e in layers), sum(e.macs for e in layers),
                            sum(e.dma_bytes for e in layers), clock_mhz or cfg.clock_mhz, cfg.macs)
 
