@@ -171,8 +171,11 @@ def _cmd_compile(args) -> int:
 def _open_device(args, exe):
     from jacquard.host.device import Device
 
-    options = {"config": exe.config} if args.backend.partition(":")[0] == "emu" else {}
-    if options and exe.memory_size > 64 << 20:
+    # emu and sim are built for the program's config; a board (uart:) is what it is, and the driver
+    # refuses a program for another config with the fix.
+    scheme = args.backend.partition(":")[0]
+    options = {"config": exe.config} if scheme in ("emu", "sim") else {}
+    if scheme == "emu" and exe.memory_size > 64 << 20:
         options["memory_bytes"] = exe.memory_size
     return Device(args.backend, timeout=args.timeout, **options)
 

@@ -77,7 +77,7 @@ def test_run_float_model_with_calibration(files, capsys):
 
 
 @pytest.mark.parametrize("case,words", [
-    ("junk", "not an ONNX model"), ("shape", "must have shape"), ("backend", "issue 5"),
+    ("junk", "not an ONNX model"), ("shape", "must have shape"), ("backend", "cannot open serial port"),
     ("config", "--config"),
 ])
 def test_bad_input_exits_1_with_the_fix(files, capsys, case, words):
@@ -88,7 +88,7 @@ def test_bad_input_exits_1_with_the_fix(files, capsys, case, words):
     args = {"junk": ["run", str(d / "junk.onnx"), str(d / "x.npy"), "-o", str(d / "o.npy")],
             "shape": ["run", str(d / "cls.jqp"), str(d / "x2.npy"), "-o", str(d / "o.npy")],
             "backend": ["run", str(d / "cls.jqp"), str(d / "x.npy"), "-o", str(d / "o.npy"),
-                        "--backend", "sim"],
+                        "--backend", "uart:/dev/jacquard-no-such-port"],
             "config": ["run", str(d / "cls.jqp"), str(d / "x.npy"), "-o", str(d / "o.npy")]}[case]
     if case == "config":
         # A .jqp for icebreaker run on ulx3s-85f hardware (emu told its config explicitly).
