@@ -66,6 +66,12 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
 
     runner = get_runner(simulator)
     extra = list(build_args or [])
+    if simulator == "icarus":
+        # Yosys' Verilog makes each `always @*` block sensitive to a `reg ... = 0` trigger so that it
+        # runs once at time 0. The runner compiles with -g2012, where a declaration's initializer
+        # raises no event: a block whose inputs never change then stays X (it hung the UART bridge's
+        # first memory write). -g2005, given after -g2012 so it wins, restores the time-0 event.
+        extra += ["-g2005"]
     if simulator == "verilator":
         # Amaranth emits processes Verilator lints as width/unused noise; it is not a design error.
         extra += ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT"]

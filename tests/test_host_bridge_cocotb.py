@@ -10,13 +10,6 @@ from jacquard.sim.isa import CONFIGS
 
 COCOTB_DIR = Path(__file__).parent / "cocotb"
 DIVISOR = 4
-# Yosys' Verilog makes each `always @*` block sensitive to a `reg ... = 0` trigger so that it runs
-# once at time 0. The cocotb runner compiles with -g2012, where (SystemVerilog semantics) a
-# declaration's initializer raises no event: a block whose real inputs never change (the AXI
-# slave's wready in its IDLE state, a function of fsm_state only) then stays X, and the X went
-# into the bridge's w_done and hung the first memory write. -g2005 (given after -g2012, so it
-# wins) restores Verilog-2005 initializers, which do raise the event.
-ICARUS_ARGS = ["-g2005"]
 
 
 def _dut():
@@ -32,6 +25,5 @@ def _dut():
 ])
 def test_host_bridge_cocotb(simulator, seed, ops, faults):
     run_cocotb(_dut(), "cocotb_host_bridge", simulator=simulator, test_dir=COCOTB_DIR,
-               build_args=ICARUS_ARGS if simulator == "icarus" else None,
                parameters={"seed": seed, "ops": ops, "divisor": DIVISOR, "drop": faults / 2,
                            "corrupt": faults / 2, "region": 256, "timeout_cycles": 5000})
