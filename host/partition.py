@@ -12,7 +12,6 @@ equal onnxruntime's on the imported model bit for bit.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
