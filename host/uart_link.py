@@ -26,6 +26,19 @@ from typing import Protocol
 from jacquard.host.errors import DeviceError, DeviceTimeout
 from jacquard.host.transport import Transport
 
+# The protocol's constants are defined once, next to the RTL that implements them.
+from jacquard.rtl.host_bridge import (
+    CMD_PING,
+    CMD_READ,
+    CMD_WRITE,
+    PROTOCOL_VERSION,
+    REG_BASE,
+    REQ_SYNC,
+    RESP_SYNC,
+    STATUS_BAD_CMD,
+    STATUS_BUS_ERROR,
+)
+
 __all__ = [
     "CMD_PING",
     "CMD_READ",
@@ -39,16 +52,6 @@ __all__ = [
     "verify_device",
 ]
 
-# The protocol's constants; rtl/host_bridge.py has the same values (a test checks they agree).
-PROTOCOL_VERSION = 1
-REQ_SYNC = 0xA5
-RESP_SYNC = 0x5A
-CMD_PING = 0
-CMD_READ = 1
-CMD_WRITE = 2
-STATUS_BUS_ERROR = 1
-STATUS_BAD_CMD = 2
-REG_BASE = 0x8000_0000
 #: Default baud rate of the board tops.
 DEFAULT_BAUD = 115200
 
