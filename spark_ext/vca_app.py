@@ -306,15 +306,16 @@ class VcaApp:
     def run(self, target: int | None = None, timeout: float = 1800.0) -> dict:
         """Start the query, wait until at least ``target`` frames (default ``frames``) reached the sink.
 
-        The query stops after the micro-batch that reaches the target, so a few more frames than
-        asked may be processed (whole micro-batches).
+        The query stops once the micro-batch that reaches the target is committed, so a few more
+        frames than asked may be processed (whole micro-batches), and a restart from the checkpoint
+        continues after them instead of replaying them.
         """
         self.session()
         t0 = time.perf_counter()
         query = self.start()
         want = self.config.frames if target is None else target
         try:
-            while self.frames_seen() < want:
+            while self.frames_seen() < want or not self._committed(query):
                 if query.exception() is not None:
                     raise RuntimeError(f"the streaming query failed: {query.exception()}")
                 if time.perf_counter() - t0 > timeout:
@@ -325,6 +326,20 @@ class VcaApp:
             progress = list(query.recentProgress)
             query.stop()
         return self.summary(progress)
+
+    def _committed(self, query) -> bool:
+        """Whether the last micro-batch the sink saw is committed (its progress event is posted).
+
+        Stopping between the sink and the commit would make a restarted query replay that batch:
+        the sink would see its frames again (at least once), and a bounded run would count them twice.
+        """
+        if not self.detections:
+            return False
+        progress = query.lastProgress
+        if progress is None:
+            return False
+        progress = progress if isinstance(progress, dict) else json.loads(progress.json)
+        return progress.get("batchId", -1) >= max(self.detections)
 
     def summary(self, progress: list | None = None) -> dict:
         rows = [r for b in sorted(self.detections) for r in self.detections[b]]
