@@ -29,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from .eltwise_add import FMA_STAGES, _decode, _Float, _fma, _Pipe
 from .layouts import pixel_layout, tap_layout
+from .params import check_int
 
 __all__ = ["AvgPool"]
 
@@ -119,11 +120,7 @@ class AvgPool(wiring.Component):
     """
 
     def __init__(self, c_par: int = 8) -> None:
-        if not isinstance(c_par, int) or isinstance(c_par, bool):
-            raise TypeError(f"c_par must be an int, not {c_par!r}")
-        if not 1 <= c_par <= 64:
-            raise ValueError(f"c_par must be 1..64, not {c_par!r}")
-        self._c_par = c_par
+        self._c_par = check_int("c_par", c_par, 1, 64)
         super().__init__({
             "i": In(stream.Signature(tap_layout(c_par))),
             "o": Out(stream.Signature(pixel_layout(c_par))),
