@@ -382,6 +382,11 @@ def _ort_fold_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
 # -- node conversion --------------------------------------------------------------------------------
 
 
+def _scales(xq: tuple[float, int], yq: tuple[float, int]) -> dict:
+    """The ``x_scale``/``x_zero_point``/``y_scale``/``y_zero_point`` fields of a quantized IR layer."""
+    return {"x_scale": xq[0], "x_zero_point": xq[1], "y_scale": yq[0], "y_zero_point": yq[1]}
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -449,6 +454,10 @@ class _Converter:
         if not np.isfinite(s) or s <= 0:
             return None
         return float(s), int(z.reshape(())) - (128 if z.dtype == np.uint8 else 0)
+
+    def unary_q(self, node: onnx.NodeProto) -> tuple[tuple[float, int] | None, tuple[float, int] | None]:
+        """(x, y) quantization of a one-operand QLinear op: inputs x, x_scale, x_zp, y_scale, y_zp."""
+        return self.scalar_q(node.input[1], node.input[2]), self.scalar_q(node.input[3], node.input[4])
 
     def add_tensor(
         self, name: str, dtype: str, q: tuple[float, int] | None = None, shape: tuple[int, ...] | None = None
@@ -630,11 +639,8 @@ class _Converter:
                 (node.name,),
                 weight=np.ascontiguousarray(w.transpose(0, 2, 3, 1)),
                 bias=bias.reshape(cout),
-                x_scale=xq[0],
-                x_zero_point=xq[1],
                 w_scale=ws,
-                y_scale=yq[0],
-                y_zero_point=yq[1],
+                **_scales(xq, yq),
                 stride=stride,
                 pads=pads,
                 groups=groups,
@@ -672,11 +678,8 @@ class _Converter:
                 (node.name,),
                 weight=np.ascontiguousarray(w.T),
                 bias=np.zeros(w.shape[1], np.int32),
-                x_scale=xq[0],
-                x_zero_point=xq[1],
                 w_scale=ws,
-                y_scale=yq[0],
-                y_zero_point=yq[1],
+                **_scales(xq, yq),
             ),
             yq,
         )
@@ -751,7 +754,7 @@ class _Converter:
 
     def op_QLinearAveragePool(self, node):
         x = node.input[0]
-        xq, yq = self.scalar_q(node.input[1], node.input[2]), self.scalar_q(node.input[3], node.input[4])
+        xq, yq = self.unary_q(node)
         if xq is None or yq is None or self.dtype(x) != "int8":
             return "activations are not per-tensor int8"
         if self.onnx_dtype(x) == "uint8":
@@ -773,10 +776,7 @@ class _Converter:
                 pads=pads,
                 ceil_mode=ceil_mode,
                 count_include_pad=bool(a.get("count_include_pad", 0)),
-                x_scale=xq[0],
-                x_zero_point=xq[1],
-                y_scale=yq[0],
-                y_zero_point=yq[1],
+                **_scales(xq, yq),
             ),
             yq,
         )
@@ -784,7 +784,7 @@ class _Converter:
 
     def op_QLinearGlobalAveragePool(self, node):
         x = node.input[0]
-        xq, yq = self.scalar_q(node.input[1], node.input[2]), self.scalar_q(node.input[3], node.input[4])
+        xq, yq = self.unary_q(node)
         if xq is None or yq is None or self.dtype(x) != "int8" or len(self.shape(x)) != 4:
             return "not a per-tensor int8 NCHW input"
         if _attrs(node).get("channels_last", 0):
@@ -796,10 +796,7 @@ class _Converter:
                 (x,),
                 (node.output[0],),
                 (node.name,),
-                x_scale=xq[0],
-                x_zero_point=xq[1],
-                y_scale=yq[0],
-                y_zero_point=yq[1],
+                **_scales(xq, yq),
             ),
             yq,
         )
@@ -855,7 +852,7 @@ class _Converter:
         return None
 
     def op_QLinearLeakyRelu(self, node):
-        xq, yq = self.scalar_q(node.input[1], node.input[2]), self.scalar_q(node.input[3], node.input[4])
+        xq, yq = self.unary_q(node)
         if xq is None or yq is None or self.dtype(node.input[0]) != "int8":
             return "not per-tensor int8"
         return self._lut_node(node, node.input[0], xq, yq)
