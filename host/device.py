@@ -26,6 +26,7 @@ from jacquard.sim.isa import HardwareConfig
 from .compiler import compile_model, get_config
 from .driver import Driver, check_inputs
 from .errors import DeviceError, JacquardError, ShapeError
+from .ir import TensorEnv
 from .jqp import DeviceStep, Executable
 from .jqp import load as load_jqp
 from .perf import ProgramEstimate, estimate_program
@@ -227,7 +228,7 @@ class Device:
         def feed():
             try:
                 for f in frames:
-                    env = {"onnx": self._feeds(f), "dev": {}}
+                    env = TensorEnv(self.exe.tensors, self._feeds(f))
                     env = self.driver.run_steps(steps[:first], env)
                     while not stop.is_set():
                         try:

@@ -195,48 +195,33 @@ class Driver:
         if exe is None:
             raise DeviceError("no program is loaded; call load() first")
         feeds = dict(inputs) if checked else check_inputs(exe, inputs)
-        return self.run_steps(exe.steps, {"onnx": feeds, "dev": {}}, final=True)
+        return self.run_steps(exe.steps, ir.TensorEnv(exe.tensors, feeds), final=True)
 
-    def run_steps(self, steps, env: dict, *, final: bool = False, start: int = 0):
+    def run_steps(self, steps, env: ir.TensorEnv, *, final: bool = False, start: int = 0):
         """Run ``steps`` (a slice of the executable's, starting at index ``start``) on ``env``."""
         exe = self.exe
         tensors, cfg, t = exe.tensors, exe.config, self.transport
-        onnx_env, dev_env = env["onnx"], env["dev"]
-
-        def as_onnx(name):
-            if name not in onnx_env:
-                onnx_env[name] = tensors[name].to_onnx(dev_env[name])
-            return onnx_env[name]
-
-        def as_device(name):
-            if name not in dev_env:
-                dev_env[name] = tensors[name].to_device(onnx_env[name])
-            return dev_env[name]
-
         for i, step in enumerate(steps, start):
             if isinstance(step, CpuStep):
-                values = self._session(i, step).run(step.outputs, {n: as_onnx(n) for n in step.inputs})
+                values = self._session(i, step).run(step.outputs, {n: env.onnx(n) for n in step.inputs})
                 for name, value in zip(step.outputs, values, strict=True):
-                    onnx_env[name] = value
-                    dev_env.pop(name, None)
+                    env.set_onnx(name, value)
             elif isinstance(step, HostStep):
                 layer = step.layer
                 names = [*layer.inputs, *layer.outputs]
                 graph = ir.Graph({n: tensors[n] for n in names}, [layer], list(layer.inputs),
                                  list(layer.outputs))
-                for name, value in ir.evaluate(graph, {n: as_device(n) for n in layer.inputs}).items():
-                    dev_env[name] = value
-                    onnx_env.pop(name, None)
+                for name, value in ir.evaluate(graph, {n: env.device(n) for n in layer.inputs}).items():
+                    env.set_device(name, value)
             else:
                 for name, addr in step.inputs:
-                    t.write_mem(addr, pack_rows(as_device(name), tensors[name], cfg))
+                    t.write_mem(addr, pack_rows(env.device(name), tensors[name], cfg))
                 self.run_program(step)
                 for name, addr in step.outputs:
                     raw = t.read_mem(addr, _bytes(tensors[name], cfg))
-                    dev_env[name] = unpack_rows(raw, tensors[name], cfg)
-                    onnx_env.pop(name, None)
+                    env.set_device(name, unpack_rows(raw, tensors[name], cfg))
         if final:
-            return {name: as_onnx(name) for name in exe.outputs}
+            return {name: env.onnx(name) for name in exe.outputs}
         return env
 
 

@@ -113,6 +113,48 @@ class Tensor:
         return np.ascontiguousarray(v.transpose(np.argsort(self.perm)))
 
 
+class TensorEnv:
+    """Values of a run by tensor name, each held in ONNX layout, device layout or both.
+
+    A value is converted between the two layouts only when asked for in the other one, once, so a
+    chain of CPU ops (ONNX layout) or of device layers (device layout) never converts in between.
+
+    Parameters
+    ----------
+    tensors : dict of str to Tensor
+        The graph's tensors (their layouts).
+    feeds : dict of str to ndarray
+        Initial values, in ONNX layout.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor], feeds: dict[str, np.ndarray]) -> None:
+        self.tensors = tensors
+        self._onnx: dict[str, np.ndarray] = dict(feeds)
+        self._device: dict[str, np.ndarray] = {}
+
+    def onnx(self, name: str) -> np.ndarray:
+        """The ONNX-layout value of ``name``."""
+        if name not in self._onnx:
+            self._onnx[name] = self.tensors[name].to_onnx(self._device[name])
+        return self._onnx[name]
+
+    def device(self, name: str) -> np.ndarray:
+        """The device-layout value of ``name``."""
+        if name not in self._device:
+            self._device[name] = self.tensors[name].to_device(self._onnx[name])
+        return self._device[name]
+
+    def set_onnx(self, name: str, value: np.ndarray) -> None:
+        """Set ``name`` from an ONNX-layout value (drops a stale device copy)."""
+        self._onnx[name] = value
+        self._device.pop(name, None)
+
+    def set_device(self, name: str, value: np.ndarray) -> None:
+        """Set ``name`` from a device-layout value (drops a stale ONNX copy)."""
+        self._device[name] = value
+        self._onnx.pop(name, None)
+
+
 @dataclass
 class Layer:
     """Base of all layers: a name, input and output tensor names, and the ONNX nodes it came from.
@@ -138,7 +180,45 @@ class MaxPoolParams:
 
 
 @dataclass
-class QConv(Layer):
+class Requantized(Layer):
+    """A layer whose int8 output is requantized from its input's scale to its own."""
+
+    x_scale: float = 1.0
+    x_zero_point: int = 0
+    y_scale: float = 1.0
+    y_zero_point: int = 0
+
+
+@dataclass
+class Weighted(Requantized):
+    """A layer with int8 weights and int32 bias (conv, FC): ``clamp(requant(x * weight + bias), lo, hi)``.
+
+    Members
+    -------
+    weight : ndarray
+        int8; the layout is the subclass's.
+    bias : ndarray
+        int32 ``(Cout,)``.
+    w_scale : ndarray
+        float32 ``(Cout,)``, per output channel.
+    lo, hi : int
+        Clamp bounds (fused ReLU / ReLU6 / Clip).
+    """
+
+    weight: np.ndarray = None
+    bias: np.ndarray = None
+    w_scale: np.ndarray = None
+    lo: int = golden.INT8_MIN
+    hi: int = golden.INT8_MAX
+
+    @property
+    def multiplier(self) -> np.ndarray:
+        """Per-channel float32 requantization multiplier (:func:`golden.requant_multiplier`)."""
+        return golden.requant_multiplier(self.x_scale, self.w_scale, self.y_scale)
+
+
+@dataclass
+class QConv(Weighted):
     """Quantized convolution (QLinearConv), with optional fused LUT and max pool.
 
     Computes ``pool(lut(clamp(requant(conv(x) + bias), lo, hi)))``. ``y_scale``/``y_zero_point`` are
@@ -148,32 +228,17 @@ class QConv(Layer):
     -------
     weight : ndarray
         int8 OHWI ``(Cout, KH, KW, Cin // groups)``.
-    bias : ndarray
-        int32 ``(Cout,)``.
-    x_scale, x_zero_point, w_scale, y_scale, y_zero_point
-        Quantization; ``w_scale`` float32 ``(Cout,)``.
     stride, pads, groups
         As :func:`jacquard.sim.golden.conv2d_acc`; pads are (top, left, bottom, right).
-    lo, hi : int
-        Clamp bounds (fused ReLU / ReLU6 / Clip).
     lut : ndarray or None
         int8 ``(256,)`` or ``(Cout, 256)`` applied after the clamp.
     pool : MaxPoolParams or None
         Max pool applied last.
     """
 
-    weight: np.ndarray = None
-    bias: np.ndarray = None
-    x_scale: float = 1.0
-    x_zero_point: int = 0
-    w_scale: np.ndarray = None
-    y_scale: float = 1.0
-    y_zero_point: int = 0
     stride: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     groups: int = 1
-    lo: int = golden.INT8_MIN
-    hi: int = golden.INT8_MAX
     lut: np.ndarray | None = None
     pool: MaxPoolParams | None = None
 
@@ -181,14 +246,9 @@ class QConv(Layer):
     def kernel(self) -> tuple[int, int]:
         return int(self.weight.shape[1]), int(self.weight.shape[2])
 
-    @property
-    def multiplier(self) -> np.ndarray:
-        """Per-channel float32 requantization multiplier (:func:`golden.requant_multiplier`)."""
-        return golden.requant_multiplier(self.x_scale, self.w_scale, self.y_scale)
-
 
 @dataclass
-class QFullyConnected(Layer):
+class QFullyConnected(Weighted):
     """Fully connected layer ``y = x @ weight.T + bias`` on ``(N, Cin)`` int8 inputs.
 
     From QLinearMatMul (requantized int8 output) or MatMulInteger (``requant=False``: the int32
@@ -198,26 +258,11 @@ class QFullyConnected(Layer):
     -------
     weight : ndarray
         int8 ``(Cout, Cin)``.
-    bias : ndarray
-        int32 ``(Cout,)``.
     requant : bool
         Whether the output is requantized to int8.
     """
 
-    weight: np.ndarray = None
-    bias: np.ndarray = None
-    x_scale: float = 1.0
-    x_zero_point: int = 0
-    w_scale: np.ndarray = None
-    y_scale: float = 1.0
-    y_zero_point: int = 0
-    lo: int = golden.INT8_MIN
-    hi: int = golden.INT8_MAX
     requant: bool = True
-
-    @property
-    def multiplier(self) -> np.ndarray:
-        return golden.requant_multiplier(self.x_scale, self.w_scale, self.y_scale)
 
 
 @dataclass
@@ -228,7 +273,7 @@ class QMaxPool(Layer):
 
 
 @dataclass
-class QAvgPool(Layer):
+class QAvgPool(Requantized):
     """QLinearAveragePool."""
 
     kernel: tuple[int, int] = (1, 1)
@@ -236,20 +281,11 @@ class QAvgPool(Layer):
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     ceil_mode: bool = False
     count_include_pad: bool = False
-    x_scale: float = 1.0
-    x_zero_point: int = 0
-    y_scale: float = 1.0
-    y_zero_point: int = 0
 
 
 @dataclass
-class QGlobalAvgPool(Layer):
+class QGlobalAvgPool(Requantized):
     """QLinearGlobalAveragePool."""
-
-    x_scale: float = 1.0
-    x_zero_point: int = 0
-    y_scale: float = 1.0
-    y_zero_point: int = 0
 
 
 @dataclass

@@ -383,29 +383,14 @@ def run_reference(plan: Plan, inputs: Mapping[str, np.ndarray]) -> dict[str, np.
         If an input is missing or has the wrong shape or dtype.
     """
     feeds = plan.imported.check_inputs(inputs)
-    tensors = plan.graph.tensors
-    onnx_env: dict[str, np.ndarray] = dict(feeds)
-    dev_env: dict[str, np.ndarray] = {}
-
-    def as_onnx(name):
-        if name not in onnx_env:
-            onnx_env[name] = tensors[name].to_onnx(dev_env[name])
-        return onnx_env[name]
-
-    def as_device(name):
-        if name not in dev_env:
-            dev_env[name] = tensors[name].to_device(onnx_env[name])
-        return dev_env[name]
-
+    env = ir.TensorEnv(plan.graph.tensors, feeds)
     for seg in plan.segments:
         if seg.where == "cpu":
-            values = seg.session().run(seg.outputs, {n: as_onnx(n) for n in seg.inputs})
+            values = seg.session().run(seg.outputs, {n: env.onnx(n) for n in seg.inputs})
             for name, value in zip(seg.outputs, values, strict=True):
-                onnx_env[name] = value
-                dev_env.pop(name, None)
+                env.set_onnx(name, value)
         else:
-            out = ir.evaluate(seg.graph, {n: as_device(n) for n in seg.inputs})
+            out = ir.evaluate(seg.graph, {n: env.device(n) for n in seg.inputs})
             for name, value in out.items():
-                dev_env[name] = value
-                onnx_env.pop(name, None)
-    return {name: as_onnx(name) for name in plan.graph.outputs}
+                env.set_device(name, value)
+    return {name: env.onnx(name) for name in plan.graph.outputs}
