@@ -27,52 +27,13 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .eltwise_add import FMA_STAGES, _decode, _Float, _fma, _Pipe
+from .fp32 import FMA_STAGES, _decode, _div, _Float, _fma, _Pipe
 from .layouts import pixel_layout, tap_layout
 from .params import check_int
 
 __all__ = ["AvgPool"]
 
 SCALE_EXP_MIN, SCALE_EXP_MAX = -32, 31
-DIV_STAGES = 29  # operands in, 27 quotient bits, rounding
-
-
-def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
-    """``RNE24(a / b)`` for normal ``b``, pipelined over :data:`DIV_STAGES` stages.
-
-    ``tags`` (name -> value) travel along. Returns ``(_Float, tags)`` at the output.
-    """
-    # q0: operands in; the quotient of the significands is in (1/2, 2).
-    rem = p.reg(f"{name}_q0_rem", 26, a.mant)
-    den = p.reg(f"{name}_q0_den", 24, b.mant)
-    quo = p.reg(f"{name}_q0_quo", 27, 0)
-    sign = p.reg(f"{name}_q0_sign", 1, a.sign ^ b.sign)
-    zero = p.reg(f"{name}_q0_zero", 1, a.zero)
-    elead = p.reg(f"{name}_q0_elead", signed(12), a.elsb - b.elsb)
-    tags = {k: p.reg(f"{name}_q0_{k}", len(v), v) for k, v in tags.items()}
-    for i in range(1, 28):
-        ge = rem >= den
-        nrem = Mux(ge, rem - den, rem)
-        rem = p.reg(f"{name}_q{i}_rem", 26, nrem << 1)
-        quo = p.reg(f"{name}_q{i}_quo", 27, (quo << 1) | ge)
-        den = p.reg(f"{name}_q{i}_den", 24, den)
-        sign = p.reg(f"{name}_q{i}_sign", 1, sign)
-        zero = p.reg(f"{name}_q{i}_zero", 1, zero)
-        elead = p.reg(f"{name}_q{i}_elead", signed(12), elead)
-        tags = {k: p.reg(f"{name}_q{i}_{k}", len(v), v) for k, v in tags.items()}
-    # quo = floor(ma / mb * 2^26); the leading one is bit 26 or 25.
-    top = quo[26]
-    mant = Mux(top, quo[3:27], quo[2:26])
-    guard = Mux(top, quo[2], quo[1])
-    sticky = Mux(top, quo[:2].any(), quo[0]) | (rem != 0)
-    rounded = Signal(25, name=f"{name}_r_rounded")
-    p.m.d.comb += rounded.eq(mant + (guard & (sticky | mant[0])))
-    out = _Float(p.reg(f"{name}_r_sign", 1, sign),
-                 p.reg(f"{name}_r_elsb", signed(12), elead + top - 1 + rounded[24] - 23),
-                 p.reg(f"{name}_r_mant", 24, Mux(rounded[24], 1 << 23, rounded)),
-                 p.reg(f"{name}_r_zero", 1, zero))
-    tags = {k: p.reg(f"{name}_r_{k}", len(v), v) for k, v in tags.items()}
-    return out, tags
 
 
 class AvgPool(wiring.Component):

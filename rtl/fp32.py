@@ -1,4 +1,12 @@
-"""Bit-level NumPy model of the exact requantizer, one function per pipeline stage of the RTL.
+"""float32 arithmetic done exactly in integer logic: the requantizer's NumPy model and shared RTL pieces.
+
+Two parts:
+
+* A bit-level NumPy model of the exact requantizer, one function per pipeline stage of the RTL.
+* The Amaranth pieces that :mod:`~jacquard.rtl.eltwise_add`, :mod:`~jacquard.rtl.avg_pool` and the
+  core's :class:`ScaleUnit` share (one definition each): :class:`_Float`, :func:`_decode`,
+  :class:`_Pipe`, :func:`_fma` (a fused multiply-add of an int8 and a float32, rounded once),
+  :func:`_div` (a correctly rounded float32 division) and :func:`_leading_zeros`.
 
 The RTL (:mod:`jacquard.rtl.requantizer`) computes
 ``y = clamp(round_half_even(f32(acc) * M) + zy, lo, hi)`` exactly as IEEE-754 float32 does, with
@@ -30,9 +38,15 @@ Why the integer pipeline is exact:
 from __future__ import annotations
 
 import numpy as np
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 __all__ = [
+    "DIV_STAGES",
+    "FMA_STAGES",
     "SAT_MAGNITUDE",
+    "ScaleUnit",
     "decode_multiplier",
     "float_to_int_rne",
     "int_to_float",
@@ -218,3 +232,357 @@ def requant_vectors(rng: np.random.Generator, n: int):
     # Any kind: a random sign on the multiplier.
     mbits = np.where(rng.random(n) < 0.15, mbits | (1 << 31), mbits)
     return acc.astype(np.int64), mbits & 0xFFFF_FFFF
+
+
+# -- Amaranth pieces ---------------------------------------------------------------------------------
+
+EXP_MIN, EXP_MAX = -64, 63  # accepted unbiased exponents of ra, rb and a nonzero k
+_EXP = signed(12)           # exponents inside the datapath (|e| < 256)
+
+
+def _leading_zeros(m: Module, value, prefix: str):
+    """Return ``(all_zero, count)`` for a power-of-two-wide ``value``; a balanced tree, log2 deep."""
+    width = len(value)
+    if width == 1:
+        return ~value[0], Const(0, 1)
+    half = width // 2
+    hi_zero, hi_count = _leading_zeros(m, value[half:], prefix + "h")
+    lo_zero, lo_count = _leading_zeros(m, value[:half], prefix + "l")
+    count = Signal(range(width), name=f"{prefix}_lz{width}")
+    # The high half decides unless it is all zero; then the count is half plus the low half's.
+    m.d.comb += count.eq(Mux(hi_zero, half + lo_count, hi_count))
+    return hi_zero & lo_zero, count
+
+
+class _Float:
+    """A float32 value inside the datapath: ``(-1)^sign * mant * 2^elsb``; ``zero`` overrides."""
+
+    def __init__(self, sign, elsb, mant, zero):
+        self.sign, self.elsb, self.mant, self.zero = sign, elsb, mant, zero
+
+
+def _decode(m: Module, bits, name: str):
+    """Split float32 ``bits``; return ``(_Float, ok_nonzero, is_zero)`` where ``ok_nonzero`` means
+    a normal value with its exponent in ``EXP_MIN..EXP_MAX``."""
+    biased = bits[23:31]
+    elsb = Signal(_EXP, name=f"{name}_elsb")
+    m.d.comb += elsb.eq(biased - (127 + 23))
+    ok = (biased >= 127 + EXP_MIN) & (biased <= 127 + EXP_MAX)
+    zero = bits[:31] == 0
+    return _Float(bits[31], elsb, bits[:23] | (1 << 23), zero), ok, zero
+
+
+class _Pipe:
+    """Registers that all advance on ``en``; ``reg`` declares one and returns it."""
+
+    def __init__(self, m: Module, en):
+        self.m, self.en = m, en
+
+    def reg(self, name: str, shape, value):
+        sig = Signal(shape, name=name)
+        with self.m.If(self.en):
+            self.m.d.sync += sig.eq(value)
+        return sig
+
+
+def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
+    """``RNE24(n * mul + add)``, 7 register stages; ``n`` is an int8 signal sampled at stage 0.
+
+    Returns the result as a :class:`_Float` with a 24-bit ``mant`` (hidden bit set unless zero) and
+    the list of signals delayed alongside (for the caller to keep its own data in step).
+    """
+    m = p.m
+    reg = p.reg
+    # f0: exact product |n| * M (shift-adds, no DSP) and the sign; the addend waits.
+    nabs = Signal(8, name=f"{name}_f0_nabs")
+    m.d.comb += nabs.eq(Mux(n < 0, -n, n))
+    prod = 0
+    for i in range(8):
+        prod = prod + Mux(nabs[i], mul.mant << i, 0)
+    f0_pm = reg(f"{name}_f0_pm", 32, prod)
+    f0_psign = reg(f"{name}_f0_psign", 1, (n < 0) ^ mul.sign)
+    f0_pzero = reg(f"{name}_f0_pzero", 1, (n == 0) | mul.zero)
+    f0_pelsb = reg(f"{name}_f0_pelsb", _EXP, mul.elsb)
+    f0_c = _Float(reg(f"{name}_f0_csign", 1, add.sign), reg(f"{name}_f0_celsb", _EXP, add.elsb),
+                  reg(f"{name}_f0_cmant", 24, add.mant), reg(f"{name}_f0_czero", 1, add.zero))
+
+    # f1: normalize both to a leading one at bit 31.
+    _, lz = _leading_zeros(m, f0_pm, f"{name}_f1_p")
+    f1_pm = reg(f"{name}_f1_pm", 32, f0_pm << lz)
+    f1_pe = reg(f"{name}_f1_pe", _EXP, f0_pelsb - lz)
+    f1_psign = reg(f"{name}_f1_psign", 1, f0_psign)
+    f1_pzero = reg(f"{name}_f1_pzero", 1, f0_pzero)
+    f1_cm = reg(f"{name}_f1_cm", 32, f0_c.mant << 8)
+    f1_ce = reg(f"{name}_f1_ce", _EXP, f0_c.elsb - 8)
+    f1_csign = reg(f"{name}_f1_csign", 1, f0_c.sign)
+    f1_czero = reg(f"{name}_f1_czero", 1, f0_c.zero)
+
+    # f2: L = the operand with the larger exponent; S shifted into L's frame (or a sticky 1).
+    p_is_l = Signal(name=f"{name}_f2_p_is_l")
+    m.d.comb += p_is_l.eq(~f1_pzero & (f1_czero | (f1_pe >= f1_ce)))
+    l_m, l_e, l_s, l_z = (Mux(p_is_l, a, b) for a, b in ((f1_pm, f1_cm), (f1_pe, f1_ce),
+                                                          (f1_psign, f1_csign), (f1_pzero, f1_czero)))
+    s_m, s_e, s_s, s_z = (Mux(p_is_l, b, a) for a, b in ((f1_pm, f1_cm), (f1_pe, f1_ce),
+                                                          (f1_psign, f1_csign), (f1_pzero, f1_czero)))
+    d = Signal(_EXP, name=f"{name}_f2_d")
+    m.d.comb += d.eq(l_e - s_e)
+    near = Signal(unsigned(63), name=f"{name}_f2_near")
+    m.d.comb += near.eq(s_m << ~d[:5])  # 31 - d for d in 0..31
+    s_term = Mux(s_z, 0, Mux(d <= 31, near, 1))
+    f2_l = reg(f"{name}_f2_l", 32, Mux(l_z, 0, l_m))
+    f2_lsign = reg(f"{name}_f2_lsign", 1, l_s)
+    f2_s = reg(f"{name}_f2_s", 63, s_term)
+    f2_ssign = reg(f"{name}_f2_ssign", 1, s_s)
+    f2_e = reg(f"{name}_f2_e", _EXP, l_e - 31)
+
+    # f3: the exact (or sticky-equivalent) signed sum W.
+    lw = Signal(signed(66), name=f"{name}_f3_lw")
+    sw = Signal(signed(66), name=f"{name}_f3_sw")
+    m.d.comb += [lw.eq(Mux(f2_lsign, -(f2_l << 31), f2_l << 31)), sw.eq(Mux(f2_ssign, -f2_s, f2_s))]
+    f3_w = reg(f"{name}_f3_w", signed(66), lw + sw)
+    f3_e = reg(f"{name}_f3_e", _EXP, f2_e)
+
+    # f4: sign and magnitude, leading zeros.
+    mag = Signal(64, name=f"{name}_f4_mag_next")
+    m.d.comb += mag.eq(Mux(f3_w < 0, -f3_w, f3_w))
+    f4_mag = reg(f"{name}_f4_mag", 64, mag)
+    f4_sign = reg(f"{name}_f4_sign", 1, f3_w < 0)
+    f4_e = reg(f"{name}_f4_e", _EXP, f3_e)
+    zero, lz = _leading_zeros(m, f4_mag, f"{name}_f5_w")
+
+    # f5: normalize, keep 24 bits plus guard and sticky.
+    norm = Signal(64, name=f"{name}_f5_norm")
+    m.d.comb += norm.eq(f4_mag << lz)
+    f5_mant = reg(f"{name}_f5_mant", 24, norm[40:])
+    f5_guard = reg(f"{name}_f5_guard", 1, norm[39])
+    f5_sticky = reg(f"{name}_f5_sticky", 1, norm[:39].any())
+    f5_elead = reg(f"{name}_f5_elead", _EXP, f4_e + 63 - lz)
+    f5_sign = reg(f"{name}_f5_sign", 1, f4_sign)
+    f5_zero = reg(f"{name}_f5_zero", 1, zero)
+
+    # f6: round to nearest even; a carry out renormalizes.
+    rounded = Signal(25, name=f"{name}_f6_rounded")
+    m.d.comb += rounded.eq(f5_mant + (f5_guard & (f5_sticky | f5_mant[0])))
+    f6_mant = reg(f"{name}_f6_mant", 24, Mux(rounded[24], 1 << 23, rounded))
+    f6_elsb = reg(f"{name}_f6_elsb", _EXP, f5_elead + rounded[24] - 23)
+    f6_sign = reg(f"{name}_f6_sign", 1, f5_sign)
+    f6_zero = reg(f"{name}_f6_zero", 1, f5_zero)
+    return _Float(f6_sign, f6_elsb, f6_mant, f6_zero)
+
+
+FMA_STAGES = 7
+
+
+def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
+    """``RNE24(a / b)`` for normal ``b``, pipelined over :data:`DIV_STAGES` stages.
+
+    ``tags`` (name -> value) travel along. Returns ``(_Float, tags)`` at the output.
+    """
+    # q0: operands in; the quotient of the significands is in (1/2, 2).
+    rem = p.reg(f"{name}_q0_rem", 26, a.mant)
+    den = p.reg(f"{name}_q0_den", 24, b.mant)
+    quo = p.reg(f"{name}_q0_quo", 27, 0)
+    sign = p.reg(f"{name}_q0_sign", 1, a.sign ^ b.sign)
+    zero = p.reg(f"{name}_q0_zero", 1, a.zero)
+    elead = p.reg(f"{name}_q0_elead", signed(12), a.elsb - b.elsb)
+    tags = {k: p.reg(f"{name}_q0_{k}", len(v), v) for k, v in tags.items()}
+    for i in range(1, 28):
+        ge = rem >= den
+        nrem = Mux(ge, rem - den, rem)
+        rem = p.reg(f"{name}_q{i}_rem", 26, nrem << 1)
+        quo = p.reg(f"{name}_q{i}_quo", 27, (quo << 1) | ge)
+        den = p.reg(f"{name}_q{i}_den", 24, den)
+        sign = p.reg(f"{name}_q{i}_sign", 1, sign)
+        zero = p.reg(f"{name}_q{i}_zero", 1, zero)
+        elead = p.reg(f"{name}_q{i}_elead", signed(12), elead)
+        tags = {k: p.reg(f"{name}_q{i}_{k}", len(v), v) for k, v in tags.items()}
+    # quo = floor(ma / mb * 2^26); the leading one is bit 26 or 25.
+    top = quo[26]
+    mant = Mux(top, quo[3:27], quo[2:26])
+    guard = Mux(top, quo[2], quo[1])
+    sticky = Mux(top, quo[:2].any(), quo[0]) | (rem != 0)
+    rounded = Signal(25, name=f"{name}_r_rounded")
+    p.m.d.comb += rounded.eq(mant + (guard & (sticky | mant[0])))
+    out = _Float(p.reg(f"{name}_r_sign", 1, sign),
+                 p.reg(f"{name}_r_elsb", signed(12), elead + top - 1 + rounded[24] - 23),
+                 p.reg(f"{name}_r_mant", 24, Mux(rounded[24], 1 << 23, rounded)),
+                 p.reg(f"{name}_r_zero", 1, zero))
+    tags = {k: p.reg(f"{name}_r_{k}", len(v), v) for k, v in tags.items()}
+    return out, tags
+
+
+DIV_STAGES = 29  # operands in, 27 quotient bits, rounding
+
+
+def _encode(f: _Float):
+    """float32 bits of a normal (or zero) :class:`_Float`; the caller has checked the exponent range."""
+    return Mux(f.zero, 0, (f.sign << 31) | ((f.elsb + 23 + 127)[:8] << 23) | f.mant[:23])
+
+
+class ScaleUnit(wiring.Component):
+    """The per-layer float32 constants of ADD and GLOBAL_AVGPOOL, computed from the descriptor's scales.
+
+    Sequential (one shift-add multiplier, one restoring divider, one :func:`_fma`), a few dozen
+    cycles per layer, each step rounded exactly as onnxruntime does in float32:
+
+    * ADD (``add``): ``ra = f32(sx / sy)``, ``rb = f32(s2 / sy)``,
+      ``k = f32(zy) - fma(ra, zx, f32(rb * z2))`` (as :func:`jacquard.sim.golden.add`), in about 90
+      cycles. ``add_ok``: ``ra``, ``rb`` and a nonzero ``k`` have exponents in ``EXP_MIN..EXP_MAX``
+      (:class:`~jacquard.rtl.eltwise_add.EltwiseAdd`'s range).
+    * GLOBAL_AVGPOOL: ``multiplier = f32(sx / f32(sy * hw))`` (as
+      :func:`jacquard.sim.golden.global_avg_pool`), in about 60 cycles. ``m_ok``: ``hw`` is not 0,
+      ``f32(sy * hw)`` is finite and ``2^-32 <= multiplier < 256`` (the ISA's check).
+
+    The scales must be normal floats (the caller refuses zero, subnormal, inf and NaN bits).
+
+    Members
+    -------
+    start : In(1)
+        Pulse: compute from the inputs (held until ``busy`` falls).
+    add : In(1)
+        ADD constants, else the global average's multiplier.
+    sx, s2, sy : In(32)
+        float32 bits of the (first) input, second input and output scales.
+    zx, z2, zy : In(signed(8))
+        Zero points of the same.
+    hw : In(24)
+        Pixels of the image (global average).
+    busy : Out(1)
+    multiplier, ra, rb, k : Out(32)
+        float32 bits of the results, valid once ``busy`` has fallen.
+    m_ok, add_ok : Out(1)
+    """
+
+    start: In(1)
+    add: In(1)
+    sx: In(32)
+    s2: In(32)
+    sy: In(32)
+    zx: In(signed(8))
+    z2: In(signed(8))
+    zy: In(signed(8))
+    hw: In(24)
+    busy: Out(1)
+    multiplier: Out(32)
+    ra: Out(32)
+    rb: Out(32)
+    k: Out(32)
+    m_ok: Out(1)
+    add_ok: Out(1)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+
+        def freg(name):
+            return _Float(Signal(name=f"{name}_sign"), Signal(_EXP, name=f"{name}_elsb"),
+                          Signal(24, name=f"{name}_mant"), Signal(name=f"{name}_zero"))
+
+        def assign(dst: _Float, src: _Float):
+            return [dst.sign.eq(src.sign), dst.elsb.eq(src.elsb), dst.mant.eq(src.mant),
+                    dst.zero.eq(src.zero)]
+
+        sx, _, _ = _decode(m, self.sx, "su_sx")
+        s2, _, _ = _decode(m, self.s2, "su_s2")
+        sy, _, _ = _decode(m, self.sy, "su_sy")
+        ra, rb, u, t, zyf, k, pp, mm = (freg(f"su_{n}") for n in ("ra", "rb", "u", "t", "zyf", "k", "p", "m"))
+        zero_f = _Float(Const(0), Const(0, _EXP), Const(0, 24), Const(1))
+        one_f = _Float(Const(0), Const(-23, _EXP), Const(1 << 23, 24), Const(0))
+
+        # -- the fused multiply-add: inputs held for FMA_STAGES cycles, then the result is read --
+        f_n = Signal(signed(9))
+        f_mul, f_add = freg("su_fmul"), freg("su_fadd")
+        f_out = _fma(_Pipe(m, Const(1)), f_n, f_mul, f_add, "su_fma")
+        wait = Signal(range(FMA_STAGES + 2))
+
+        # -- the divider: a / b, one quotient bit per cycle ----------------------------------------
+        d_a, d_b = freg("su_da"), freg("su_db")
+        rem = Signal(26)
+        quo = Signal(27)
+        steps = Signal(range(28))
+        top = quo[26]
+        d_mant = Mux(top, quo[3:27], quo[2:26])
+        guard = Mux(top, quo[2], quo[1])
+        sticky = Mux(top, quo[:2].any(), quo[0]) | (rem != 0)
+        rounded = Signal(25)
+        m.d.comb += rounded.eq(d_mant + (guard & (sticky | d_mant[0])))
+        d_out = _Float(d_a.sign ^ d_b.sign, Signal(_EXP, name="su_dq_elsb"),
+                       Mux(rounded[24], 1 << 23, rounded), d_a.zero)
+        m.d.comb += d_out.elsb.eq(d_a.elsb - d_b.elsb + top - 1 + rounded[24] - 23)
+
+        # -- the multiply sy * hw (exact, 48 bits), then normalize and round ----------------------
+        mul_a = Signal(48)
+        mul_b = Signal(24)
+        prod = Signal(64)
+        p_zero, lz = _leading_zeros(m, prod, "su_p")
+        norm = Signal(64)
+        m.d.comb += norm.eq(prod << lz)
+        p_round = Signal(25)
+        m.d.comb += p_round.eq(norm[40:] + (norm[39] & (norm[:39].any() | norm[40])))
+        p_over = Signal()
+
+        def fma_state(name, n, mul, add, dst, nxt):
+            with m.State(name):
+                m.d.comb += [f_n.eq(n), *assign(f_mul, mul), *assign(f_add, add)]
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == FMA_STAGES + 1):
+                    m.d.sync += [*assign(dst, f_out), wait.eq(0)]
+                    m.next = nxt
+
+        def div_state(name, a, b, dst, nxt):
+            with m.State(name):
+                m.d.sync += [*assign(d_a, a), *assign(d_b, b), rem.eq(a.mant), quo.eq(0), steps.eq(0)]
+                m.next = name + "_RUN"
+            with m.State(name + "_RUN"):
+                ge = rem >= d_b.mant
+                m.d.sync += [rem.eq(Mux(ge, rem - d_b.mant, rem) << 1), quo.eq((quo << 1) | ge),
+                             steps.eq(steps + 1)]
+                with m.If(steps == 26):
+                    m.next = name + "_ROUND"
+            with m.State(name + "_ROUND"):
+                m.d.sync += assign(dst, d_out)
+                m.next = nxt
+
+        with m.FSM(name="scale"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [self.busy.eq(1), wait.eq(0), mul_a.eq(sy.mant), mul_b.eq(self.hw),
+                                 prod.eq(0)]
+                    m.next = "START"
+            with m.State("START"):
+                with m.If(self.add):
+                    m.next = "RA"
+                with m.Else():
+                    m.next = "MUL"
+            div_state("RA", sx, sy, ra, "RB")
+            div_state("RB", s2, sy, rb, "ZY")
+            fma_state("ZY", self.zy, one_f, zero_f, zyf, "U")
+            fma_state("U", self.z2, rb, zero_f, u, "T")
+            fma_state("T", self.zx, ra, u, t, "K")
+            fma_state("K", -1, t, zyf, k, "DONE")
+            with m.State("MUL"):
+                with m.If(mul_b != 0):
+                    m.d.sync += [prod.eq(Mux(mul_b[0], prod + mul_a, prod)), mul_a.eq(mul_a << 1),
+                                 mul_b.eq(mul_b >> 1)]
+                with m.Else():
+                    m.next = "ROUND_P"
+            with m.State("ROUND_P"):
+                lead = sy.elsb + 63 - lz + p_round[24]  # exponent of f32(sy * hw)'s leading bit
+                m.d.sync += [pp.sign.eq(0), pp.zero.eq(p_zero), pp.elsb.eq(lead - 23),
+                             pp.mant.eq(Mux(p_round[24], 1 << 23, p_round)), p_over.eq(lead > 127)]
+                m.next = "M"
+            div_state("M", sx, pp, mm, "DONE")
+            with m.State("DONE"):
+                m.d.sync += self.busy.eq(0)
+                m.next = "IDLE"
+
+        def in_range(f, lo, hi):
+            return (f.elsb + 23 >= lo) & (f.elsb + 23 <= hi)
+
+        m.d.comb += [
+            self.ra.eq(_encode(ra)), self.rb.eq(_encode(rb)), self.k.eq(_encode(k)),
+            self.multiplier.eq(_encode(mm)),
+            self.add_ok.eq(in_range(ra, EXP_MIN, EXP_MAX) & in_range(rb, EXP_MIN, EXP_MAX)
+                           & (k.zero | in_range(k, EXP_MIN, EXP_MAX))),
+            self.m_ok.eq(~pp.zero & ~p_over & in_range(mm, -32, 7)),
+        ]
+        return m

@@ -11,7 +11,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from jacquard.rtl.eltwise_add import FMA_STAGES, EltwiseAdd, _decode, _fma, _Pipe
+from jacquard.rtl.eltwise_add import EltwiseAdd
+from jacquard.rtl.fp32 import FMA_STAGES, _decode, _fma, _Pipe
 from jacquard.sim import golden
 from jacquard.sim.golden_numerics import _fma_f32
 from jacquard.sim.streams import stream_monitor, stream_recv, stream_send
@@ -92,6 +93,18 @@ def test_eltwise_add_random(seed):
     check(got, want, a, b, seed, q)
 
 
+@pytest.mark.parametrize(("seed", "c_par", "lanes", "gap"), [(11, 4, 1, 0.3), (12, 4, 2, 0.0), (13, 8, 2, 0.5)])
+def test_eltwise_add_fewer_lanes(seed, c_par, lanes, gap):
+    """A beat through fewer datapath lanes, slice by slice, with and without back-pressure."""
+    rng = np.random.default_rng(seed)
+    q = random_quant(rng)
+    a = rng.integers(-128, 128, size=(20, c_par), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(20, c_par), dtype=np.int8)
+    want = golden.add(a, q[0], q[1], b, q[2], q[3], q[4], q[5])
+    got = run_add(EltwiseAdd(c_par, lanes=lanes), add_params(*q), a, b, seed, gap=gap)
+    check(got, want, a, b, seed, q)
+
+
 def test_eltwise_add_all_pairs_one_quant():
     # Every (a, b) pair on a slice of the grid, with ratios exactly 1 and 0.5 (dense exact ties).
     q = (0.05, 3, 0.025, -7, 0.05, 1)
@@ -147,6 +160,12 @@ def test_eltwise_add_refuses_bad_config(field, value):
 def test_eltwise_add_bad_parameters(arg, exc):
     with pytest.raises(exc):
         EltwiseAdd(arg)
+
+
+@pytest.mark.parametrize(("lanes", "exc"), [(0, ValueError), (5, ValueError), (3, ValueError), (1.0, TypeError)])
+def test_eltwise_add_bad_lanes(lanes, exc):
+    with pytest.raises(exc, match="lanes"):
+        EltwiseAdd(4, lanes=lanes)
 
 
 class _FmaHarness(wiring.Component):

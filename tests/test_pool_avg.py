@@ -11,8 +11,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from jacquard.rtl.avg_pool import DIV_STAGES, AvgPool, _div
-from jacquard.rtl.eltwise_add import _decode, _Pipe
+from jacquard.rtl.avg_pool import AvgPool
+from jacquard.rtl.fp32 import DIV_STAGES, _decode, _div, _Pipe
 from jacquard.sim import golden
 from jacquard.sim.streams import stream_monitor, stream_recv, stream_send
 from jacquard.sim.taps import tap_stream
