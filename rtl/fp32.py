@@ -35,8 +35,6 @@ Why the integer pipeline is exact:
 5. ``M`` = inf or NaN is refused (``mult_invalid``): onnxruntime's result is undefined there.
 """
 
-from __future__ import annotations
-
 import numpy as np
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
