@@ -9,7 +9,14 @@ This is the engine under :func:`jacquard.spark_ext.predict.predict_udf`, the zer
 * A model is imported, partitioned and compiled once per distinct input shape (a static-shape
   program per shape; most streams have one or two: the batch size and the last, shorter batch).
   Compiled executables are cached per process under the model's SHA-256, so every UDF, session or
-  detector of the same model in a Python worker shares them.
+  detector of the same model in a Python worker shares them, and on disk
+  (``cache_dir("compiled")``), so another Python worker, a restarted one or the next run loads a
+  shape's program instead of compiling it again. Spark hands a task whichever idle Python worker
+  comes first, and a streaming task holds two (the source's reader and the UDF), so without the
+  disk cache each worker pays the whole compile of every shape once. The disk key covers the
+  model, the shapes, the hardware config, the calibration rows and the source of the compiler
+  (``jacquard.host``, ``jacquard.sim``), so an edited compiler never reuses an old program.
+  ``JACQUARD_COMPILE_CACHE=0`` turns the disk cache off.
 * A model whose batch dimension is fixed at 1 gets batched feeds row by row through the device's
   pipelined :meth:`~jacquard.host.device.Device.run_batch`.
 * int8 models (QOperator or QDQ) run as they are, bit-exact with onnxruntime. A float model is
@@ -32,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -43,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "COMPILE_CACHE_ENV",
     "STATS_ENV",
     "AcceleratedModel",
     "OffloadStats",
@@ -55,6 +64,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATS_ENV = "JACQUARD_STATS_DIR"
+COMPILE_CACHE_ENV = "JACQUARD_COMPILE_CACHE"
 # Guards against recursion: jacquard's own onnxruntime sessions (CPU segments, calibration, the
 # fallback) must be the real ones even when the zero-code hook has replaced InferenceSession.
 _internal = threading.local()
@@ -393,9 +403,13 @@ class AcceleratedModel:
         if self._calibrated is not None:
             batch = shapes[self.inputs[0]][0]
             calib = self._calibrated[: max(batch, len(self._calibrated) // batch * batch)]
-        with _Internal():
-            imported = load_model(self.model, shapes, calibrate=calib)
-            exe = compile_plan(partition(imported, Limits(max_kernel=min(7, cfg.max_kernel_h))), cfg)
+        key = _program_key(self.digest, shapes, cfg, calib)
+        exe = _load_program(key)
+        if exe is None:
+            with _Internal():
+                imported = load_model(self.model, shapes, calibrate=calib)
+                exe = compile_plan(partition(imported, Limits(max_kernel=min(7, cfg.max_kernel_h))), cfg)
+            _store_program(key, exe)
         # Each executable gets its own device handle: an emu core is just its memory, so this keeps
         # every program (and its CPU segments' onnxruntime sessions) loaded instead of reloading on
         # every switch between shapes or models.
@@ -453,6 +467,74 @@ class AcceleratedModel:
         for c in self._compiled.values():
             c.device.close()
         self._compiled.clear()
+
+
+# -- compiled programs on disk ----------------------------------------------------------------------
+
+_CODE_VERSION: str | None = None
+
+
+def _code_version() -> str:
+    """SHA-256 of the compiler's source (the ``jacquard.host`` and ``jacquard.sim`` packages), once."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        import jacquard.host
+        import jacquard.sim
+
+        h = hashlib.sha256()
+        for pkg in (jacquard.host, jacquard.sim):
+            root = Path(pkg.__file__).parent
+            for path in sorted(root.rglob("*.py")):
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        _CODE_VERSION = h.hexdigest()
+    return _CODE_VERSION
+
+
+def _program_key(digest: str, shapes: Mapping[str, tuple], cfg, calib: np.ndarray | None) -> str | None:
+    """The disk cache's key of one compile, or None when the disk cache is off."""
+    if os.environ.get(COMPILE_CACHE_ENV, "1") == "0":
+        return None
+    h = hashlib.sha256()
+    h.update(json.dumps([digest, sorted((k, list(v)) for k, v in shapes.items()), repr(cfg),
+                         _code_version()]).encode())
+    if calib is not None:
+        h.update(np.ascontiguousarray(calib).tobytes())
+    return h.hexdigest()
+
+
+def _program_path(key: str) -> Path:
+    from jacquard.host.cache import cache_dir
+
+    return cache_dir("compiled") / f"{key}.pkl"
+
+
+def _load_program(key: str | None):
+    """The cached executable for ``key``, or None (no entry, cache off, or an unreadable entry)."""
+    if key is None:
+        return None
+    path = _program_path(key)
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a truncated or stale entry: compile again and overwrite it
+        log.warning("jacquard: ignoring unreadable compiled program %s (%s)", path, exc)
+        return None
+
+
+def _store_program(key: str | None, exe) -> None:
+    if key is None:
+        return
+    path = _program_path(key)
+    # Written under a private name and renamed: workers compiling the same shape never see half a file.
+    part = path.with_suffix(f".part{os.getpid()}-{threading.get_ident()}")
+    try:
+        part.write_bytes(pickle.dumps(exe, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(part, path)
+    except OSError as exc:  # a full or read-only cache only costs the next process a compile
+        log.warning("jacquard: cannot cache the compiled program in %s (%s)", path, exc)
+        part.unlink(missing_ok=True)
 
 
 _MODELS: dict[tuple[str, str, str], AcceleratedModel] = {}
