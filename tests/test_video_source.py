@@ -16,11 +16,19 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
 from jacquard.spark_ext import media, video_source
-from jacquard.spark_ext.video_source import VideoOptions, VideoPartition, VideoStreamReader, skipped_counts
+from jacquard.spark_ext.video_source import (
+    FrameDecoder,
+    VideoOptions,
+    VideoPartition,
+    VideoStreamReader,
+    frames_of,
+    skipped_counts,
+)
 
 W, H = 32, 24
 
@@ -55,8 +63,13 @@ def check_frames(rows, expected: dict[str, dict[int, np.ndarray]]) -> None:
 
 def offline_batches(options: dict[str, str], *, batches: int = 1000, offset: dict | None = None,
                     limit=None, between=None):
-    """Run the reader like Spark's driver and executors, offsets through JSON. Yields (rows, end)."""
+    """Run the reader like Spark's driver and executors, offsets through JSON. Yields (rows, end).
+
+    With ``decode=lazy`` the rows' pixels come from a :class:`FrameDecoder` per partition, as in
+    the consuming task, so rows look the same in both modes.
+    """
     reader = VideoStreamReader(VideoOptions.parse(options))
+    lazy = reader.options.decode == "lazy"
     start = json.loads(json.dumps(offset if offset is not None else reader.initialOffset()))
     for n in range(batches):
         if between is not None:
@@ -67,8 +80,14 @@ def offline_batches(options: dict[str, str], *, batches: int = 1000, offset: dic
         rows = []
         for part in reader.partitions(start, end):
             assert isinstance(part, VideoPartition)
-            for r in reader.read(part):
-                rows.append((r[0], r[1], r[4], r[5], r[6], r[7]))
+            read = list(reader.read(part))
+            if lazy:
+                assert all(r[3] is None and r[7] is None for r in read), "lazy rows carry no pixels"
+                pdf = pd.DataFrame(read, columns=["file", "frame_index", "timestamp", "time_s", "width",
+                                                  "height", "channels", "data"])
+                with FrameDecoder(options.get("format", "rgb24")) as decoder:
+                    read = [(*r[:7], a.tobytes()) for r, a in zip(read, frames_of(pdf, decoder), strict=True)]
+            rows += [(r[0], r[1], r[4], r[5], r[6], r[7]) for r in read]
         yield rows, end
         start = end
 
@@ -97,13 +116,15 @@ def expected_for(root: Path, **kw) -> dict[str, dict[int, np.ndarray]]:
     ({"path": ".", "fps": "inf"}, "'fps' must be > 0"),
     ({"path": ".", "width": "32"}, "'width' and 'height' go together"),
     ({"path": ".", "format": "yuv420p"}, "'format' must be one of"),
+    ({"path": ".", "decode": "later"}, "'decode' must be one of"),
 ])
 def test_bad_options(options, match):
     with pytest.raises(ValueError, match=match):
         VideoOptions.parse(options)
 
 
-def test_batches_exactly_once_with_limit_and_new_files(clips, tmp_path):
+@pytest.mark.parametrize("decode", ["eager", "lazy"])
+def test_batches_exactly_once_with_limit_and_new_files(clips, tmp_path, decode):
     root = tmp_path / "in"
     root.mkdir()
     for p in clips.iterdir():
@@ -116,16 +137,17 @@ def test_batches_exactly_once_with_limit_and_new_files(clips, tmp_path):
 
     rows, sizes = [], []
     for batch, _end in offline_batches({"path": str(root), "maxFramesPerTrigger": "7",
-                                        "framesPerPartition": "3"}, between=arrive):
+                                        "framesPerPartition": "3", "decode": decode}, between=arrive):
         rows += batch
         sizes.append(len(batch))
     assert max(sizes) == 7 and sum(sizes) == 23 + 17 + 11, sizes
     check_frames(rows, expected_for(root))
 
 
-def test_restart_from_serialized_offset_resumes(clips):
+@pytest.mark.parametrize("decode", ["eager", "lazy"])
+def test_restart_from_serialized_offset_resumes(clips, decode):
     """A new reader (a restarted driver: empty caches) continues from a checkpointed offset."""
-    options = {"path": str(clips), "maxFramesPerTrigger": "10"}
+    options = {"path": str(clips), "maxFramesPerTrigger": "10", "decode": decode}
     first = list(offline_batches(options, batches=2))
     assert len(first) == 2
     rest = list(offline_batches(options, offset=first[-1][1]))
@@ -153,11 +175,12 @@ def test_fps_limit(clips, monkeypatch):
         assert sum(pos for pos, _ in end["files"].values()) == due, (elapsed, end["files"])
 
 
-def test_resize_and_formats(clips):
+@pytest.mark.parametrize("decode", ["eager", "lazy"])
+def test_resize_and_formats(clips, decode):
     path = clips / "a.avi"
     for fmt, channels in [("rgb24", 3), ("bgr24", 3), ("gray", 1)]:
         rows = [r for batch, _ in offline_batches({"path": str(path), "width": "16", "height": "12",
-                                                   "format": fmt}) for r in batch]
+                                                   "format": fmt, "decode": decode}) for r in batch]
         assert {(r[2], r[3], r[4]) for r in rows} == {(16, 12, channels)}
         check_frames(rows, {str(path): pyav_frames(path, fmt=fmt, size=(16, 12))})
 
@@ -195,10 +218,12 @@ def check_skips(counts: dict, bad: dict) -> None:
                                                           if f.endswith("unreadable.avi"))]
 
 
-def test_bad_input_skipped_and_counted_offline(clips, tmp_path):
+@pytest.mark.parametrize("decode", ["eager", "lazy"])
+def test_bad_input_skipped_and_counted_offline(clips, tmp_path, decode):
     bad = make_bad_inputs(tmp_path / "bad", clips)
     assert 0 < bad["skipped_frames"][str(tmp_path / "bad" / "truncated.avi")] < 23
-    batches = list(offline_batches({"path": str(tmp_path / "bad"), "maxFramesPerTrigger": "8"}))
+    batches = list(offline_batches({"path": str(tmp_path / "bad"), "maxFramesPerTrigger": "8",
+                                    "decode": decode}))
     check_frames([r for b, _ in batches for r in b], bad["expected"])
     check_skips(skipped_counts(batches[-1][1]), bad)
 
@@ -209,6 +234,22 @@ def test_changed_file_fails_clearly(clips, tmp_path):
     options = VideoOptions.parse({"path": str(path)})
     with pytest.raises(RuntimeError, match="changed after it was listed"):
         list(video_source.read_frames(VideoPartition(str(path), 0, 8, 8), options))
+    with FrameDecoder() as decoder, pytest.raises(RuntimeError, match="changed after it was listed"):
+        decoder.frame(str(path), 6, W, H, 3)
+
+
+def test_frame_decoder_order_and_bad_calls(clips):
+    """Frames asked out of order reopen the file and still equal PyAV's; wrong format is refused."""
+    path = clips / "a.avi"
+    ref = pyav_frames(path)
+    with FrameDecoder() as decoder:
+        for index in (3, 4, 9, 2, 22, 0):
+            got = decoder.frame(str(path), index, W, H, 3)
+            assert np.array_equal(got, ref[index]), f"frame {index}"
+        with pytest.raises(ValueError, match="cannot be decoded as 'rgb24'"):
+            decoder.frame(str(path), 1, W, H, 1)
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        FrameDecoder("yuv")
 
 
 def test_media_fetch_errors_are_clear(tmp_path, monkeypatch):
