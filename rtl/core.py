@@ -6,10 +6,27 @@ Structure::
                          |                                                  +-> params  -> PostProcessor
                          |                                                  +-> LUT     -> LutPad
                          |                                                  +-> weights -> PEArray.wl
-                         |                                                  +-> pixels  -> LineBuffer
+                         |                                                  +-> pixels  -> FIFO -> LineBuffer,
+                         |                                                  |             Pool or EltwiseAdd.a
+                         |                                                  +-> pixels2 -> EltwiseAdd.b
                          +--wr_cmd--> DmaWriter <-- words <- Packer <- [MaxPool2x2] <- LutPad <- PostProcessor
-                                                                     <- MaxReduce (MAXPOOL layers)
+                                                                     <- LutPad <- EltwiseAdd (ADD)
+                                                                     <- MaxReduce (MAXPOOL)
+                                                                     <- AvgPool (AVGPOOL)
+                                                                     <- Requantizer <- Pool (GLOBAL_AVGPOOL)
     LineBuffer -> PEArray -> PostProcessor (CONV)      LineBuffer -> MaxReduce (MAXPOOL)
+    LineBuffer -> AvgPool (AVGPOOL)                     pixels by channel tile -> Pool (SUM) (GLOBAL_AVGPOOL)
+
+AVGPOOL runs the line buffer in its depthwise order with the input zero point as padding into
+:class:`~jacquard.rtl.avg_pool.AvgPool` (float32-exact, ``max(c_par, 8)`` cycles per tap and about 80
+cycles per window). GLOBAL_AVGPOOL (and a whole-map AVGPOOL without padding, which onnxruntime
+computes as one) reads the input one channel tile at a time (a 2-D read of ``c_par`` bytes per
+pixel), sums each tile with :class:`~jacquard.rtl.pool.Pool` and requantizes the ``c_par`` sums one
+by one with ``bias = -in_zp * H * W`` and the multiplier the sequencer's
+:class:`~jacquard.rtl.fp32.ScaleUnit` computed. ADD reads its two inputs in chunks of
+``ADD_CHUNK_WORDS`` bus words in turn; the first input's chunk waits in a FIFO for the second's,
+and :class:`~jacquard.rtl.eltwise_add.EltwiseAdd` (``add_lanes`` datapath lanes) adds them, then
+the LUT/pad unit applies the optional table.
 
 The read router keeps one entry per read command in flight (its :class:`ReadTarget`) and sends
 each word to that command's consumer, so commands for different consumers can be queued back to
@@ -35,16 +52,20 @@ from amaranth.utils import exact_log2
 from jacquard.sim.isa import CONFIGS, HardwareConfig
 from jacquard.sim.isa_regs import PERF_COUNTERS, register
 
+from .avg_pool import AvgPool
 from .axi import AxiLiteSignature, AxiSignature
 from .csr import Csr
 from .dma_reader import DmaReader
 from .dma_writer import DmaWriter
+from .eltwise_add import EltwiseAdd
 from .layouts import out_layout, pixel_layout, tap_layout
 from .line_buffer import LineBuffer
 from .maxpool2x2 import MaxPool2x2
 from .pe_array import PEArray
+from .pool import Pool, PoolMode
 from .postproc import PostProcessor
-from .sequencer import LayerSetup, ReadTarget, Sequencer
+from .requantizer import Requantizer
+from .sequencer import ADD_CHUNK_WORDS, LayerSetup, ReadTarget, Sequencer
 
 __all__ = ["JacquardCore", "export_verilog", "port_table"]
 
@@ -253,6 +274,9 @@ class JacquardCore(wiring.Component):
         The build's parameters, or the name of a preset in :data:`jacquard.sim.isa.CONFIGS`.
     n_requant : int, optional
         Requantizer lanes (default: ``oc_par`` for configs of at most 16 MACs, else ``oc_par // 4``).
+    add_lanes : int, optional
+        EltwiseAdd datapath lanes, a divisor of ``c_par`` (default 1: ADD is rare and each lane is
+        about 2.7k LUT4; an ADD then takes ``c_par`` cycles per pixel beat).
 
     Members
     -------
@@ -269,12 +293,16 @@ class JacquardCore(wiring.Component):
         If ``config`` is neither a HardwareConfig nor a preset name.
     ValueError
         If ``config`` names no preset, or ``c_par`` is not a multiple of ``dma_align`` (pixels must
-        be whole bus words).
+        be whole bus words), or ``add_lanes`` does not divide ``c_par``.
     """
 
-    def __init__(self, config: HardwareConfig | str, *, n_requant: int | None = None) -> None:
+    def __init__(self, config: HardwareConfig | str, *, n_requant: int | None = None,
+                 add_lanes: int = 1) -> None:
         try:
             config = self._check_config(config)
+            if not isinstance(add_lanes, int) or add_lanes < 1 or config.c_par % add_lanes:
+                raise ValueError(f"add_lanes must be a positive divisor of c_par ({config.c_par}), "
+                                 f"not {add_lanes!r}")
         except (TypeError, ValueError):
             # A refused component is never elaborated; do not let amaranth warn about that too.
             self._MustUse__silence = True
@@ -283,6 +311,7 @@ class JacquardCore(wiring.Component):
             n_requant = config.oc_par if config.macs <= 16 else max(1, config.oc_par // 4)
         self._cfg = config
         self._n_requant = n_requant
+        self._add_lanes = add_lanes
         self._word_bytes = config.dma_align
         super().__init__({
             "s_axil": In(AxiLiteSignature(12, 32)),
@@ -341,9 +370,17 @@ class JacquardCore(wiring.Component):
         route = fifo.SyncFIFOBuffered(width=3, depth=8)
         pgear = _Gearbox(wbits, c_par // wb, 1)
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
+        avg = AvgPool(c_par)
+        gsum = Pool(c_par)
+        grq = Requantizer()
+        eadd = EltwiseAdd(c_par, lanes=self._add_lanes)
+        afifo = fifo.SyncFIFOBuffered(width=wbits, depth=ADD_CHUNK_WORDS)
+        bgear = _Gearbox(wbits, c_par // wb, 1)
         for name, unit in (("line_buffer", lb), ("pe_array", pe), ("postproc", pp), ("lutpad", lutpad),
                            ("maxpool", mp), ("maxreduce", mr), ("packer", packer), ("route", route),
-                           ("pixel_gear", pgear), ("weight_gear", wgear)):
+                           ("pixel_gear", pgear), ("weight_gear", wgear), ("avgpool", avg),
+                           ("gap_sum", gsum), ("gap_requant", grq), ("eltwise_add", eadd),
+                           ("input_fifo", afifo), ("pixel2_gear", bgear)):
             m.submodules[name] = ResetInserter(flush)(unit)
 
         # -- registers <-> sequencer ------------------------------------------------------------
@@ -401,7 +438,8 @@ class JacquardCore(wiring.Component):
             ReadTarget.DESC: seq.desc_word,
             ReadTarget.LUT: lutpad.load,
             ReadTarget.WEIGHTS: wgear.i,
-            ReadTarget.INPUT: pgear.i,
+            ReadTarget.INPUT: afifo.w_stream,
+            ReadTarget.INPUT2: bgear.i,
         }
         word_ready = Signal()
         for tgt, sink in consumers.items():
@@ -467,11 +505,12 @@ class JacquardCore(wiring.Component):
 
         # -- datapath configuration ----------------------------------------------------------
         go = seq.group_start
+        conv = ~s.pool & ~s.avg & ~s.gap & ~s.add
         m.d.comb += [
-            lb.config.eq(s.lb), lb.start.eq(go),
+            lb.config.eq(s.lb), lb.start.eq(go & (conv | s.pool | s.avg)),
             pe.taps.eq(s.taps), pe.n_oc_tiles.eq(s.n_tiles), pe.depthwise.eq(s.depthwise),
             pe.w_base.eq(Mux(s.bank, bank_blocks, 0)), pe.clear.eq(go | flush),
-            pp.start.eq(go & ~s.pool), pp.n_oc_tiles.eq(s.n_tiles), pp.zero_point.eq(s.zero_point),
+            pp.start.eq(go & conv), pp.n_oc_tiles.eq(s.n_tiles), pp.zero_point.eq(s.zero_point),
             pp.lo.eq(s.lo), pp.hi.eq(s.hi), pp.lut_enable.eq(0),
             lutpad.setup.eq(s), lutpad.start.eq(go),
             mp.start.eq(go & s.fuse_maxpool), mp.width.eq(s.conv_w), mp.n_oc_tiles.eq(s.n_tiles),
@@ -479,20 +518,90 @@ class JacquardCore(wiring.Component):
         ]
 
         # -- streams --------------------------------------------------------------------------
-        wiring.connect(m, pgear.o, lb.i)
-        gate = w_loaded | s.pool
+        wiring.connect(m, afifo.r_stream, pgear.i)
+        wiring.connect(m, bgear.o, eadd.b)
+        # Pixels: line buffer (CONV, MAXPOOL, AVGPOOL), the global sum, or ADD's first input.
+        g_cnt = Signal(24)
+        m.d.comb += [lb.i.payload.eq(pgear.o.payload), eadd.a.payload.eq(pgear.o.payload),
+                     gsum.i.payload.data.eq(pgear.o.payload), gsum.i.payload.first.eq(g_cnt == 0),
+                     gsum.i.payload.last.eq(g_cnt == s.gap_taps - 1)]
+        with m.If(s.gap):
+            m.d.comb += [gsum.i.valid.eq(pgear.o.valid), pgear.o.ready.eq(gsum.i.ready)]
+        with m.Elif(s.add):
+            m.d.comb += [eadd.a.valid.eq(pgear.o.valid), pgear.o.ready.eq(eadd.a.ready)]
+        with m.Else():
+            m.d.comb += [lb.i.valid.eq(pgear.o.valid), pgear.o.ready.eq(lb.i.ready)]
+        with m.If(gsum.i.valid & gsum.i.ready):
+            m.d.sync += g_cnt.eq(Mux(gsum.i.payload.last, 0, g_cnt + 1))
+        with m.If(go):
+            m.d.sync += g_cnt.eq(0)
+        gate = w_loaded | s.pool | s.avg
         m.d.comb += [
-            pe.i.payload.eq(lb.o.payload), mr.i.payload.eq(lb.o.payload),
-            pe.i.valid.eq(lb.o.valid & gate & ~s.pool), mr.i.valid.eq(lb.o.valid & s.pool),
-            lb.o.ready.eq(Mux(s.pool, mr.i.ready, pe.i.ready & gate)),
+            pe.i.payload.eq(lb.o.payload), mr.i.payload.eq(lb.o.payload), avg.i.payload.eq(lb.o.payload),
+            pe.i.valid.eq(lb.o.valid & gate & conv), mr.i.valid.eq(lb.o.valid & s.pool),
+            avg.i.valid.eq(lb.o.valid & s.avg),
+            lb.o.ready.eq(Mux(s.pool, mr.i.ready, Mux(s.avg, avg.i.ready, pe.i.ready & gate))),
         ]
+        # AVGPOOL: the window geometry is the line buffer's.
+        m.d.comb += [
+            avg.sx.eq(s.sx), avg.sy.eq(s.sy), avg.zx.eq(s.lb.zero_point), avg.zy.eq(s.zero_point),
+            avg.in_h.eq(s.lb.height), avg.in_w.eq(s.lb.width), avg.out_h.eq(s.out_h), avg.out_w.eq(s.out_w),
+            avg.kh.eq(s.lb.kh), avg.kw.eq(s.lb.kw), avg.stride.eq(s.lb.stride), avg.pad_t.eq(s.lb.pad_top),
+            avg.pad_l.eq(s.lb.pad_left), avg.pad_b.eq(s.lb.pad_bottom), avg.pad_r.eq(s.lb.pad_right),
+            avg.n_tiles.eq(s.n_tiles), avg.count_include_pad.eq(s.count_include_pad), avg.clear.eq(go),
+        ]
+        # GLOBAL_AVGPOOL: c_par sums per tile, requantized one by one, collected into one beat.
+        m.d.comb += [gsum.mode.eq(PoolMode.SUM), gsum.taps.eq(s.gap_taps), gsum.clear.eq(go),
+                     grq.zero_point.eq(s.zero_point), grq.lo.eq(-128), grq.hi.eq(127)]
+        g_sums = Signal(gsum.o_sum.payload.shape())
+        g_full = Signal()
+        g_in = Signal(range(c_par))
+        m.d.comb += [
+            gsum.o_sum.ready.eq(~g_full),
+            grq.i.valid.eq(g_full),
+            grq.i.payload.acc.eq(g_sums[g_in] + s.gap_bias),
+            grq.i.payload.multiplier.eq(s.gap_m),
+        ]
+        with m.If(gsum.o_sum.valid & gsum.o_sum.ready):
+            m.d.sync += [g_sums.eq(gsum.o_sum.payload), g_full.eq(1), g_in.eq(0)]
+        with m.If(grq.i.valid & grq.i.ready):
+            m.d.sync += g_in.eq(g_in + 1)
+            with m.If(g_in == c_par - 1):
+                m.d.sync += g_full.eq(0)
+        g_beat = Signal(data.ArrayLayout(signed(8), c_par))
+        g_out = Signal(range(c_par))
+        g_beat_valid = Signal()
+        m.d.comb += grq.o.ready.eq(~g_beat_valid)
+        with m.If(grq.o.valid & grq.o.ready):
+            m.d.sync += [g_beat[g_out].eq(grq.o.payload), g_out.eq(g_out + 1)]
+            with m.If(g_out == c_par - 1):
+                m.d.sync += [g_beat_valid.eq(1), g_out.eq(0)]
+        # ADD: the sum through the LUT/pad unit (its lanes are oc_par wide), or straight to the packer.
+        add_via_lut = c_par <= oc_par
+        m.d.comb += [eadd.ra.eq(s.ra), eadd.rb.eq(s.rb), eadd.k.eq(s.k), eadd.lo.eq(s.lo), eadd.hi.eq(s.hi)]
         wiring.connect(m, pe.o, pp.i)
-        wiring.connect(m, pp.o, lutpad.i)
-        # LutPad -> (MaxPool2x2) -> packer, or MaxReduce -> packer.
+        with m.If(s.add):
+            if add_via_lut:
+                m.d.comb += [lutpad.i.payload.eq(eadd.o.payload.as_value()), lutpad.i.valid.eq(eadd.o.valid),
+                             eadd.o.ready.eq(lutpad.i.ready)]
+        with m.Else():
+            m.d.comb += [lutpad.i.payload.eq(pp.o.payload), lutpad.i.valid.eq(pp.o.valid),
+                         pp.o.ready.eq(lutpad.i.ready)]
+        # LutPad -> (MaxPool2x2) -> packer, or MaxReduce / AvgPool / the global average -> packer.
         m.d.comb += [mp.i.payload.eq(lutpad.o.payload), mp.i.valid.eq(lutpad.o.valid & s.fuse_maxpool)]
         with m.If(s.pool):
             m.d.comb += [packer.i.payload.eq(mr.o.payload.as_value()), packer.i.valid.eq(mr.o.valid),
                          mr.o.ready.eq(packer.i.ready)]
+        with m.Elif(s.avg):
+            m.d.comb += [packer.i.payload.eq(avg.o.payload.as_value()), packer.i.valid.eq(avg.o.valid),
+                         avg.o.ready.eq(packer.i.ready)]
+        with m.Elif(s.gap):
+            m.d.comb += [packer.i.payload.eq(g_beat.as_value()), packer.i.valid.eq(g_beat_valid)]
+            with m.If(g_beat_valid & packer.i.ready):
+                m.d.sync += g_beat_valid.eq(0)
+        with m.Elif(s.add & Const(not add_via_lut)):
+            m.d.comb += [packer.i.payload.eq(eadd.o.payload.as_value()), packer.i.valid.eq(eadd.o.valid),
+                         eadd.o.ready.eq(packer.i.ready)]
         with m.Elif(s.fuse_maxpool):
             m.d.comb += [packer.i.payload.eq(mp.o.payload.as_value()), packer.i.valid.eq(mp.o.valid),
                          mp.o.ready.eq(packer.i.ready), lutpad.o.ready.eq(mp.i.ready)]
@@ -503,15 +612,17 @@ class JacquardCore(wiring.Component):
         # Icarus leaves the line buffer's ``busy`` (a case on its FSM state) at X until that state
         # first changes, so the line buffer counts as idle until it has been started once.
         lb_started = Signal()
-        with m.If(go):
+        with m.If(lb.start):
             m.d.sync += lb_started.eq(1)
         m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pp.busy & ~mp.busy & ~packer.busy
-                                         & ~mr.o.valid & ~lutpad.o.valid & ~pgear.o.valid)
+                                         & ~mr.o.valid & ~lutpad.o.valid & ~pgear.o.valid & ~avg.o.valid
+                                         & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
+                                         & ~afifo.r_rdy)
 
         # -- performance counters -------------------------------------------------------------
         counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
-        conv_run = seq.busy & ~s.pool & lb_started & lb.busy
-        tap_wait = lb.o.valid & ~pe.i.ready & gate & ~s.pool
+        conv_run = seq.busy & conv & lb_started & lb.busy
+        tap_wait = lb.o.valid & ~pe.i.ready & gate & conv
         out_block = packer.i.valid & ~packer.i.ready
         incs = {
             "cycles": 1,

@@ -60,6 +60,7 @@ from jacquard.sim.isa_regs import HEADER_INDEX
 
 from .dma import DmaCommand
 from .dma_writer import DmaDoneLayout
+from .fp32 import ScaleUnit
 from .line_buffer import LineBufferConfig
 
 __all__ = ["LayerSetup", "ReadTarget", "Sequencer"]
@@ -67,6 +68,8 @@ __all__ = ["LayerSetup", "ReadTarget", "Sequencer"]
 _ADDR = 32
 _TAG = 16
 _WIDE = 50  # products and region ends, exact
+#: ADD reads its two inputs in turn in chunks of this many bytes (the core buffers one chunk).
+ADD_CHUNK_WORDS = 16
 
 
 class ReadTarget(enum.Enum, shape=3):
@@ -77,20 +80,28 @@ class ReadTarget(enum.Enum, shape=3):
     LUT = 2
     WEIGHTS = 3
     INPUT = 4
+    INPUT2 = 5  #: ADD's second input
 
 
 class LayerSetup(data.StructLayout):
     """The datapath configuration of one output-channel group, valid while ``busy``.
 
-    ``pool`` selects the MAXPOOL datapath (line buffer -> max reducer), else CONV (line buffer ->
-    PE array -> post-processor -> LUT/pad -> optional 2x2 pool). ``lanes`` is the channels per
-    output beat (``oc_par`` dense, ``c_par`` depthwise and pools); ``ch0`` the group's first output
-    channel; ``n_tiles`` its beats per pixel.
+    ``pool`` selects the MAXPOOL datapath (line buffer -> max reducer), ``avg`` AVGPOOL (line
+    buffer -> AvgPool), ``gap`` a global average (input tiles -> Pool sum -> requantizer), ``add``
+    ADD (two inputs -> EltwiseAdd -> LUT/pad), else CONV (line buffer -> PE array ->
+    post-processor -> LUT/pad -> optional 2x2 pool). ``lanes`` is the channels per output beat
+    (``oc_par`` dense, ``c_par`` depthwise and the other ops); ``ch0`` the group's first output
+    channel; ``n_tiles`` its beats per pixel. ``sx``/``sy`` are the AVGPOOL scales (float32 bits),
+    ``gap_*`` the global average's taps (``in_h * in_w``), bias (``-in_zp * in_h * in_w``) and
+    multiplier, ``ra``/``rb``/``k`` ADD's constants (see :class:`~jacquard.rtl.fp32.ScaleUnit`).
     """
 
     def __init__(self) -> None:
         super().__init__({
             "pool": 1,
+            "avg": 1,
+            "gap": 1,
+            "add": 1,
             "lb": LineBufferConfig(),
             "taps": 16,
             "n_tiles": 16,
@@ -107,6 +118,17 @@ class LayerSetup(data.StructLayout):
             "ch0": 16,
             "out_c": 16,
             "out_cp": 16,
+            "out_h": 16,
+            "out_w": 16,
+            "count_include_pad": 1,
+            "sx": 32,
+            "sy": 32,
+            "gap_taps": 24,
+            "gap_bias": signed(32),
+            "gap_m": 32,
+            "ra": 32,
+            "rb": 32,
+            "k": 32,
         })
 
 
@@ -212,6 +234,7 @@ class Sequencer(wiring.Component):
         bank_blocks = cfg.weight_buffer_bytes // (c_par * oc_par)
         param_shift = exact_log2(cfg.param_align)
         kh_max = min(MAX_KERNEL, cfg.max_kernel_h)
+        add_chunk = ADD_CHUNK_WORDS * cfg.dma_align
 
         d = Signal(descriptor_layout())
         hdr = Signal(4 * 32)
@@ -229,6 +252,8 @@ class Sequencer(wiring.Component):
         p_khkw = Signal(_WIDE)
         p_taps = Signal(_WIDE)      # blocks per oc tile
         p_w = Signal(_WIDE)         # weight bytes of the layer
+        p_hw = Signal(_WIDE)        # in_h * in_w
+        p_zhw = Signal(_WIDE)       # |in_zp| * in_h * in_w
         mul_a = Signal(_WIDE)
         mul_b = Signal(16)
         mul_acc = Signal(_WIDE)
@@ -252,6 +277,8 @@ class Sequencer(wiring.Component):
             (p_khkw, d.kh, d.kw),
             (p_taps, p_khkw, Mux(dw, 1, n_ct)),
             (p_w, w_tile_bytes, n_tiles_total),
+            (p_hw, d.in_h, d.in_w),
+            (p_zhw, p_hw, Mux(d.in_zp < 0, -d.in_zp, d.in_zp)),
         ]
         mul_step = Signal(range(len(mul_steps) + 1))
         mul_busy = Signal()
@@ -285,6 +312,16 @@ class Sequencer(wiring.Component):
             return Mux(ceil, ceil_ok, floor_ok)
 
         lb_op = (op == Op.CONV) | (op == Op.MAXPOOL) | (op == Op.AVGPOOL)
+        # A whole-map AVGPOOL without padding is a global average (onnxruntime's path, the ISA's).
+        whole = ((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0) & (d.pad_b == 0)
+                 & (d.pad_r == 0))
+        is_gap = (op == Op.GLOBAL_AVGPOOL) | ((op == Op.AVGPOOL) & whole)
+        is_avg = (op == Op.AVGPOOL) & ~whole
+        lb_path = (op == Op.CONV) | (op == Op.MAXPOOL) | is_avg  # ops that run through the line buffer
+
+        m.submodules.scale = su = ScaleUnit()
+        m.d.comb += [su.add.eq(is_add), su.sx.eq(d.in_scale), su.s2.eq(d.in2_scale), su.sy.eq(d.out_scale),
+                     su.zx.eq(d.in_zp), su.z2.eq(d.in2_zp), su.zy.eq(d.out_zp), su.hw.eq(p_hw)]
         pool_ceil = d.ceil_mode & ((op == Op.MAXPOOL) | (op == Op.AVGPOOL))
         oh_ok = Signal()
         ow_ok = Signal()
@@ -306,6 +343,9 @@ class Sequencer(wiring.Component):
 
         def scale_bad(bits):
             return bits[31] | (bits[23:31] == 0xFF) | (bits[:31] == 0)
+
+        def exp_outside(bits, lo, hi):
+            return (bits[23:31] < 127 + lo) | (bits[23:31] > 127 + hi)
 
         reserved = Cat(*(d[name] for name in descriptor_layout().members if name.startswith("reserved_")))
 
@@ -347,6 +387,8 @@ class Sequencer(wiring.Component):
             (is_add & scale_bad(d.in2_scale), P, "in2_scale", 0),
             (((op == Op.AVGPOOL) | (op == Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d.out_scale), P,
              "out_scale", 0),
+            # The global average's multiplier in_scale / (out_scale * H * W), as onnxruntime refuses it.
+            (is_gap & ((p_hw >= 1 << 24) | ~su.m_ok), P, "in_scale", 0),
             *[(used & (addr[:exact_log2(cfg.dma_align)] != 0) if cfg.dma_align > 1 else Const(0),
                ErrorCode.MISALIGNED, name, addr) for name, used, addr, _ in regions],
             *[(used & ((addr < self.window_base) | (addr + size > self.window_limit)), ErrorCode.WINDOW,
@@ -356,10 +398,20 @@ class Sequencer(wiring.Component):
             ((d.out_addr < self.prog_base + self.prog_len) & (self.prog_base < d.out_addr + p_out),
              ErrorCode.OVERLAP, "out_addr", d.out_addr),
             # This core's own limits.
-            (~((op == Op.CONV) | (op == Op.MAXPOOL)), P, "op", 0),
-            (d.stride_h != d.stride_w, P, "stride_w", 0),
-            (p_row > self._lb_row_bytes, P, "in_w", 0),
-            ((pad_b_eff >= d.kh) | (pad_r_eff >= d.kw), P, "ceil_mode", 0),
+            (lb_path & (d.stride_h != d.stride_w), P, "stride_w", 0),
+            (lb_path & (p_row > self._lb_row_bytes), P, "in_w", 0),
+            (lb_path & ((pad_b_eff >= d.kh) | (pad_r_eff >= d.kw)), P, "ceil_mode", 0),
+            # Subnormal scales; AvgPool's scales in [2^-32, 2^32); EltwiseAdd's constants' range.
+            ((is_gap | is_avg | is_add) & (d.in_scale[23:31] == 0), P, "in_scale", 0),
+            (is_add & (d.in2_scale[23:31] == 0), P, "in2_scale", 0),
+            ((is_gap | is_avg | is_add) & (d.out_scale[23:31] == 0), P, "out_scale", 0),
+            (is_avg & exp_outside(d.in_scale, -32, 31), P, "in_scale", 0),
+            (is_avg & exp_outside(d.out_scale, -32, 31), P, "out_scale", 0),
+            (is_add & ~su.add_ok, P, "in_scale", 0),
+            # ADD's LUT goes through the LUT/pad unit: lanes = c_par must fit its oc_par lanes, and a
+            # per-channel table every channel (no channel groups for ADD).
+            (is_add & d.lut & (Const(cfg.oc_par < cfg.c_par)
+                               | (d.lut_per_channel & (d.out_cp > self._lut_channels))), P, "lut", 0),
         ]
         check_step = Signal(range(len(checks) + 1))
 
@@ -390,6 +442,9 @@ class Sequencer(wiring.Component):
             g_ch.eq(Mux(d.out_cp - ch0 < g_lanes_all, d.out_cp - ch0, g_lanes_all)),
         ]
         lut_cap = self._lut_channels
+        chunk = Signal(_WIDE)   # ADD: bytes of each input read so far
+        second = Signal()       # ADD: the next read is the second input's chunk
+        gtile = Signal(16)      # global average: channel tiles read so far
         nxt = g_tiles + 1
         g_blocks = Signal(_WIDE)   # running g_tiles * taps
         g_pool = Signal(_WIDE)     # running g_tiles * (conv_w // 2)
@@ -413,10 +468,10 @@ class Sequencer(wiring.Component):
         with m.If(wr.valid & wr.ready):
             m.d.sync += wr.valid.eq(0)
 
-        def read(target, addr, inner, count1=1, stride1=0):
+        def read(target, addr, inner, count1=1, stride1=0, count2=1, stride2=0):
             return [rd.valid.eq(1), rd.payload.addr.eq(addr), rd.payload.inner_bytes.eq(inner),
-                    rd.payload.count1.eq(count1), rd.payload.stride1.eq(stride1), rd.payload.count2.eq(1),
-                    rd.payload.stride2.eq(0), self.rd_target.eq(target)]
+                    rd.payload.count1.eq(count1), rd.payload.stride1.eq(stride1),
+                    rd.payload.count2.eq(count2), rd.payload.stride2.eq(stride2), self.rd_target.eq(target)]
 
         cmd_free = ~rd.valid
         m.d.comb += self.desc_word.ready.eq(1)
@@ -504,7 +559,8 @@ class Sequencer(wiring.Component):
                                 m.d.sync += [mul_a.eq(a), mul_b.eq(b), mul_acc.eq(0), mul_busy.eq(1)]
                         with m.Default():
                             m.d.sync += check_step.eq(0)
-                            m.next = "CHECK"
+                            m.d.comb += su.start.eq(1)
+                            m.next = "SCALES"
                 with m.Elif(mul_b != 0):
                     m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
                                  mul_acc.eq(Mux(mul_b[0], mul_acc + mul_a, mul_acc))]
@@ -514,6 +570,10 @@ class Sequencer(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += dst.eq(mul_acc)
                     m.d.sync += [mul_step.eq(mul_step + 1), mul_busy.eq(0)]
+            with state("SCALES"):
+                # ADD's and the global average's float32 constants (a few dozen cycles).
+                with m.If(~su.busy & ~su.start):
+                    m.next = "CHECK"
             with state("CHECK"):
                 with m.Switch(check_step):
                     for k, (bad, code, fld, addr) in enumerate(checks):
@@ -523,7 +583,11 @@ class Sequencer(wiring.Component):
                                 m.next = "STOP"
                     with m.Default():
                         m.d.sync += [tile0.eq(0), g_tiles.eq(0), g_wbytes.eq(0), w_ptr.eq(d.weights_addr),
-                                     bank.eq(0), g_blocks.eq(0), g_pool.eq(0), setup.taps.eq(p_taps)]
+                                     bank.eq(0), g_blocks.eq(0), g_pool.eq(0), setup.taps.eq(p_taps),
+                                     setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
+                                     setup.gap_taps.eq(p_hw), setup.gap_m.eq(su.multiplier),
+                                     setup.gap_bias.eq(Mux(d.in_zp < 0, p_zhw, -p_zhw)),
+                                     setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k)]
                         m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff)
                         m.next = "GROUP_SIZE"
                 m.d.sync += check_step.eq(check_step + 1)
@@ -541,8 +605,14 @@ class Sequencer(wiring.Component):
                     m.next = "GROUP_START"
             with state("GROUP_START"):
                 m.d.comb += self.group_start.eq(1)
+                m.d.sync += [chunk.eq(0), gtile.eq(0), second.eq(0)]
                 with m.If(d.op == Op.CONV):
                     m.next = "ISSUE_PARAMS"
+                with m.Elif(is_add):
+                    m.next = "ISSUE_LUT"
+                with m.Elif(is_gap):
+                    # Many reads follow: the write goes first so the output can always drain.
+                    m.next = "ISSUE_OUTPUT"
                 with m.Else():
                     m.next = "ISSUE_INPUT"
             with state("ISSUE_PARAMS"):
@@ -553,11 +623,15 @@ class Sequencer(wiring.Component):
             with state("ISSUE_LUT"):
                 with m.If(~d.lut):
                     m.next = "ISSUE_WEIGHTS"
+                    with m.If(is_add):
+                        m.next = "ISSUE_OUTPUT"
                 with m.Elif(cmd_free):
                     per_ch = d.lut_per_channel
                     m.d.sync += read(ReadTarget.LUT, Mux(per_ch, d.lut_addr + (ch0 << 8), d.lut_addr),
-                                     Mux(per_ch, g_ch << 8, 256))
+                                     Mux(per_ch, Mux(is_add, d.out_cp, g_ch) << 8, 256))
                     m.next = "ISSUE_WEIGHTS"
+                    with m.If(is_add):
+                        m.next = "ISSUE_OUTPUT"
             with state("ISSUE_WEIGHTS"):
                 with m.If(cmd_free):
                     m.d.comb += self.weights_first.eq(1)
@@ -574,6 +648,29 @@ class Sequencer(wiring.Component):
                                  wr.payload.count1.eq(d.out_w), wr.payload.stride1.eq(d.out_cp),
                                  wr.payload.count2.eq(d.out_h), wr.payload.stride2.eq(p_orow)]
                     m.next = "GROUP_WAIT"
+                    with m.If(is_gap):
+                        m.next = "GAP_INPUT"
+                    with m.If(is_add):
+                        m.next = "ADD_INPUT"
+            with state("GAP_INPUT"):
+                # One 2-D read per channel tile: its c_par bytes of every pixel, row by row.
+                with m.If(cmd_free):
+                    m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + (gtile << ct_shift), c_par, d.in_w,
+                                       d.in_cp, d.in_h, p_row),
+                                 gtile.eq(gtile + 1)]
+                    with m.If(gtile + 1 == n_ct):
+                        m.next = "GROUP_WAIT"
+            with state("ADD_INPUT"):
+                # Chunks of both inputs in turn; the core buffers one chunk of the first input.
+                with m.If(cmd_free):
+                    size = Mux(p_in - chunk < add_chunk, p_in - chunk, add_chunk)
+                    with m.If(~second):
+                        m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + chunk, size), second.eq(1)]
+                    with m.Else():
+                        m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + chunk, size), second.eq(0),
+                                     chunk.eq(chunk + size)]
+                        with m.If(chunk + size >= p_in):
+                            m.next = "GROUP_WAIT"
             with state("GROUP_WAIT"):
                 m.d.comb += self.wr_done.ready.eq(1)
                 with m.If(self.wr_done.valid):
@@ -612,6 +709,8 @@ class Sequencer(wiring.Component):
     def _layer_setup(self, d, setup, pad_b_eff, pad_r_eff):
         cfg = self._cfg
         pool = d.op == Op.MAXPOOL
+        whole = ((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0) & (d.pad_b == 0)
+                 & (d.pad_r == 0))
         # The conv's width before a fused 2x2 pool: 2*out_w, or 2*out_w + 1 when one more fits.
         span = d.in_w + d.pad_l + d.pad_r - d.kw
         conv_w = 2 * d.out_w + (_mul3(2 * d.out_w, d.stride_w) <= span)
@@ -622,12 +721,15 @@ class Sequencer(wiring.Component):
             setup.lb.pad_top.eq(d.pad_t), setup.lb.pad_left.eq(d.pad_l),
             setup.lb.pad_bottom.eq(pad_b_eff), setup.lb.pad_right.eq(pad_r_eff),
             setup.lb.zero_point.eq(Mux(pool, -128, d.in_zp)),
-            setup.lb.depthwise.eq(d.depthwise | pool),
+            setup.lb.depthwise.eq(d.depthwise | (d.op != Op.CONV)),
             setup.depthwise.eq(d.depthwise),
             setup.zero_point.eq(d.out_zp), setup.lo.eq(d.clamp_lo), setup.hi.eq(d.clamp_hi),
             setup.lut.eq(d.lut), setup.lut_per_channel.eq(d.lut_per_channel),
             setup.fuse_maxpool.eq(d.fuse_maxpool & (d.op == Op.CONV)),
             setup.conv_w.eq(conv_w),
-            setup.lanes.eq(Mux(d.depthwise | pool, cfg.c_par, cfg.oc_par)),
+            setup.lanes.eq(Mux(d.depthwise | (d.op != Op.CONV), cfg.c_par, cfg.oc_par)),
             setup.out_c.eq(d.out_c), setup.out_cp.eq(d.out_cp),
+            setup.out_h.eq(d.out_h), setup.out_w.eq(d.out_w),
+            setup.count_include_pad.eq(d.count_include_pad & ~whole),
+            setup.sx.eq(d.in_scale), setup.sy.eq(d.out_scale),
         ]

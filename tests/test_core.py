@@ -126,6 +126,54 @@ def maxpool_layer(img: Image, x_addr: int, h: int, w: int, c: int, *, k=(2, 2), 
     return d, (oh, ow, c)
 
 
+def rand_scale(rng) -> float:
+    return float(np.float32(rng.uniform(0.005, 0.2)))
+
+
+def avgpool_layer(img: Image, rng, x_addr: int, h: int, w: int, c: int, *, k=(2, 2), stride=2,
+                  pads=(0, 0, 0, 0), ceil_mode=False, count_include_pad=False, in_zp=0,
+                  out_zp=0) -> tuple[LayerDescriptor, tuple[int, int, int]]:
+    """An AVGPOOL descriptor (a whole-map window without padding is the global-average path)."""
+    cfg = img.cfg
+    oh = pool_out_size(h, k[0], stride, pads[0], pads[2], ceil_mode)
+    ow = pool_out_size(w, k[1], stride, pads[1], pads[3], ceil_mode)
+    d = LayerDescriptor(op=Op.AVGPOOL, kh=k[0], kw=k[1], stride_h=stride, stride_w=stride, pad_t=pads[0],
+                        pad_l=pads[1], pad_b=pads[2], pad_r=pads[3], ceil_mode=ceil_mode,
+                        count_include_pad=count_include_pad, in_zp=in_zp, out_zp=out_zp,
+                        in_scale=rand_scale(rng), out_scale=rand_scale(rng), in_h=h, in_w=w, in_c=c,
+                        in_cp=padded_channels(c, cfg), out_h=oh, out_w=ow, out_c=c,
+                        out_cp=padded_channels(c, cfg), in_addr=x_addr)
+    d.out_addr = img.alloc(oh * ow * d.out_cp)
+    return d, (oh, ow, c)
+
+
+def gap_layer(img: Image, rng, x_addr: int, h: int, w: int, c: int, *, in_zp=0,
+              out_zp=0) -> tuple[LayerDescriptor, tuple[int, int, int]]:
+    cfg = img.cfg
+    sx = rand_scale(rng)
+    d = LayerDescriptor(op=Op.GLOBAL_AVGPOOL, in_zp=in_zp, out_zp=out_zp, in_scale=sx,
+                        out_scale=float(np.float32(sx * rng.uniform(0.2, 1.2))), in_h=h, in_w=w, in_c=c,
+                        in_cp=padded_channels(c, cfg), out_h=1, out_w=1, out_c=c,
+                        out_cp=padded_channels(c, cfg), in_addr=x_addr)
+    d.out_addr = img.alloc(d.out_cp)
+    return d, (1, 1, c)
+
+
+def add_layer(img: Image, rng, x_addr: int, x2_addr: int, h: int, w: int, c: int, *, in_zp=0, in2_zp=0,
+              out_zp=0, clamp=(-128, 127), lut=None) -> tuple[LayerDescriptor, tuple[int, int, int]]:
+    cfg = img.cfg
+    d = LayerDescriptor(op=Op.ADD, in_zp=in_zp, in2_zp=in2_zp, out_zp=out_zp, in_scale=rand_scale(rng),
+                        in2_scale=rand_scale(rng), out_scale=rand_scale(rng) * 1.5, clamp_lo=clamp[0],
+                        clamp_hi=clamp[1], in_h=h, in_w=w, in_c=c, in_cp=padded_channels(c, cfg), out_h=h,
+                        out_w=w, out_c=c, out_cp=padded_channels(c, cfg), in_addr=x_addr, in2_addr=x2_addr)
+    if lut is not None:
+        table = rng.integers(-128, 128, size=(c, 256) if lut == "channel" else (256,), dtype=np.int8)
+        d.lut, d.lut_per_channel = True, lut == "channel"
+        d.lut_addr = img.alloc(pack_lut(table, cfg))
+    d.out_addr = img.alloc(h * w * d.out_cp)
+    return d, (h, w, c)
+
+
 def run_case(tmp_path: Path, img: Image, runs: list[dict], *, seed: int, simulator: str = "icarus",
              pause: float = 0.3, cfg: HardwareConfig = CFG) -> dict:
     """Run ``runs`` on the core; returns the bench's result dict with ``mems`` (one image per run)."""
@@ -167,7 +215,7 @@ def expect_ok(result: dict, k: int = 0) -> None:
     assert st["done"] == 1 and st["error"] == 0 and st["busy"] == 0, f"STATUS {st}: {err}"
 
 
-KINDS = ("conv", "depthwise", "strided", "fc", "maxpool", "lut", "fused")
+KINDS = ("conv", "depthwise", "strided", "fc", "maxpool", "lut", "fused", "avgpool", "gap", "add")
 
 
 def random_layer(rng, img: Image, kind: str | None = None, small: bool = False):
@@ -195,6 +243,24 @@ def random_layer(rng, img: Image, kind: str | None = None, small: bool = False):
         if ceil and (s > kk[0] or s > kk[1]):
             ceil = False
         return maxpool_layer(img, x, h, w, c, k=kk, stride=s, pads=pp, ceil_mode=ceil)[0], kind
+    if kind == "avgpool":
+        s = int(rng.integers(1, 4))
+        kk = (min(int(rng.integers(1, 4)), h), min(int(rng.integers(1, 4)), w))
+        pp = tuple(int(rng.integers(0, kk[i % 2])) for i in range(4))
+        ceil = bool(rng.integers(0, 2)) and s <= min(kk)
+        if kk == (h, w) and not any(pp):
+            kk = (max(1, h - 1), kk[1])  # not the global path (kind "gap" covers it)
+        return avgpool_layer(img, rng, x, h, w, c, k=kk, stride=s, pads=pp, ceil_mode=ceil,
+                             count_include_pad=bool(rng.integers(0, 2)), **common)[0], kind
+    if kind == "gap":
+        return gap_layer(img, rng, x, h, w, c, **common)[0], kind
+    if kind == "add":
+        zp2 = int(rng.integers(-20, 21))
+        x2 = img.alloc(pack_tensor(rand_tensor(rng, h, w, c), img.cfg, zp2))
+        lut = rng.choice([None, "tensor", "channel"])
+        clamp = (out_zp, 127) if rng.random() < 0.5 else (-128, 127)
+        return add_layer(img, rng, x, x2, h, w, c, in_zp=zp, in2_zp=zp2, out_zp=out_zp, clamp=clamp,
+                         lut=lut)[0], kind
     if kind == "fc":
         c = int(rng.integers(8, 40 if small else 100))
         x = img.alloc(pack_tensor(rand_tensor(rng, 1, 1, c), img.cfg, zp))
