@@ -295,6 +295,24 @@ def test_core_layer_kinds_icarus(tmp_path, kind):
     assert_same_memory(result["mems"][0], expected, seed, kind)
 
 
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.slow) if s >= 2 else s for s in range(6)])
+def test_core_new_ops_icarus(tmp_path, seed):
+    """AVGPOOL, GLOBAL_AVGPOOL (and a whole-map AVGPOOL: the same path) and ADD, random, one program."""
+    rng = np.random.default_rng(50 + seed)
+    img = Image(CFG, 1 << 14)
+    descs = [random_layer(rng, img, kind, small=True)[0] for kind in ("avgpool", "gap", "add", "avgpool")]
+    h, w, c = int(rng.integers(2, 6)), int(rng.integers(2, 6)), int(rng.integers(1, 9))
+    x = img.alloc(pack_tensor(rand_tensor(rng, h, w, c), CFG, 5))
+    descs.append(avgpool_layer(img, rng, x, h, w, c, k=(h, w), stride=1, in_zp=5, out_zp=-3)[0])
+    prog = img.place_program(descs)
+    expected = img.data.copy()
+    execute(prog, expected, CFG, prog_addr=0)
+    print(f"seed={50 + seed} layers={descs}")
+    result = run_case(tmp_path, img, [program_run(img, prog, timeout=400_000)], seed=seed, simulator="icarus")
+    expect_ok(result)
+    assert_same_memory(result["mems"][0], expected, 50 + seed, "new ops")
+
+
 @pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.slow) if s >= 2 else s for s in range(8)])
 def test_core_random_layers(tmp_path, seed):
     """A program of three random layers of random kinds (Verilator), bit-exact with the executor."""

@@ -4,7 +4,10 @@
 * invalid descriptors: a bad opcode, parameters out of range;
 * CTRL.abort in the middle of a layer (ABORTED; nothing outside the layer's output region changes);
 * CTRL.soft_reset during a run (registers back to reset but the window and PROG_*);
-* a program larger than the on-chip buffers (output-channel groups), as a positive control.
+* a program larger than the on-chip buffers (output-channel groups), as a positive control;
+* (Icarus) an ADD whose second input lies outside the window (WINDOW, nothing written), and a global
+  average whose multiplier onnxruntime refuses (PARAM_RANGE on ``in_scale``); then the same core
+  runs the corrected program.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import pytest
 from test_core import (
     CFG,
     Image,
+    add_layer,
     assert_same_memory,
     conv_layer,
     expect_ok,
+    gap_layer,
     maxpool_layer,
     pack_tensor,
     program_run,
@@ -159,3 +164,44 @@ def test_core_output_channel_groups(tmp_path):
     result = run_case(tmp_path, img, [program_run(img, prog)], seed=seed, simulator=SIM)
     expect_ok(result)
     assert_same_memory(result["mems"][0], expected, seed)
+
+
+@pytest.mark.parametrize("fault", ["add_in2_window", "gap_multiplier"])
+def test_core_new_op_errors_icarus(tmp_path, fault):
+    """The refusal matches the executor's, nothing is written, and the corrected program then runs."""
+    seed = 21
+    rng = np.random.default_rng(seed)
+    img = Image(CFG, 1 << 13)
+    x = img.alloc(pack_tensor(rand_tensor(rng, 3, 4, 6), CFG, 2))
+    if fault == "add_in2_window":
+        d, _ = add_layer(img, rng, x, 0, 3, 4, 6, in_zp=2, in2_zp=-3, out_zp=1)
+        d.in2_addr = img.alloc(pack_tensor(rand_tensor(rng, 3, 4, 6), CFG, -3))
+        # The second input (last in memory) runs past the window; the first input and the output lie inside.
+        run_bad = {"window_limit": d.in2_addr + 4}
+    else:
+        d, _ = gap_layer(img, rng, x, 3, 4, 6, in_zp=2, out_zp=1)
+        good_scale = d.out_scale
+        d.out_scale = float(np.float32(d.in_scale)) * 2.0**40  # M = 2**-40 / 12: below 2**-32
+        run_bad = {}
+    prog = img.place_program([d])
+    limit = run_bad.get("window_limit", img.size)
+    with pytest.raises(DescriptorError) as exc:
+        validate_program(prog, CFG, 0, limit, prog_addr=0)
+    want = exc.value
+    assert want.code == (ErrorCode.WINDOW if fault == "add_in2_window" else ErrorCode.PARAM_RANGE), want
+    if fault == "add_in2_window":
+        good_prog = prog
+    else:
+        d.out_scale = good_scale
+        good_prog = Program.for_config(CFG, [d])
+    good = img.data.copy()
+    good[:good_prog.size()] = np.frombuffer(good_prog.to_bytes(), dtype=np.uint8)
+    expected = good.copy()
+    execute(good_prog, expected, CFG, prog_addr=0)
+    result = run_case(tmp_path, img, [program_run(img, prog, timeout=100_000, **run_bad),
+                                      program_run(img, good_prog, image=good, timeout=100_000)],
+                      seed=seed, simulator="icarus")
+    _check_error(result["runs"][0], want)
+    assert_same_memory(result["mems"][0], img.data, seed, f"after {fault} (nothing may be written)")
+    expect_ok(result, 1)
+    assert_same_memory(result["mems"][1], expected, seed, "corrected program")
