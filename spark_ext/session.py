@@ -151,7 +151,9 @@ def build_session(master: str = "local[2]", *, app_name: str = "jacquard", devic
                .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
                .config("spark.executorEnv.JACQUARD_PYTHON", sys.executable)
                # Python workers are reused between tasks, so a model compiles once per worker.
-               .config("spark.python.worker.reuse", "true"))
+               .config("spark.python.worker.reuse", "true")
+               # Workers fork from a daemon that has already imported Jacquard's modules.
+               .config("spark.python.daemon.module", "jacquard.spark_ext.daemon"))
     if devices is not None:
         builder = builder.config("spark.executorEnv.JACQUARD_DEVICES", devices)
     if fpga:

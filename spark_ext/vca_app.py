@@ -6,8 +6,9 @@
 
 Pipeline::
 
-    jacquard.video source (Megamind.avi frames, exactly-once offsets)
-      -> mapInPandas: MTCNN on the task's device (P-Net pyramid, R-Net, O-Net int8; NMS on the CPU)
+    jacquard.video source (Megamind.avi frame references, exactly-once offsets; decode=lazy)
+      -> mapInPandas: decode the frames, MTCNN on the task's device (P-Net pyramid, R-Net, O-Net
+         int8; NMS on the CPU)
       -> foreachBatch: per-frame detections table, face appeared / face left alerts, metrics
       -> sink: memory (the app's tables), console, or parquet (one file per micro-batch, rewritten
          when Spark replays that batch, so a restarted query keeps every frame exactly once)
@@ -16,6 +17,13 @@ Alerts come from simple IoU tracking across consecutive frames of a file: a dete
 no live track (IoU below ``iou``) opens a track ("appeared"); a track unmatched for more than
 ``max_missed`` frames closes ("left"). Tracks live in the driver, so after a restart alerts restart
 from an empty track set (the detections table itself is exactly once).
+
+The frames are decoded in the detection task itself (the source's ``decode=lazy``): decoding them in
+the source's read task would cost a second Python process per task, and each 320x240 frame's 230 KB
+would be pickled to the JVM and sent on through Arrow, for no gain (the decode is about 1 % of the
+detection). The detector, its device and its compiled programs live once per Python worker, and
+programs compiled by one worker are loaded from the disk cache by the others
+(:mod:`jacquard.spark_ext.accel`).
 
 Metrics per micro-batch: input rows/s and processed rows/s (Spark's progress), end-to-end latency
 per frame (the source's ingest timestamp to the result arriving in the sink), device busy time, and
@@ -123,28 +131,35 @@ def _detector(device: str, min_face_size: int):
 
 
 def detect_frames(batches: Iterator[Any], *, device: str | None, min_face_size: int) -> Iterator[Any]:
-    """``mapInPandas`` body: MTCNN on every frame of the ``jacquard.video`` rows, one row per frame out."""
+    """``mapInPandas`` body: MTCNN on every frame of the ``jacquard.video`` rows, one row per frame out.
+
+    The rows may carry their pixels (``decode=eager``) or only refer to them (``decode=lazy``);
+    lazy frames are decoded here, in order, with one open file per task. ``detect_s`` is the time of
+    decoding and detecting the frame, ``device_s`` the device's share of it.
+    """
     import pandas as pd
 
     from jacquard.spark_ext.accel import process_stats
     from jacquard.spark_ext.binding import task_device_uri
+    from jacquard.spark_ext.video_source import FrameDecoder, frames_of
 
     uri = device if device == "cpu" else task_device_uri(device)
     det = _detector(uri, min_face_size)
-    for pdf in batches:
-        out = []
-        for row in pdf.itertuples(index=False):
-            image = np.frombuffer(row.data, np.uint8).reshape(row.height, row.width, row.channels)
-            busy0, est0 = det.runner.busy_seconds, process_stats().estimated_fpga_seconds
-            t0 = time.perf_counter()
-            found = det.detect(image)
-            seconds = time.perf_counter() - t0
-            boxes = np.hstack([found.boxes, found.scores[:, None]]).astype(np.float32).ravel()
-            out.append((row.file, row.frame_index, row.timestamp, dt.datetime.now(dt.UTC), len(found),
-                        boxes.tolist(), uri, seconds, det.runner.busy_seconds - busy0,
-                        process_stats().estimated_fpga_seconds - est0))
-        yield pd.DataFrame(out, columns=["file", "frame_index", "ingest", "detected", "faces", "boxes",
-                                         "device", "detect_s", "device_s", "fpga_est_s"])
+    stats = process_stats()
+    with FrameDecoder("rgb24") as decoder:
+        for pdf in batches:
+            out = []
+            images = frames_of(pdf, decoder)
+            for file, index, ingest in zip(pdf["file"], pdf["frame_index"], pdf["timestamp"], strict=True):
+                busy0, est0 = det.runner.busy_seconds, stats.estimated_fpga_seconds
+                t0 = time.perf_counter()
+                found = det.detect(next(images))
+                seconds = time.perf_counter() - t0
+                boxes = np.hstack([found.boxes, found.scores[:, None]]).astype(np.float32).ravel()
+                out.append((file, index, ingest, dt.datetime.now(dt.UTC), len(found), boxes.tolist(), uri,
+                            seconds, det.runner.busy_seconds - busy0, stats.estimated_fpga_seconds - est0))
+            yield pd.DataFrame(out, columns=["file", "frame_index", "ingest", "detected", "faces", "boxes",
+                                             "device", "detect_s", "device_s", "fpga_est_s"])
 
 
 # -- driver side ------------------------------------------------------------------------------------
@@ -287,7 +302,7 @@ class VcaApp:
         register(spark)
         reader = (spark.readStream.format("jacquard.video").option("path", self.video_path())
                   .option("maxFramesPerTrigger", cfg.frames_per_trigger)
-                  .option("width", cfg.width).option("height", cfg.height)
+                  .option("width", cfg.width).option("height", cfg.height).option("decode", "lazy")
                   # Spread a micro-batch's frames over the cores.
                   .option("framesPerPartition", max(1, math.ceil(cfg.frames_per_trigger / cfg.partitions))))
         if cfg.fps:
@@ -295,7 +310,8 @@ class VcaApp:
         device, min_face = cfg.device, cfg.min_face_size
         # No frame filter: frames a bounded run reads past its target still reach the sink, so a
         # query restarted from the checkpoint loses none of them.
-        frames = reader.load()
+        frames = reader.load().select("file", "frame_index", "timestamp", "width", "height", "channels",
+                                      "data")
         detected = frames.mapInPandas(
             lambda it: detect_frames(it, device=device, min_face_size=min_face), DETECTION_SCHEMA)
         checkpoint = cfg.checkpoint or str(Path(cfg.output) / "checkpoint")
