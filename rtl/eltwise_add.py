@@ -25,8 +25,8 @@ the integer datapath (:class:`_Fma`) is exact:
    in ``[2^31, ...)`` gives -128, ``[256, 2^31)`` saturates by sign, below 0.5 gives 0.
 
 The unit then clamps to ``[lo, hi]`` (a fused ReLU). ``lanes`` datapath lanes serve the ``c_par``
-lanes of a beat (one beat per ``c_par // lanes`` cycles), each lane two :func:`_fma` datapaths (LUT logic only: the int8 x 24-bit products are shift-adds, so
-no DSP is spent here).
+lanes of a beat (one beat per ``c_par // lanes`` cycles), each lane two :func:`_fma` datapaths
+(LUT logic only: the int8 x 24-bit products are shift-adds, so no DSP is spent here).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed

@@ -11,14 +11,21 @@ are checked. Then for each descriptor ``i``:
     :func:`jacquard.sim.isa.descriptor_layout`.
 ``MUL``
     Region sizes and tap counts are computed with one shift-and-add multiplier (no DSPs;
-    at most 17 cycles per product, 8 products).
+    at most 17 cycles per product, 10 products).
+``SCALES``
+    ADD and the global average (GLOBAL_AVGPOOL, or an AVGPOOL whose window is the whole unpadded
+    map) compute their float32 constants in :class:`~jacquard.rtl.fp32.ScaleUnit` (ADD's ``ra``,
+    ``rb``, ``k``; the global average's multiplier and onnxruntime's range check on it).
 ``CHECK``
     The checks of ``docs/ISA.md`` run in the executor's order, one per cycle, and the first that
     fails stops the core with its ErrorCode, the descriptor index, the field (``ERROR_FIELD``) and
     the address (``ERROR_ADDR``). Nothing of the layer has been read or written yet. After the
-    ISA's checks come this core's own limits (PARAM_RANGE): ops other than CONV and MAXPOOL,
-    ``stride_h != stride_w``, an input row wider than a line-buffer slot, and a ceil-mode pool
-    whose last window would need more than ``kernel - 1`` rows or columns of padding.
+    ISA's checks come this core's own limits (PARAM_RANGE, listed in ``docs/CORE.md``): for
+    line-buffer layers ``stride_h != stride_w``, an input row wider than a line-buffer slot and a
+    ceil-mode pool whose last window would need more than ``kernel - 1`` rows or columns of
+    padding; subnormal scales; a windowed AVGPOOL's scales outside ``[2^-32, 2^32)``; ADD
+    constants outside ``[2^-64, 2^64)``; a LUT on ADD when ``oc_par < c_par`` or a per-channel one
+    of more than the LUT buffer's channels.
 ``GROUP_*``
     A layer runs as output-channel groups: as many oc tiles as fit one weight bank, the
     parameter buffer, the LUT buffer (per-channel LUTs) and the fused max pool's row buffer. For
@@ -28,6 +35,12 @@ are checked. Then for each descriptor ``i``:
     (a 3-D strided write of the group's channels of every pixel). Each group streams the whole
     input again, so any number of output channels runs. Rows are never a limit: the line
     buffer is circular.
+
+    The other ops are one group. MAXPOOL and AVGPOOL read the input once (row by row) into the
+    line buffer. GLOBAL_AVGPOOL issues its output write first, then one 2-D read per channel tile
+    (``c_par`` bytes of every pixel). ADD reads its LUT (if any), issues its output write, then
+    reads chunks of ``ADD_CHUNK_WORDS`` bus words of the first and the second input in turn
+    (``ReadTarget.INPUT``, ``INPUT2``); the core holds one chunk of the first input in a FIFO.
 
 Errors and abort (``STOP``): a refused check, a DMA error (WINDOW, MISALIGNED, BUS_ERROR, with the
 command's tag = descriptor index), ``abort`` or ``soft_reset`` pulse ``dma_abort`` and hold
@@ -559,7 +572,7 @@ class Sequencer(wiring.Component):
                                 m.d.sync += [mul_a.eq(a), mul_b.eq(b), mul_acc.eq(0), mul_busy.eq(1)]
                         with m.Default():
                             m.d.sync += check_step.eq(0)
-                            m.d.comb += su.start.eq(1)
+                            m.d.comb += su.start.eq(is_add | is_gap)
                             m.next = "SCALES"
                 with m.Elif(mul_b != 0):
                     m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
