@@ -93,7 +93,8 @@ def test_eltwise_add_random(seed):
     check(got, want, a, b, seed, q)
 
 
-@pytest.mark.parametrize(("seed", "c_par", "lanes", "gap"), [(11, 4, 1, 0.3), (12, 4, 2, 0.0), (13, 8, 2, 0.5)])
+@pytest.mark.parametrize(("seed", "c_par", "lanes", "gap"),
+                         [(11, 4, 1, 0.3), (12, 4, 2, 0.0), (13, 8, 2, 0.5)])
 def test_eltwise_add_fewer_lanes(seed, c_par, lanes, gap):
     """A beat through fewer datapath lanes, slice by slice, with and without back-pressure."""
     rng = np.random.default_rng(seed)
@@ -162,7 +163,8 @@ def test_eltwise_add_bad_parameters(arg, exc):
         EltwiseAdd(arg)
 
 
-@pytest.mark.parametrize(("lanes", "exc"), [(0, ValueError), (5, ValueError), (3, ValueError), (1.0, TypeError)])
+@pytest.mark.parametrize(("lanes", "exc"),
+                         [(0, ValueError), (5, ValueError), (3, ValueError), (1.0, TypeError)])
 def test_eltwise_add_bad_lanes(lanes, exc):
     with pytest.raises(exc, match="lanes"):
         EltwiseAdd(4, lanes=lanes)
