@@ -11,11 +11,19 @@ layer with C_in >= C_PAR and C_out >= OC_PAR.
 Pipeline (all stages advance together on ``adv``; ``adv`` is a register output, see below)::
 
     s0  accept the tap, read weight block (address = w_base + offset)
-    s1  weight block out of the memory; tap held            -> s2_ registers (multiplier inputs)
-    s2  oc_par x c_par products                             -> s3_prod (multiplier outputs)
-    s3.. adder tree per output channel, 2 levels per stage  -> st<k>_sum
+    s1  weight block out of the memory; tap held            -> s2_ registers (fabric)
+    s2  depthwise mask applied; operands in the fabric      -> s3_a, s3_b (multiplier input registers)
+    s3  oc_par x c_par products                             -> s4_prod (multiplier output registers)
+    s4.. adder tree per output channel: 1 level in the first
+        stage (the DSP outputs travel far), then 2 per stage -> st<k>_sum
     sa  int32 accumulators (``first`` restarts them)        -> acc, acc_done
     out output register + one skid register
+
+On ECP5 (``platform.family == "ecp5"``) each product is a ``MULT18X18D`` instance whose input and
+output registers are ``s3_a``/``s3_b`` and ``s4_prod`` (clock enable ``adv``): yosys does not pack
+fabric registers into the DSP, and without them the operands and products cross the long routes
+between the fabric and the DSP row inside one cycle (59.9 MHz). Elsewhere (simulation, iCE40) the
+same registers are written in the fabric, so both forms are cycle- and bit-identical.
 
 The skid register catches the one result that leaves the accumulators in the cycle the output
 stalls, so ``adv = ~skid_valid`` comes straight from a flop: the downstream ``ready`` never
@@ -31,7 +39,7 @@ multipliers do useful work, so depthwise utilization is ``1/oc_par`` (6.25% for 
 
 
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -167,10 +175,54 @@ class PEArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Clock edges from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
-        return 4 + self._tree_stages()
+        return 5 + self._tree_stages()
+
+    def _tree_levels(self) -> list[int]:
+        """Adder levels per tree register stage: 1 first, then 2 (``ceil_log2(c_par)`` in all)."""
+        levels = ceil_log2(self._c_par)
+        if levels == 0:
+            return []
+        return [1] + [min(2, levels - 1 - k) for k in range(0, levels - 1, 2)]
 
     def _tree_stages(self) -> int:
-        return (ceil_log2(self._c_par) + 1) // 2
+        return len(self._tree_levels())
+
+    @staticmethod
+    def _multiplier(m: Module, platform, en, a, b, name: str) -> Signal:
+        """``a * b`` (int8 x int8) with registered operands and a registered product, enable ``en``.
+
+        Two clock edges from ``a``/``b`` to the returned product. On ECP5 the registers are the
+        ones inside a ``MULT18X18D``; elsewhere they are fabric registers with the same timing.
+        """
+        prod = Signal(signed(16), name=f"s4_prod_{name}")
+        if getattr(platform, "family", None) != "ecp5":
+            s3_a = Signal(signed(8), name=f"s3_a_{name}")
+            s3_b = Signal(signed(8), name=f"s3_b_{name}")
+            with m.If(en):
+                m.d.sync += [s3_a.eq(a), s3_b.eq(b), prod.eq(s3_a * s3_b)]
+            return prod
+        p = Signal(36, name=f"dsp_p_{name}")
+        ports = {}
+        for port, value in (("A", a), ("B", b), ("C", Const(0, 18))):
+            ext = value.as_signed() if port != "C" else value
+            for bit in range(18):
+                ports[f"i_{port}{bit}"] = ext[min(bit, len(ext) - 1)]
+        for bit in range(36):
+            ports[f"o_P{bit}"] = p[bit]
+        regs = {f"p_REG_{r}_{k}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
+                for k, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
+        m.submodules[f"dsp_{name}"] = Instance(
+            "MULT18X18D", **regs,
+            p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE", p_GSR="DISABLED",
+            p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
+            p_CAS_MATCH_REG="FALSE", p_HIGHSPEED_CLK="NONE",
+            p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED", p_CLK3_DIV="ENABLED",
+            i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
+            i_CLK0=ClockSignal("sync"), i_CLK1=0, i_CLK2=0, i_CLK3=0,
+            i_CE0=en, i_CE1=1, i_CE2=1, i_CE3=1, i_RST0=0, i_RST1=0, i_RST2=0, i_RST3=0,
+            **ports)
+        m.d.comb += prod.eq(p[:16])
+        return prod
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -272,30 +324,34 @@ class PEArray(wiring.Component):
         s2_w = Signal(weight_block_layout(c_par, oc_par))
         s2_first = Signal()
         s2_last = Signal()
-        # --- s3: products -----------------------------------------------------------------
+        # --- s3: multiplier input registers; s4: products (multiplier output registers) -------
         s3_valid = Signal()
-        s3_prod = [[Signal(signed(16), name=f"s3_prod_{o}_{c}") for c in range(c_par)]
-                   for o in range(oc_par)]
         s3_first = Signal()
         s3_last = Signal()
+        s4_valid = Signal()
+        s4_first = Signal()
+        s4_last = Signal()
         with m.If(adv):
             m.d.sync += [
                 s1_valid.eq(s0_good), s1_tap.eq(tap.data), s1_first.eq(tap.first), s1_last.eq(tap.last),
                 s2_valid.eq(s1_valid), s2_tap.eq(s1_tap), s2_first.eq(s1_first), s2_last.eq(s1_last),
                 s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                s4_valid.eq(s3_valid), s4_first.eq(s3_first), s4_last.eq(s3_last),
             ]
             for o in range(oc_par):
                 for c in range(c_par):
                     w = rd.data[o][c]
                     if o != c:
                         w = Mux(self.depthwise, 0, w)  # depthwise keeps the diagonal only
-                    m.d.sync += [s2_w[o][c].eq(w), s3_prod[o][c].eq(s2_tap[c] * s2_w[o][c])]
+                    m.d.sync += s2_w[o][c].eq(w)
+        s4_prod = [[self._multiplier(m, platform, adv, s2_tap[c], s2_w[o][c], f"{o}_{c}")
+                    for c in range(c_par)] for o in range(oc_par)]
         m.d.comb += self.mac_active.eq(adv & s2_valid)
 
-        # --- adder trees: two levels per register stage -----------------------------------
-        sums = [list(row) for row in s3_prod]
-        valid, first, last = s3_valid, s3_first, s3_last
-        for k in range(self._tree_stages()):
+        # --- adder trees: 1 level in the first stage, then 2 per register stage ---------------
+        sums = [list(row) for row in s4_prod]
+        valid, first, last = s4_valid, s4_first, s4_last
+        for k, n_levels in enumerate(self._tree_levels()):
             nxt_valid = Signal(name=f"st{k}_valid")
             nxt_first = Signal(name=f"st{k}_first")
             nxt_last = Signal(name=f"st{k}_last")
@@ -304,10 +360,9 @@ class PEArray(wiring.Component):
                 m.d.sync += [nxt_valid.eq(valid), nxt_first.eq(first), nxt_last.eq(last)]
                 for o in range(oc_par):
                     terms = sums[o]
-                    for _ in range(2):
-                        if len(terms) > 1:
-                            terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j]
-                                     for j in range(0, len(terms), 2)]
+                    for _ in range(n_levels):
+                        terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j]
+                                 for j in range(0, len(terms), 2)]
                     regs = [Signal(signed(16 + ceil_log2(c_par)), name=f"st{k}_sum_{o}_{j}")
                             for j in range(len(terms))]
                     m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
