@@ -3,13 +3,13 @@
 Design
 ------
 Rows memory
-    One simple-dual-port ``lib.memory.Memory`` of ``rows * row_depth`` beats of ``c_par`` int8
-    channels, where ``row_depth = max_width * max_channels // c_par`` and ``rows`` is the power of
-    two at or above ``max_kh + 1``. Input row ``y`` lives in slot ``y mod rows`` (a circular row
-    buffer), so a slot index is just the low bits of the row number. Pixel ``x``, channel tile
-    ``t`` of a row is at ``x * C/c_par + t`` inside its slot: any ``W`` and ``C`` with
-    ``W * C/c_par <= row_depth`` fit, so deep narrow layers can use the width that shallow wide
-    ones need.
+    A simple-dual-port ``lib.memory.Memory`` per row slot (``rows`` of them), each of ``row_depth``
+    beats of ``c_par`` int8 channels, where ``row_depth = max_width * max_channels // c_par`` and
+    ``rows`` is the power of two at or above ``max_kh + 1``. Input row ``y`` lives in slot
+    ``y mod rows`` (a circular row buffer), so a slot index is just the low bits of the row
+    number. Pixel ``x``, channel tile ``t`` of a row is at ``x * C/c_par + t`` inside its slot:
+    any ``W`` and ``C`` with ``W * C/c_par <= row_depth`` fit, so deep narrow layers can use the
+    width that shallow wide ones need.
 
 Read schedule
     The taps are emitted in the contract order (for each output position, for each oc tile, for
@@ -34,12 +34,13 @@ Flow control
 
 Latency and output
     ``s0`` is the address generator (window counters), ``s1`` holds the read address, ``s2`` the
-    memory's read data, ``s3`` that data registered (the block RAM's output is slow); ``s3``
-    substitutes the zero point for padding taps and writes into an 8-entry ``SyncFIFOBuffered``
-    that drives ``o``. Reads are issued against credits (at most 8 taps between ``s0`` and
-    ``o``), so a stalled consumer never stalls the memory pipeline and ``o.ready`` reaches only
-    the FIFO and the credit counter. A tap is valid on ``o`` 6 cycles after the input beat it
-    needs was accepted; steady state: 1 tap per cycle.
+    memory's read data, ``s3`` every slot memory's data registered next to it (the block RAM's
+    output is slow), ``s4`` the same again (the RAMs are spread over the chip); ``s5`` selects
+    the slot, substitutes the zero point for padding taps and writes into a 10-entry
+    ``SyncFIFOBuffered`` that drives ``o``. Reads are issued against credits (at most 10 taps
+    between ``s0`` and ``o``), so a stalled consumer never stalls the memory pipeline and
+    ``o.ready`` reaches only the FIFO and the credit counter. A tap is valid on ``o`` 8 cycles
+    after the input beat it needs was accepted; steady state: 1 tap per cycle.
 
 Configuration
     Sampled at ``start`` while idle. A setup step of ``W.bit_length() + 2`` cycles (12 for
@@ -49,7 +50,7 @@ Configuration
     input rows down to its window's bottom row.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -58,8 +59,8 @@ from .layouts import pixel_layout, tap_layout
 __all__ = ["LineBuffer", "LineBufferConfig"]
 
 # Taps in flight between the address generator and the output: covers the s0 -> o -> credit
-# return loop (6 cycles) so the generator never waits on it while the consumer keeps up.
-_CREDITS = 8
+# return loop (8 cycles) so the generator never waits on it while the consumer keeps up.
+_CREDITS = 10
 # Kernel width bound (the contract's 1..7); the height bound is the ``max_kh`` parameter.
 _MAX_KW = 7
 _MAX_STRIDE = 4
@@ -208,18 +209,17 @@ class LineBuffer(wiring.Component):
         yw = 16 + 3                                      # signed row coordinates, with pads
         ct_shift = self._c_par.bit_length() - 1
 
-        m.submodules.rows_mem = mem = memory.Memory(shape=pixel_layout(self._c_par),
-                                                    depth=rows * row_depth, init=[])
-        wr = mem.write_port()
-        rd = mem.read_port()
-
-        def mem_addr(slot, col):
-            if row_depth & (row_depth - 1) == 0:
-                return Cat(col[:aw], slot) if row_depth > 1 else slot
-            # slot * row_depth as a sum of constants selected by the slot's bits: a few adders,
-            # never a DSP (and no case table, which Icarus leaves at X until its index changes).
-            base = sum(Mux(slot[b], row_depth << b, 0) for b in range(slot_bits))
-            return (base + col[:aw])[:(rows * row_depth - 1).bit_length()]
+        # One memory per row slot: each maps onto block RAMs side by side with no output mux of
+        # its own, so every RAM's output is registered next to it (s3) and the slot is selected
+        # one stage later (s4). A single deep memory would put yosys' depth mux between the
+        # RAMs' slow clock-to-output and the first register, across a chip-wide spread of RAMs.
+        banks = []
+        for b in range(rows):
+            mem = memory.Memory(shape=pixel_layout(self._c_par), depth=row_depth, init=[])
+            m.submodules[f"rows_mem_{b}"] = mem
+            banks.append((mem.write_port(), mem.read_port()))
+        rd_addr = Signal(aw)
+        rd_slot = Signal(slot_bits)
 
         # ---- configuration (latched at start, checked in SETUP) ---------------------------------
         cfg = Signal(LineBufferConfig())
@@ -363,9 +363,10 @@ class LineBuffer(wiring.Component):
 
         # ---- writer -----------------------------------------------------------------------------
         m.d.comb += [
-            wr.addr.eq(mem_addr(wr_row[:slot_bits], wr_col)),
-            wr.data.eq(self.i.payload),
-            wr.en.eq(self.i.valid & self.i.ready),
+            *(wr.addr.eq(wr_col) for wr, _ in banks),
+            *(wr.data.eq(self.i.payload) for wr, _ in banks),
+            *(wr.en.eq(self.i.valid & self.i.ready & (wr_row[:slot_bits] == b))
+              for b, (wr, _) in enumerate(banks)),
         ]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [wr_ct.eq(wr_ct + 1), wr_col.eq(wr_col + 1)]
@@ -391,7 +392,7 @@ class LineBuffer(wiring.Component):
                 s1_pad.eq(s0_pad),
                 s1_first.eq((s0_kx == 0) & (s0_ky == 0) & (dw | (s0_ct == 0))),
                 s1_last.eq(kx_end & ky_end & (dw | ct_end)),
-                rd.addr.eq(mem_addr(s0_iy[:slot_bits], s0_tap_col + s0_ct)),
+                rd_addr.eq(s0_tap_col + s0_ct), rd_slot.eq(s0_iy[:slot_bits]),
             ]
             with m.If(step_ct):
                 m.d.sync += s0_ct.eq(Mux(ct_end, 0, s0_ct + 1))
@@ -427,35 +428,56 @@ class LineBuffer(wiring.Component):
                         with m.If(s0_r_need > row_limit):
                             m.d.sync += s0_done.eq(1)
 
-        # ---- s1: memory read; s2: read data; s3: registered data, padding, into the FIFO -------
-        # s3 registers the block RAM's output before any logic: the RAM's clock-to-output is
-        # most of a 10 ns cycle on ECP5.
+        # ---- s1: memory read; s2: read data; s3: each bank's data registered; s4: again; s5: the
+        # slot's data selected, padding applied, into the FIFO. s3 registers the block RAMs'
+        # outputs before any logic: their clock-to-output is most of a 10 ns cycle on ECP5, so
+        # s3 must sit next to its RAM; s4 carries the data across the chip-wide spread of RAMs
+        # to the select.
+        s2_slot = Signal(slot_bits)
         s3_valid = Signal()
         s3_pad = Signal()
         s3_first = Signal()
         s3_last = Signal()
-        s3_data = Signal(pixel_layout(self._c_par))
+        s3_slot = Signal(slot_bits)
+        s3_data = [Signal(pixel_layout(self._c_par), name=f"s3_data_{b}") for b in range(rows)]
+        s4_valid = Signal()
+        s4_pad = Signal()
+        s4_first = Signal()
+        s4_last = Signal()
+        s4_slot = Signal(slot_bits)
+        s4_data = [Signal(pixel_layout(self._c_par), name=f"s4_data_{b}") for b in range(rows)]
+        s5_valid = Signal()
+        s5_tap = Signal(tap_layout(self._c_par))
         m.d.sync += [
             s1_valid.eq(issue),
             s2_valid.eq(s1_valid),
             s2_pad.eq(s1_pad),
             s2_first.eq(s1_first),
             s2_last.eq(s1_last),
+            s2_slot.eq(rd_slot),
             s3_valid.eq(s2_valid),
             s3_pad.eq(s2_pad),
             s3_first.eq(s2_first),
             s3_last.eq(s2_last),
-            s3_data.eq(rd.data),
+            s3_slot.eq(s2_slot),
+            *(d.eq(rd.data) for d, (_, rd) in zip(s3_data, banks, strict=True)),
+            s4_valid.eq(s3_valid),
+            s4_pad.eq(s3_pad),
+            s4_first.eq(s3_first),
+            s4_last.eq(s3_last),
+            s4_slot.eq(s3_slot),
+            *(d4.eq(d3) for d4, d3 in zip(s4_data, s3_data, strict=True)),
+            s5_valid.eq(s4_valid),
+            s5_tap.data.eq(Mux(s4_pad, zero_pixel, Array(s4_data)[s4_slot])),
+            s5_tap.first.eq(s4_first),
+            s5_tap.last.eq(s4_last),
             inflight.eq(inflight + issue - pop),
         ]
-        s3_tap = Signal(tap_layout(self._c_par))
         m.d.comb += [
-            rd.en.eq(s1_valid),
-            s3_tap.data.eq(Mux(s3_pad, zero_pixel, s3_data)),
-            s3_tap.first.eq(s3_first),
-            s3_tap.last.eq(s3_last),
-            out_fifo.w_data.eq(s3_tap),
-            out_fifo.w_en.eq(s3_valid),
+            *(rd.addr.eq(rd_addr) for _, rd in banks),
+            *(rd.en.eq(s1_valid) for _, rd in banks),
+            out_fifo.w_data.eq(s5_tap),
+            out_fifo.w_en.eq(s5_valid),
             self.o.payload.eq(out_fifo.r_data),
             self.o.valid.eq(out_fifo.r_rdy),
             out_fifo.r_en.eq(self.o.ready),
