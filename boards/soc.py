@@ -17,7 +17,7 @@ the PLL, reset and the board's pins for a platform from :mod:`jacquard.boards.co
 
 
 from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Signal
-from amaranth.lib import io, wiring
+from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -115,13 +115,22 @@ class BridgeSoc(wiring.Component):
     core : bool
         Build the real :class:`~jacquard.rtl.core.JacquardCore` (default); False puts the
         register-only :class:`PlaceholderCore` in its place, for protocol tests.
+    uart : bool
+        Put the UART serializers between the pins and the bridge (default). False leaves them out
+        and exposes the bridge's byte streams instead (``rx_byte``/``tx_byte``): for simulations
+        that run whole models over the bridge protocol, where a bit-level line costs 10 x
+        ``divisor`` cycles per byte. The UART itself is tested bit-level elsewhere.
 
     Members
     -------
     rx : In(1)
-        UART line from the host (idle high).
+        UART line from the host (idle high); only with ``uart=True``.
     tx : Out(1)
-        UART line to the host.
+        UART line to the host; only with ``uart=True``.
+    rx_byte : In(stream.Signature(8))
+        Bytes from the host into the bridge; only with ``uart=False``.
+    tx_byte : Out(stream.Signature(8))
+        Bytes from the bridge to the host; only with ``uart=False``.
     led_heartbeat, led_busy, led_error : Out(1)
         Blinks while the clock runs; lit while the bridge or core is busy; lit for a while after a
         dropped frame or while the core reports an error.
@@ -136,18 +145,9 @@ class BridgeSoc(wiring.Component):
         If ``heartbeat_bit`` is out of range, or the core's bus is not 32 bits wide.
     """
 
-    rx: In(1, init=1)
-    tx: Out(1, init=1)
-    led_heartbeat: Out(1)
-    led_busy: Out(1)
-    led_error: Out(1)
-    frames_ok: Out(16)
-    frames_retried: Out(16)
-    frames_dropped: Out(16)
-
     def __init__(self, config: HardwareConfig, *, memory_bytes: int = 64 * 1024, divisor: int = 16,
                  timeout: int = 100_000, max_words: int = 64, heartbeat_bit: int = 24,
-                 spram: bool = False, core: bool = True) -> None:
+                 spram: bool = False, core: bool = True, uart: bool = True) -> None:
         if not isinstance(config, HardwareConfig):
             raise TypeError(f"config must be a HardwareConfig, not {config!r}")
         if not isinstance(heartbeat_bit, int) or not 4 <= heartbeat_bit <= 31:
@@ -157,24 +157,36 @@ class BridgeSoc(wiring.Component):
                              f"{config.dma_align}, not 4")
         self.config = config
         self.heartbeat_bit = heartbeat_bit
-        self.uart_rx = UartRx(divisor)
-        self.uart_tx = UartTx(divisor)
+        self.uart_rx = UartRx(divisor) if uart else None
+        self.uart_tx = UartTx(divisor) if uart else None
         self.bridge = HostBridge(max_words=max_words, timeout=timeout)
         self.sram = AxiSram(memory_bytes, spram=spram)
         self.core = _CoreStatus(config) if core else PlaceholderCore(config)
         self.arbiter = AxiArbiter(32, 32, 1) if core else None
-        super().__init__()
+        if uart:
+            line = {"rx": In(1, init=1), "tx": Out(1, init=1)}
+        else:
+            line = {"rx_byte": In(stream.Signature(8)), "tx_byte": Out(stream.Signature(8))}
+        super().__init__({
+            **line,
+            "led_heartbeat": Out(1), "led_busy": Out(1), "led_error": Out(1),
+            "frames_ok": Out(16), "frames_retried": Out(16), "frames_dropped": Out(16),
+        })
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.uart_rx = self.uart_rx
-        m.submodules.uart_tx = self.uart_tx
         m.submodules.bridge = bridge = self.bridge
         m.submodules.sram = self.sram
         m.submodules.core = core = self.core
-        m.d.comb += [self.uart_rx.rx.eq(self.rx), self.tx.eq(self.uart_tx.tx)]
-        wiring.connect(m, self.uart_rx.o, bridge.rx)
-        wiring.connect(m, bridge.tx, self.uart_tx.i)
+        if self.uart_rx is not None:
+            m.submodules.uart_rx = self.uart_rx
+            m.submodules.uart_tx = self.uart_tx
+            m.d.comb += [self.uart_rx.rx.eq(self.rx), self.tx.eq(self.uart_tx.tx)]
+            wiring.connect(m, self.uart_rx.o, bridge.rx)
+            wiring.connect(m, bridge.tx, self.uart_tx.i)
+        else:
+            wiring.connect(m, wiring.flipped(self.rx_byte), bridge.rx)
+            wiring.connect(m, bridge.tx, wiring.flipped(self.tx_byte))
         if self.arbiter is not None:
             m.submodules.arbiter = arb = self.arbiter
             wiring.connect(m, bridge.m_axi, arb.s_axi0)

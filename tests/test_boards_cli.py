@@ -6,7 +6,7 @@ import pytest
 
 from jacquard.boards.__main__ import main as boards_main
 from jacquard.boards.configs import BOARDS
-from jacquard.boards.synth import critical_path
+from jacquard.boards.synth import critical_path, device_utilization, memory_bits, synthesize
 
 
 def _fake_build(tmp_path, board: str, built_for: str, config_hash: int) -> None:
@@ -56,3 +56,38 @@ def test_critical_path_is_parsed_from_the_nextpnr_log():
     assert path == {"clock": "clk", "delay_ns": 2.1, "from": "soc.sram.s2_data3_DFF.Q",
                     "to": "soc.sram.s3_data_DFF.D", "nets": ["soc.sram.s2_data3[4]"]}, path
     assert critical_path("no timing here") is None
+
+
+_NEXTPNR_LOG = """Info: Device utilisation:
+Info: \t          TRELLIS_IO:       8/    365     2%
+Info: \t              DP16KD:     297/    208   142%
+Info: \t          MULT18X18D:     141/    156    90%
+
+Info: Placed 9 cells based on constraints.
+"""
+_RTLIL = """module \\top.soc.sram
+  memory width 32 size 512 \\bank0
+  memory width 32 size 512 \\bank1
+end
+module \\top.soc.core.line_buffer
+  memory width 64 size 32768 \\rows_mem
+end
+module \\top
+end
+"""
+
+
+def test_failure_report_parsers():
+    assert device_utilization(_NEXTPNR_LOG) == {"TRELLIS_IO": {"used": 8, "available": 365},
+                                                "DP16KD": {"used": 297, "available": 208},
+                                                "MULT18X18D": {"used": 141, "available": 156}}
+    assert device_utilization("Info: no table here\n") == {}
+    assert list(memory_bits(_RTLIL).items()) == [("soc.core.line_buffer", 64 * 32768),
+                                                 ("soc.sram", 2 * 32 * 512)]
+
+
+def test_lut_mapper_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="lut_mapper must be one of"):
+        synthesize("ulx3s-85f", None, tmp_path, lut_mapper="abc10")
+    with pytest.raises(ValueError, match="only implemented for ecp5"):
+        synthesize("icebreaker", None, tmp_path, lut_mapper="abc")
