@@ -239,6 +239,7 @@ class VcaApp:
         self.tracker = FaceTracker(config.iou, config.max_missed)
         self.query = None
         self.wall_s = 0.0
+        self._stopping = False
 
     def video_path(self) -> str:
         if self.config.video:
@@ -257,6 +258,24 @@ class VcaApp:
 
     def frames_seen(self) -> int:
         return sum(len(rows) for rows in self.detections.values())
+
+    def _batch(self, df, batch_id: int) -> None:
+        """The foreachBatch function: :meth:`_sink`, with a short error when :meth:`run` stops the query.
+
+        Stopping cancels the micro-batch running in this callback, and its error goes back to the
+        JVM with the whole Java stack trace in its message. Spark's stream thread decides whether
+        that error means "stopped" with the regex ``((.|\r\n|\r|\n)*)`` over the message, which
+        recurses once per character and can overflow the thread's stack (a StackOverflowError
+        printed on every stop). While stopping, the error is replaced by a short one that the same
+        regex still recognizes as an interruption. The batch stays uncommitted either way.
+        """
+        try:
+            self._sink(df, batch_id)
+        except Exception:
+            if not self._stopping:
+                raise
+            raise RuntimeError("py4j.protocol.Py4JJavaError: An error occurred while calling the VCA sink: "
+                               "java.lang.InterruptedException: the application stopped the query") from None
 
     def _sink(self, df, batch_id: int) -> None:
         rows = [r.asDict() for r in df.collect()]
@@ -315,7 +334,8 @@ class VcaApp:
         detected = frames.mapInPandas(
             lambda it: detect_frames(it, device=device, min_face_size=min_face), DETECTION_SCHEMA)
         checkpoint = cfg.checkpoint or str(Path(cfg.output) / "checkpoint")
-        self.query = (detected.writeStream.foreachBatch(self._sink)
+        self._stopping = False
+        self.query = (detected.writeStream.foreachBatch(self._batch)
                       .option("checkpointLocation", checkpoint).trigger(processingTime="0 seconds").start())
         return self.query
 
@@ -340,6 +360,7 @@ class VcaApp:
         finally:
             self.wall_s = time.perf_counter() - t0
             progress = list(query.recentProgress)
+            self._stopping = True
             query.stop()
         return self.summary(progress)
 

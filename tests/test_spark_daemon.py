@@ -1,5 +1,6 @@
 """jacquard.spark_ext.daemon: Spark's Python workers fork from a daemon that already imported
-Jacquard's modules, and the preload starts no thread (forking would be unsafe otherwise)."""
+Jacquard's modules, and the preload starts no thread (forking would be unsafe otherwise); sessions
+get the lean JVM options."""
 
 from __future__ import annotations
 
@@ -24,10 +25,14 @@ def test_preload_imports_everything_and_starts_no_thread():
 
 
 def test_spark_workers_start_with_the_preloaded_modules():
-    from jacquard.spark_ext.session import build_session
+    from jacquard.spark_ext.session import LEAN_JVM_OPTIONS, build_session
 
     spark = build_session("local[1]", app_name="test-daemon")
-    assert spark.sparkContext.getConf().get("spark.python.daemon.module") == "jacquard.spark_ext.daemon"
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.python.daemon.module") == "jacquard.spark_ext.daemon"
+    # Spark puts its own module options first.
+    assert conf.get("spark.driver.extraJavaOptions").endswith(LEAN_JVM_OPTIONS)
+    assert conf.get("spark.executor.extraJavaOptions").endswith(LEAN_JVM_OPTIONS)
     wanted = ["onnxruntime", "jacquard.host.compiler", "jacquard.spark_ext.mtcnn"]
 
     def probe(batches):
