@@ -51,9 +51,10 @@ Configuration
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .bram import RegisteredRam
 from .layouts import pixel_layout, tap_layout
 
 __all__ = ["LineBuffer", "LineBufferConfig"]
@@ -210,14 +211,13 @@ class LineBuffer(wiring.Component):
         ct_shift = self._c_par.bit_length() - 1
 
         # One memory per row slot: each maps onto block RAMs side by side with no output mux of
-        # its own, so every RAM's output is registered next to it (s3) and the slot is selected
-        # one stage later (s4). A single deep memory would put yosys' depth mux between the
-        # RAMs' slow clock-to-output and the first register, across a chip-wide spread of RAMs.
+        # its own, and its read data is registered in the RAMs (s3, see RegisteredRam); the slot
+        # is selected two stages later. A single deep memory would put yosys' depth mux between
+        # the RAMs' slow clock-to-output and the first register, across a chip-wide spread of RAMs.
         banks = []
         for b in range(rows):
-            mem = memory.Memory(shape=pixel_layout(self._c_par), depth=row_depth, init=[])
-            m.submodules[f"rows_mem_{b}"] = mem
-            banks.append((mem.write_port(), mem.read_port()))
+            m.submodules[f"rows_mem_{b}"] = ram = RegisteredRam(8 * self._c_par, row_depth)
+            banks.append(ram)
         rd_addr = Signal(aw)
         rd_slot = Signal(slot_bits)
 
@@ -363,10 +363,10 @@ class LineBuffer(wiring.Component):
 
         # ---- writer -----------------------------------------------------------------------------
         m.d.comb += [
-            *(wr.addr.eq(wr_col) for wr, _ in banks),
-            *(wr.data.eq(self.i.payload) for wr, _ in banks),
-            *(wr.en.eq(self.i.valid & self.i.ready & (wr_row[:slot_bits] == b))
-              for b, (wr, _) in enumerate(banks)),
+            *(ram.w_addr.eq(wr_col) for ram in banks),
+            *(ram.w_data.eq(self.i.payload) for ram in banks),
+            *(ram.w_en.eq(self.i.valid & self.i.ready & (wr_row[:slot_bits] == b))
+              for b, ram in enumerate(banks)),
         ]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [wr_ct.eq(wr_ct + 1), wr_col.eq(wr_col + 1)]
@@ -439,7 +439,7 @@ class LineBuffer(wiring.Component):
         s3_first = Signal()
         s3_last = Signal()
         s3_slot = Signal(slot_bits)
-        s3_data = [Signal(pixel_layout(self._c_par), name=f"s3_data_{b}") for b in range(rows)]
+        s3_data = [ram.r_data for ram in banks]  # registered in the RAMs
         s4_valid = Signal()
         s4_pad = Signal()
         s4_first = Signal()
@@ -460,13 +460,12 @@ class LineBuffer(wiring.Component):
             s3_first.eq(s2_first),
             s3_last.eq(s2_last),
             s3_slot.eq(s2_slot),
-            *(d.eq(rd.data) for d, (_, rd) in zip(s3_data, banks, strict=True)),
             s4_valid.eq(s3_valid),
             s4_pad.eq(s3_pad),
             s4_first.eq(s3_first),
             s4_last.eq(s3_last),
             s4_slot.eq(s3_slot),
-            *(d4.eq(d3) for d4, d3 in zip(s4_data, s3_data, strict=True)),
+            *(d4.eq(d3) for d4, d3 in zip(s4_data, s3_data, strict=True)),  # bits -> pixel_layout
             s5_valid.eq(s4_valid),
             s5_tap.data.eq(Mux(s4_pad, zero_pixel, Array(s4_data)[s4_slot])),
             s5_tap.first.eq(s4_first),
@@ -474,8 +473,8 @@ class LineBuffer(wiring.Component):
             inflight.eq(inflight + issue - pop),
         ]
         m.d.comb += [
-            *(rd.addr.eq(rd_addr) for _, rd in banks),
-            *(rd.en.eq(s1_valid) for _, rd in banks),
+            *(ram.r_addr.eq(rd_addr) for ram in banks),
+            *(ram.r_en.eq(s1_valid) for ram in banks),
             out_fifo.w_data.eq(s5_tap),
             out_fifo.w_en.eq(s5_valid),
             self.o.payload.eq(out_fifo.r_data),
