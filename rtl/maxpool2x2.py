@@ -24,9 +24,10 @@ older ones are seen through the read port's transparency. So the unit takes one 
 """
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from jacquard.rtl.bram import RegisteredRam
 from jacquard.rtl.layouts import out_layout
 
 __all__ = ["MaxPool2x2"]
@@ -99,9 +100,9 @@ class MaxPool2x2(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         layout = out_layout(self._oc_par)
-        m.submodules.buf = buf = memory.Memory(shape=layout, depth=self._depth, init=[])
-        wr = buf.write_port()
-        rd = buf.read_port(transparent_for=(wr,))
+        # Read data registered in the block RAMs (their clock-to-output is about 5.8 ns): the
+        # word read when a beat is taken arrives with the beat in s2.
+        m.submodules.buf = buf = RegisteredRam(layout.size, self._depth)
 
         # Configuration and position counters.
         running = Signal()
@@ -118,7 +119,7 @@ class MaxPool2x2(wiring.Component):
             self.i.ready.eq(running & en),
         ]
         take = self.i.valid & self.i.ready
-        m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+        m.d.comb += [buf.r_addr.eq(addr), buf.r_en.eq(en), buf.r_oe.eq(en)]
 
         # s1: the beat taken last cycle, next to its entry's partial maximum.
         s1_valid = Signal()
@@ -152,10 +153,12 @@ class MaxPool2x2(wiring.Component):
             with m.Else():
                 m.d.sync += addr.eq(addr + 1)
 
-        # s2: the partial maximum registered (a DP16KD's clock-to-out is about 5.6 ns); s3: the
-        # new maximum registered and written (the block RAMs' data inputs are far apart). The two
-        # beats ahead in s2 and s3 write their entries only after this one's read, so forward
-        # theirs on a match (the newer wins); older writes are seen through the read port.
+        # s2: the partial maximum, from the RAM's registered output or forwarded; s3: the new
+        # maximum registered and written (the block RAMs' data inputs are far apart). The beats
+        # one and two ahead (in s2 and s3 while this one is in s1) write their entries after this
+        # one's read, and the beat three ahead (s4: written in the cycle of this read) collides
+        # with it; their data is forwarded (the newer wins), chosen in s1 and registered with the
+        # beat so that no logic follows the RAM's output. Older writes are in the RAM.
         s2_valid = Signal()
         s2_v = Signal(layout)
         s2_held = Signal(layout)
@@ -172,19 +175,28 @@ class MaxPool2x2(wiring.Component):
         s3_writes = Signal()
         s3_addr = Signal(range(self._depth))
         s3_data = Signal(layout)
-        forwarded = Mux(s2_writes & (s2_addr == s1_addr), pooled,
-                        Mux(s3_writes & (s3_addr == s1_addr), s3_data, rd.data))
+        s4_writes = Signal()
+        s4_addr = Signal(range(self._depth))
+        s4_data = Signal(layout)
+        s2_fwd = Signal()
+        s2_fwd_data = Signal(layout)
+        hit2 = s2_writes & (s2_addr == s1_addr)
+        hit3 = s3_writes & (s3_addr == s1_addr)
+        hit4 = s4_writes & (s4_addr == s1_addr)
+        m.d.comb += s2_held.eq(Mux(s2_fwd, s2_fwd_data, buf.r_data))
         with m.If(en):
             m.d.sync += [
                 s2_valid.eq(s1_valid), s2_v.eq(s1_v), s2_addr.eq(s1_addr),
-                s2_held.eq(forwarded),
+                s2_fwd.eq(hit2 | hit3 | hit4),
+                s2_fwd_data.eq(Mux(hit2, pooled, Mux(hit3, s3_data, s4_data))),
+                s4_writes.eq(s3_writes), s4_addr.eq(s3_addr), s4_data.eq(s3_data),
                 s2_first.eq(s1_first), s2_emit.eq(s1_emit), s2_drop.eq(s1_drop),
                 s3_writes.eq(s2_writes), s3_addr.eq(s2_addr), s3_data.eq(pooled),
             ]
         m.d.comb += [
-            wr.addr.eq(s3_addr),
-            wr.data.eq(s3_data),
-            wr.en.eq(en & s3_writes),
+            buf.w_addr.eq(s3_addr),
+            buf.w_data.eq(s3_data),
+            buf.w_en.eq(en & s3_writes),
         ]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
