@@ -31,11 +31,12 @@ _SPRAM_BANK = 64 * 1024
 
 
 class AxiSram(wiring.Component):
-    """An AXI4 slave over on-chip RAM (32-bit data, INCR bursts, one transaction at a time).
+    """An AXI4 slave over on-chip RAM (32-bit data, INCR bursts, one read and one write at a time).
 
     Addresses past the memory answer DECERR (writes are not done), so a stray host or DMA address is
-    reported, not wrapped. Address and write arbitration alternates between reads and writes when
-    both are waiting.
+    reported, not wrapped. Reads and writes proceed independently (a write burst waiting for its
+    data never holds up reads); AXI orders neither against the other, so a master that reads what
+    it wrote waits for the write's B response first.
 
     Parameters
     ----------
@@ -135,22 +136,21 @@ class AxiSram(wiring.Component):
             bus.rid.eq(0), bus.bid.eq(0),
         ]
 
-        # -- address phases and writes -------------------------------------------------------
+        # -- writes and reads are independent state machines ---------------------------------
+        # AXI lets a master hold W data until its AW is accepted, and a DMA whose write data is
+        # computed from what it reads does exactly that. A slave that stopped serving reads while
+        # a write burst waits for its data would deadlock it, so reads never wait for writes.
         waddr = Signal(30)
         bad = Signal()
-        prefer_read = Signal()
+        writing = Signal()
+        m.d.comb += writing.eq(w_mask != 0)
         m.d.sync += w_mask.eq(0)
-        with m.FSM():
+        with m.FSM(name="wr"):
             with m.State("IDLE"):
-                take_w = bus.awvalid & (~bus.arvalid | ~prefer_read)
-                with m.If(take_w):
-                    m.d.comb += bus.awready.eq(1)
-                    m.d.sync += [waddr.eq(bus.awaddr[2:]), bad.eq(0), prefer_read.eq(1)]
+                m.d.comb += bus.awready.eq(1)
+                with m.If(bus.awvalid):
+                    m.d.sync += [waddr.eq(bus.awaddr[2:]), bad.eq(0)]
                     m.next = "WRITE"
-                with m.Elif(bus.arvalid):
-                    m.d.comb += bus.arready.eq(1)
-                    m.d.sync += [raddr.eq(bus.araddr[2:]), rem.eq(bus.arlen + 1), prefer_read.eq(0)]
-                    m.next = "READ"
             with m.State("WRITE"):
                 m.d.comb += bus.wready.eq(1)
                 with m.If(bus.wvalid):
@@ -165,9 +165,17 @@ class AxiSram(wiring.Component):
                 m.d.comb += [bus.bvalid.eq(1), bus.bresp.eq(bad.replicate(2) & AxiResp.DECERR)]
                 with m.If(bus.bready):
                     m.next = "IDLE"
+        # An SPRAM has one address, taken by a registered write in its cycle: no read issues then.
+        port_free = ~writing if self._spram and platform is not None else 1
+        with m.FSM(name="rd"):
+            with m.State("IDLE"):
+                m.d.comb += bus.arready.eq(1)
+                with m.If(bus.arvalid):
+                    m.d.sync += [raddr.eq(bus.araddr[2:]), rem.eq(bus.arlen + 1)]
+                    m.next = "READ"
             with m.State("READ"):
-                m.d.comb += issue.eq(room)
-                with m.If(room):
+                m.d.comb += issue.eq(room & port_free)
+                with m.If(issue):
                     m.d.sync += [raddr.eq(raddr + 1), rem.eq(rem - 1)]
                     with m.If(rlast_issue):
                         m.next = "IDLE"
@@ -175,8 +183,8 @@ class AxiSram(wiring.Component):
 
     def _spram_banks(self, m, raddr, w_addr, w_data, w_mask) -> list[Signal]:
         # Each bank is two 16 Ki x 16 SPRAMs side by side; MASKWREN has one bit per nibble. An SPRAM
-        # has one address: the registered write uses it in the cycle after its W beat, when the
-        # state machine issues no read (WRITE_RESP follows the last beat).
+        # has one address: the registered write uses it in the cycle after its W beat, and the read
+        # state machine issues nothing in that cycle.
         writing = w_mask != 0
         addr = Mux(writing, w_addr, raddr)
         outs = []
