@@ -20,6 +20,16 @@ is, step by step:
    the later of "fill + compute" and "the whole input has arrived".
 5. Outputs are packed and written while the group computes (never the limit on the measured
    layers: ``STALL_OUTPUT`` stays 0).
+6. AVGPOOL streams its input through the line buffer into ``AvgPool``, which takes
+   ``max(c_par, 8) + 1`` cycles per tap and then ``avg_window_tail`` cycles (its float pipeline:
+   two divisions) before the next window, for each output position and channel tile.
+7. GLOBAL_AVGPOOL (and a whole-map AVGPOOL without padding) first computes its multiplier in the
+   sequencer's ScaleUnit (``scale_gap_cycles``), then reads the input once per channel tile (a 2-D
+   read of one tile per pixel, ``gap_cycles_per_word``) and requantizes the tile's ``c_par`` sums
+   one by one (``gap_tile_tail``; measured 0: it overlaps the next tile's read).
+8. ADD computes ``ra``, ``rb`` and ``k`` (``scale_add_cycles``), reads both inputs in chunks in
+   turn (``input_cycles_per_word`` per word of either) and adds ``add_lanes`` lanes per cycle; the
+   slower of the two sets the rate.
 
 Every constant lives in :class:`PerfConstants`; the defaults were measured on ``sim-small`` in
 Verilator against AxiRam without back-pressure (``tests/test_perf_vs_rtl.py`` checks every layer
@@ -63,6 +73,20 @@ class PerfConstants:
     n_requant : int or None
         Requantizer lanes (outputs requantized per cycle); None: the core's default
         (``oc_par`` for arrays of at most 16 MACs, else ``oc_par // 4``).
+    avg_window_tail : int
+        AVGPOOL: cycles from a window's last tap until AvgPool takes the next window's first.
+    scale_gap_cycles, scale_add_cycles : int
+        The ScaleUnit's cycles for a global average's multiplier and for ADD's constants.
+    gap_cycles_per_word : float
+        GLOBAL_AVGPOOL: cycles per input word (reads of one channel tile per pixel).
+    gap_tile_tail : int
+        GLOBAL_AVGPOOL: cycles per channel tile after its last word (sum, requantize ``c_par``
+        values one by one, write).
+    add_lanes : int
+        EltwiseAdd datapath lanes (the core's ``add_lanes``, default 1).
+    add_beat_overhead : float
+        ADD: cycles per pixel beat beyond ``c_par / add_lanes`` (the two inputs' chunks alternate,
+        so the adder now and then waits for the second input).
     """
 
     program_overhead: int = 4
@@ -73,6 +97,13 @@ class PerfConstants:
     input_cycles_per_word: float = 2.0
     weight_start: int = 8
     n_requant: int | None = None
+    avg_window_tail: int = 76
+    scale_gap_cycles: int = 48
+    scale_add_cycles: int = 95
+    gap_cycles_per_word: float = 2.0
+    gap_tile_tail: int = 0
+    add_lanes: int = 1
+    add_beat_overhead: float = 0.72
 
     def requant_lanes(self, cfg: HardwareConfig) -> int:
         if self.n_requant is not None:
@@ -170,11 +201,7 @@ def group_tiles(d: LayerDescriptor, cfg: HardwareConfig) -> list[int]:
 
 
 def estimate_descriptor(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstants = DEFAULT) -> LayerEstimate:
-    """The cycle estimate of one descriptor on ``cfg`` (the RTL core; see the module docstring).
-
-    ``AVGPOOL``, ``GLOBAL_AVGPOOL`` and ``ADD`` (not in the RTL core yet) are estimated as one
-    group that streams its operands at the input rate.
-    """
+    """The cycle estimate of one descriptor on ``cfg`` (the RTL core; see the module docstring)."""
     word = cfg.dma_align
     c_tiles = _ceil(d.in_cp, cfg.c_par)
     row_words = d.in_w * d.in_cp / word
@@ -217,16 +244,34 @@ def estimate_descriptor(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstant
         n_groups = len(groups)
         fill_total = fill * n_groups
     else:
-        if d.op == Op.MAXPOOL:
-            beats = d.out_h * d.out_w * d.kh * d.kw * c_tiles
-        else:
-            beats = d.in_h * d.in_w * c_tiles
-        compute = beats
+        whole = (d.op == Op.AVGPOOL and (d.kh, d.kw) == (d.in_h, d.in_w)
+                 and not (d.pad_t | d.pad_l | d.pad_b | d.pad_r))
         operands = 2 if d.op == Op.ADD else 1
         reads = operands * d.in_h * d.in_w * d.in_cp
-        cycles = k.group_overhead + max(fill + beats, operands * in_cycles)
-        n_groups = 1
         fill_total = fill
+        if d.op == Op.MAXPOOL:
+            beats = d.out_h * d.out_w * d.kh * d.kw * c_tiles
+            cycles = k.group_overhead + max(fill + beats, in_cycles)
+        elif d.op == Op.GLOBAL_AVGPOOL or whole:
+            beats = d.in_h * d.in_w * c_tiles
+            words = d.in_h * d.in_w * d.in_cp / word
+            cycles = (k.scale_gap_cycles + k.group_overhead + words * k.gap_cycles_per_word
+                      + c_tiles * k.gap_tile_tail)
+            fill_total = 0
+        elif d.op == Op.AVGPOOL:
+            windows = d.out_h * d.out_w * c_tiles
+            beats = windows * d.kh * d.kw
+            per_window = d.kh * d.kw * (max(cfg.c_par, 8) + 1) + k.avg_window_tail
+            cycles = k.group_overhead + max(fill + windows * per_window, in_cycles)
+        else:  # ADD
+            beats = d.in_h * d.in_w * c_tiles
+            add = beats * (_ceil(cfg.c_par, k.add_lanes) + k.add_beat_overhead)
+            cycles = k.scale_add_cycles + k.group_overhead + max(add, operands * in_cycles)
+            if d.lut:
+                cycles += (d.out_cp * 256 if d.lut_per_channel else 256) / word * k.buffer_cycles_per_word
+            fill_total = 0
+        compute = beats
+        n_groups = 1
     cycles += k.descriptor_overhead
     dma_bytes = reads + out_bytes + DESCRIPTOR_BYTES
     cycles = round(cycles)

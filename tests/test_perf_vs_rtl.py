@@ -7,7 +7,8 @@ counters must match the analytical performance model within 10% per layer"). The
 checked bit-exactly against the reference executor too, so a counted run is a correct run.
 
 Default tier: one Verilator run with the single-layer kinds (3x3, 1x1, depthwise, strided, fused
-pool, per-channel LUT, multi-group, max pool, FC) and the layers of the small classifier and of
+pool, per-channel LUT, multi-group, max pool, FC), one with the AVGPOOL, GLOBAL_AVGPOOL and ADD
+kinds, and the layers of the small classifier and of
 the int8 MTCNN P-Net at 24x24 (sim-small). Slow tier: the classifier at 28x28 and P-Net at 64x64.
 """
 
@@ -17,7 +18,19 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_core import CFG, Image, conv_layer, expect_ok, maxpool_layer, pack_tensor, rand_tensor, run_case
+from test_core import (
+    CFG,
+    Image,
+    add_layer,
+    avgpool_layer,
+    conv_layer,
+    expect_ok,
+    gap_layer,
+    maxpool_layer,
+    pack_tensor,
+    rand_tensor,
+    run_case,
+)
 
 from jacquard.host.perf import estimate_descriptor, program_overhead
 from jacquard.sim.executor import execute
@@ -120,6 +133,33 @@ def single_layers(rng) -> tuple[Image, list[LayerDescriptor]]:
     return img, descs
 
 
+def new_op_layers(rng) -> tuple[Image, list[LayerDescriptor]]:
+    """AVGPOOL (padding, ceil mode, count_include_pad, stride 1), GLOBAL_AVGPOOL, ADD (plain, ReLU, LUT)."""
+    img = Image(CFG, 1 << 18, top=PROG_SLOT)
+    zp = -3
+    x8 = img.alloc(pack_tensor(rand_tensor(rng, 16, 16, 8), CFG, zp))
+    y8 = img.alloc(pack_tensor(rand_tensor(rng, 16, 16, 8), CFG, 4))
+    x16 = img.alloc(pack_tensor(rand_tensor(rng, 12, 12, 16), CFG, zp))
+    y16 = img.alloc(pack_tensor(rand_tensor(rng, 12, 12, 16), CFG, 1))
+    x6 = img.alloc(pack_tensor(rand_tensor(rng, 7, 9, 6), CFG, zp))
+    x7 = img.alloc(pack_tensor(rand_tensor(rng, 7, 7, 6), CFG, zp))
+    q = {"in_zp": zp, "out_zp": 2}
+    descs = [
+        avgpool_layer(img, rng, x8, 16, 16, 8, k=(2, 2), stride=2, **q)[0],
+        avgpool_layer(img, rng, x16, 12, 12, 16, k=(3, 3), stride=1, pads=(1, 1, 1, 1), **q)[0],
+        avgpool_layer(img, rng, x6, 7, 9, 6, k=(3, 3), stride=2, ceil_mode=True, count_include_pad=True,
+                      **q)[0],
+        gap_layer(img, rng, x8, 16, 16, 8, **q)[0],
+        gap_layer(img, rng, x16, 12, 12, 16, **q)[0],
+        avgpool_layer(img, rng, x7, 7, 7, 6, k=(7, 7), stride=1, **q)[0],  # whole map: the global path
+        add_layer(img, rng, x8, y8, 16, 16, 8, in_zp=zp, in2_zp=4, out_zp=-1)[0],
+        add_layer(img, rng, x16, y16, 12, 12, 16, in_zp=zp, in2_zp=1, out_zp=-128, clamp=(-128, 127))[0],
+        add_layer(img, rng, x16, y16, 144, 1, 16, in_zp=zp, in2_zp=1, out_zp=0, clamp=(0, 127),
+                  lut="channel")[0],
+    ]
+    return img, descs
+
+
 def relocate(data: np.ndarray, descs: list[LayerDescriptor]) -> tuple[Image, list[LayerDescriptor]]:
     """Move a memory image up by ``PROG_SLOT`` (room for the one-descriptor programs)."""
     img = Image(CFG, data.size + PROG_SLOT, top=PROG_SLOT)
@@ -152,6 +192,12 @@ def test_perf_single_layers_vs_rtl(tmp_path):
     seed = 5
     img, descs = single_layers(np.random.default_rng(seed))
     check(measure(tmp_path, img, descs, seed), "single layers")
+
+
+def test_perf_new_ops_vs_rtl(tmp_path):
+    seed = 6
+    img, descs = new_op_layers(np.random.default_rng(seed))
+    check(measure(tmp_path, img, descs, seed), "AVGPOOL, GLOBAL_AVGPOOL, ADD")
 
 
 def test_perf_networks_vs_rtl(tmp_path):
