@@ -165,3 +165,113 @@ def test_core_classifier_28(tmp_path):
     seed = 22
     img, descs = _classifier(np.random.default_rng(seed), 28)
     _run_network(tmp_path, img, descs, seed, "classifier 28x28")
+
+
+# -- whole compiled models (the host compiler's programs) on the core ---------------------------------
+
+def _device_images(exe, feeds: dict) -> list[tuple]:
+    """Run ``exe`` on ``emu`` and capture, for each device step, the memory before and after it.
+
+    The ``emu`` run also checks the model's outputs against onnxruntime (done by the caller), so a
+    core run that reproduces the "after" image byte for byte reproduces onnxruntime's result.
+    """
+    from jacquard.host.device import Device
+
+    snaps = []
+    dev = Device("emu", config=exe.config)
+    dev.load(exe)
+    t, original = dev.driver.transport, dev.driver.run_program
+    size = exe.memory_size
+
+    def run_program(step):
+        before = np.frombuffer(t.read_mem(0, size), dtype=np.uint8).copy()
+        original(step)
+        snaps.append((step, before, np.frombuffer(t.read_mem(0, size), dtype=np.uint8).copy()))
+
+    dev.driver.run_program = run_program
+    try:
+        outputs = dev.run(feeds)
+    finally:
+        dev.close()
+    return snaps, outputs
+
+
+def _run_compiled(tmp_path, exe, model, feeds: dict, label: str, seed: int) -> None:
+    """Every device step of ``exe`` on the core equals the executor (and so onnxruntime), byte for byte."""
+    from test_compiler import assert_same, ort_outputs
+
+    snaps, outputs = _device_images(exe, feeds)
+    assert_same(outputs, ort_outputs(model, feeds), f"{label}: emu vs onnxruntime")
+    for k, (step, before, after) in enumerate(snaps):
+        prog = exe.program(step)
+        img = Image(CFG, 1 << max(12, (before.size - 1).bit_length()))
+        img.data[:before.size] = before
+        expected = img.data.copy()
+        expected[:after.size] = after
+        runs = [{"window_base": 0, "window_limit": img.size, "prog_base": step.prog_addr,
+                 "prog_len": prog.size(), "irq_enable": 1, "timeout": 50_000_000}]
+        work = tmp_path / f"step{k}"
+        work.mkdir()
+        result = run_case(work, img, runs, seed=seed, simulator=SIM, pause=0.1)
+        expect_ok(result)
+        bad = np.flatnonzero(result["mems"][0] != expected)
+        assert not bad.size, (f"seed={seed} {label} step {k} ({step.layers}): {bad.size} bytes differ; first "
+                              f"at {bad[0]:#x}: expected {expected[bad[0]].view(np.int8)}, got "
+                              f"{result['mems'][0][bad[0]].view(np.int8)}")
+        c = result["runs"][0]["counters"]
+        print(f"\n{label} step {k}: {[d.op.name for d in prog.descriptors]}: {c['BUSY_CYCLES']} busy cycles, "
+              f"Verilator {c['CYCLES'] / result['runs'][0]['wall_s']:.0f} cycles/s")
+
+
+def _zoo_model(build):
+    from test_compiler import int8_model, random_feeds
+
+    from jacquard.host.compiler import compile_model
+
+    b, m = int8_model(build)
+    exe = compile_model(m, CFG)
+    return exe, m, random_feeds(b, 1, 7)[0]
+
+
+def test_core_compiled_residual(tmp_path):
+    """model_zoo.residual (two ADDs, one with a fused ReLU) compiled by the host, on the core."""
+    from jacquard.sim import model_zoo
+
+    exe, m, feeds = _zoo_model(model_zoo.residual)
+    ops = {d.op for s in exe.device_steps() for d in exe.program(s).descriptors}
+    assert Op.ADD in ops, ops
+    _run_compiled(tmp_path, exe, m, feeds, "residual", 7)
+
+
+def test_core_compiled_classifier(tmp_path):
+    """model_zoo.classifier (AVGPOOL 3x3 with padding, GLOBAL_AVGPOOL, dense) compiled, on the core."""
+    from jacquard.sim import model_zoo
+
+    exe, m, feeds = _zoo_model(model_zoo.classifier)
+    ops = {d.op for s in exe.device_steps() for d in exe.program(s).descriptors}
+    assert {Op.AVGPOOL, Op.GLOBAL_AVGPOOL} <= ops, ops
+    _run_compiled(tmp_path, exe, m, feeds, "classifier", 7)
+
+
+@pytest.mark.slow
+def test_core_compiled_depthwise(tmp_path):
+    from jacquard.sim import model_zoo
+
+    exe, m, feeds = _zoo_model(model_zoo.depthwise)
+    assert any(d.depthwise for s in exe.device_steps() for d in exe.program(s).descriptors)
+    _run_compiled(tmp_path, exe, m, feeds, "depthwise", 7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["rnet", "onet"])
+def test_core_compiled_mtcnn(tmp_path, net):
+    """MTCNN R-Net / O-Net (int8) on a real astronaut crop, compiled for sim-small, on the core."""
+    from test_compiler import MTCNN_SIZES, _crops, mtcnn_imported
+
+    from jacquard.host.compiler import compile_plan
+    from jacquard.host.partition import partition
+
+    imported, name = mtcnn_imported(net)
+    exe = compile_plan(partition(imported), CFG)
+    x = _crops(MTCNN_SIZES[net], 1, 300)
+    _run_compiled(tmp_path, exe, imported.model, {name: x.astype(np.float32)}, f"MTCNN {net}", 300)
