@@ -362,11 +362,21 @@ class LineBuffer(wiring.Component):
                 m.d.sync += wr_limit.eq(Mux(s0_done, 1 << 17, s0_iy0 + rows))
 
         # ---- writer -----------------------------------------------------------------------------
+        # The write is registered before it reaches the RAMs (they are spread over the chip):
+        # it lands one cycle after the beat is taken, still an edge before the earliest read
+        # of it (the reader sees the beat in ``wr_x`` a cycle later, and its read address is
+        # registered once more), and overwrites only slots the reader has finished with.
+        wq_addr = Signal(aw)
+        wq_data = Signal(pixel_layout(self._c_par))
+        wq_en = Signal(rows)
+        m.d.sync += [
+            wq_addr.eq(wr_col), wq_data.eq(self.i.payload),
+            wq_en.eq(Mux(self.i.valid & self.i.ready, 1 << wr_row[:slot_bits], 0)),
+        ]
         m.d.comb += [
-            *(ram.w_addr.eq(wr_col) for ram in banks),
-            *(ram.w_data.eq(self.i.payload) for ram in banks),
-            *(ram.w_en.eq(self.i.valid & self.i.ready & (wr_row[:slot_bits] == b))
-              for b, ram in enumerate(banks)),
+            *(ram.w_addr.eq(wq_addr) for ram in banks),
+            *(ram.w_data.eq(wq_data) for ram in banks),
+            *(ram.w_en.eq(wq_en[b]) for b, ram in enumerate(banks)),
         ]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [wr_ct.eq(wr_ct + 1), wr_col.eq(wr_col + 1)]
