@@ -11,16 +11,18 @@ layer with C_in >= C_PAR and C_out >= OC_PAR.
 Pipeline (all stages advance together on ``adv``; ``adv`` is a register output, see below)::
 
     s0  accept the tap, read weight block (address = w_base + offset)
-    s1  weight block out of the memory; tap held            -> s2_ registers (fabric)
-    s2  depthwise mask applied; operands in the fabric      -> s3_a, s3_b (multiplier input registers)
-    s3  oc_par x c_par products                             -> s4_prod (multiplier output registers)
-    s4.. adder tree per output channel: 1 level in the first
+    s1  the memory reads; tap held
+    s2  weight block in the block RAMs' output registers     -> s2_w (RegisteredRam)
+    s3  depthwise mask applied; operands in the fabric      -> s3_tap, s3_w
+    s4  multiplier input registers                          -> s4_a, s4_b
+    s5  oc_par x c_par products                             -> s5_prod (multiplier output registers)
+    s6.. adder tree per output channel: 1 level in the first
         stage (the DSP outputs travel far), then 2 per stage -> st<k>_sum
     sa  int32 accumulators (``first`` restarts them)        -> acc, acc_done
     out output register + one skid register
 
 On ECP5 (``platform.family == "ecp5"``) each product is a ``MULT18X18D`` instance whose input and
-output registers are ``s3_a``/``s3_b`` and ``s4_prod`` (clock enable ``adv``): yosys does not pack
+output registers are ``s4_a``/``s4_b`` and ``s5_prod`` (clock enable ``adv``): yosys does not pack
 fabric registers into the DSP, and without them the operands and products cross the long routes
 between the fabric and the DSP row inside one cycle (59.9 MHz). Elsewhere (simulation, iCE40) the
 same registers are written in the fabric, so both forms are cycle- and bit-identical.
@@ -40,10 +42,11 @@ multipliers do useful work, so depthwise utilization is ``1/oc_par`` (6.25% for 
 
 
 from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
-from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .bram import RegisteredRam
 from .layouts import acc_layout, pixel_layout, tap_layout
 
 __all__ = ["PEArray", "PEError", "weight_block_layout", "weight_row_layout"]
@@ -175,7 +178,7 @@ class PEArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Clock edges from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
-        return 5 + self._tree_stages()
+        return 6 + self._tree_stages()
 
     def _tree_levels(self) -> list[int]:
         """Adder levels per tree register stage: 1 first, then 2 (``ceil_log2(c_par)`` in all)."""
@@ -194,12 +197,12 @@ class PEArray(wiring.Component):
         Two clock edges from ``a``/``b`` to the returned product. On ECP5 the registers are the
         ones inside a ``MULT18X18D``; elsewhere they are fabric registers with the same timing.
         """
-        prod = Signal(signed(16), name=f"s4_prod_{name}")
+        prod = Signal(signed(16), name=f"s5_prod_{name}")
         if getattr(platform, "family", None) != "ecp5":
-            s3_a = Signal(signed(8), name=f"s3_a_{name}")
-            s3_b = Signal(signed(8), name=f"s3_b_{name}")
+            s4_a = Signal(signed(8), name=f"s4_a_{name}")
+            s4_b = Signal(signed(8), name=f"s4_b_{name}")
             with m.If(en):
-                m.d.sync += [s3_a.eq(a), s3_b.eq(b), prod.eq(s3_a * s3_b)]
+                m.d.sync += [s4_a.eq(a), s4_b.eq(b), prod.eq(s4_a * s4_b)]
             return prod
         p = Signal(36, name=f"dsp_p_{name}")
         ports = {}
@@ -230,10 +233,9 @@ class PEArray(wiring.Component):
         addr_bits = max(1, ceil_log2(depth))
         wide = max(addr_bits, TAPS_BITS, TILES_BITS) + 2  # for bound checks without wrap-around
 
-        m.submodules.weights = mem = memory.Memory(shape=weight_block_layout(c_par, oc_par),
-                                                   depth=depth, init=[])
-        wr = mem.write_port(granularity=1)
-        rd = mem.read_port()
+        # Read data registered in the block RAMs (see RegisteredRam): their clock-to-output
+        # is most of a cycle, and the weight bus fans out to every multiplier.
+        m.submodules.weights = ram = RegisteredRam(8 * c_par, depth, lanes=oc_par)
 
         # --- errors -----------------------------------------------------------------------
         cfg_ok = Signal()
@@ -261,17 +263,17 @@ class PEArray(wiring.Component):
             cur_block.eq(Mux(self.wl.payload.first, self.wl_base, wl_block)),
             cur_row.eq(Mux(self.wl.payload.first, 0, wl_row)),
             self.wl.ready.eq(~halted),
-            wr.addr.eq(cur_block),
+            ram.w_addr.eq(cur_block),
         ]
         for r in range(oc_par):
-            m.d.comb += wr.data[r].eq(self.wl.payload.data)
+            m.d.comb += ram.w_data[r * 8 * c_par:(r + 1) * 8 * c_par].eq(self.wl.payload.data)
         with m.If(self.clear):
             m.d.sync += [wl_block.eq(self.wl_base), wl_row.eq(0)]
         with m.Elif(self.wl.valid & self.wl.ready):
             with m.If(cur_block >= depth):
                 m.d.comb += raise_err.eq(PEError.LOAD_RANGE)
             with m.Else():
-                m.d.comb += wr.en.eq(1 << cur_row)
+                m.d.comb += ram.w_en.eq(1 << cur_row)
                 last_row = cur_row == oc_par - 1
                 m.d.sync += [wl_row.eq(Mux(last_row, 0, cur_row + 1)),
                              wl_block.eq(cur_block + last_row)]
@@ -287,8 +289,9 @@ class PEArray(wiring.Component):
         offset = Signal(wide)  # blocks past w_base of the current tap
         m.d.comb += [
             self.i.ready.eq(adv & cfg_ok & ~halted),
-            rd.en.eq(adv),
-            rd.addr.eq(self.w_base + offset),
+            ram.r_en.eq(adv),
+            ram.r_oe.eq(adv),
+            ram.r_addr.eq(self.w_base + offset),
         ]
         tap = self.i.payload
         at_first = tap_idx == 0
@@ -313,44 +316,51 @@ class PEArray(wiring.Component):
                 with m.Else():
                     m.d.sync += [tap_idx.eq(tap_idx + 1), offset.eq(offset + 1)]
 
-        # --- s1: the weight block comes out of the memory --------------------------------
+        # --- s1: the memory reads; s2: the weight block in the RAMs' output registers --------
         s1_valid = Signal()
         s1_tap = Signal(pixel_layout(c_par))
         s1_first = Signal()
         s1_last = Signal()
-        # --- s2: registered multiplier operands (they map onto the DSP input registers) -----
         s2_valid = Signal()
         s2_tap = Signal(pixel_layout(c_par))
         s2_w = Signal(weight_block_layout(c_par, oc_par))
         s2_first = Signal()
         s2_last = Signal()
-        # --- s3: multiplier input registers; s4: products (multiplier output registers) -------
+        m.d.comb += s2_w.eq(ram.r_data)
+        # --- s3: multiplier operands in the fabric (depthwise mask applied) ----------------------
         s3_valid = Signal()
+        s3_tap = Signal(pixel_layout(c_par))
+        s3_w = Signal(weight_block_layout(c_par, oc_par))
         s3_first = Signal()
         s3_last = Signal()
+        # --- s4: multiplier input registers; s5: products (multiplier output registers) -------
         s4_valid = Signal()
         s4_first = Signal()
         s4_last = Signal()
+        s5_valid = Signal()
+        s5_first = Signal()
+        s5_last = Signal()
         with m.If(adv):
             m.d.sync += [
                 s1_valid.eq(s0_good), s1_tap.eq(tap.data), s1_first.eq(tap.first), s1_last.eq(tap.last),
                 s2_valid.eq(s1_valid), s2_tap.eq(s1_tap), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                s3_valid.eq(s2_valid), s3_tap.eq(s2_tap), s3_first.eq(s2_first), s3_last.eq(s2_last),
                 s4_valid.eq(s3_valid), s4_first.eq(s3_first), s4_last.eq(s3_last),
+                s5_valid.eq(s4_valid), s5_first.eq(s4_first), s5_last.eq(s4_last),
             ]
             for o in range(oc_par):
                 for c in range(c_par):
-                    w = rd.data[o][c]
+                    w = s2_w[o][c]
                     if o != c:
                         w = Mux(self.depthwise, 0, w)  # depthwise keeps the diagonal only
-                    m.d.sync += s2_w[o][c].eq(w)
-        s4_prod = [[self._multiplier(m, platform, adv, s2_tap[c], s2_w[o][c], f"{o}_{c}")
+                    m.d.sync += s3_w[o][c].eq(w)
+        s5_prod = [[self._multiplier(m, platform, adv, s3_tap[c], s3_w[o][c], f"{o}_{c}")
                     for c in range(c_par)] for o in range(oc_par)]
-        m.d.comb += self.mac_active.eq(adv & s2_valid)
+        m.d.comb += self.mac_active.eq(adv & s2_valid)  # one cycle per useful tap
 
         # --- adder trees: 1 level in the first stage, then 2 per register stage ---------------
-        sums = [list(row) for row in s4_prod]
-        valid, first, last = s4_valid, s4_first, s4_last
+        sums = [list(row) for row in s5_prod]
+        valid, first, last = s5_valid, s5_first, s5_last
         for k, n_levels in enumerate(self._tree_levels()):
             nxt_valid = Signal(name=f"st{k}_valid")
             nxt_first = Signal(name=f"st{k}_first")
