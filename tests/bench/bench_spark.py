@@ -174,6 +174,10 @@ def main() -> None:
         f"{100 * direct_cpu / spark_cpu_total:.0f} % |",
         f"| share of the Spark run's wall time its tasks spent decoding + detecting | {100 * busy:.0f} % |",
         "",
+        f"Wall-clock rates on this shared host move with the other jobs' load (the two direct runs, minutes "
+        f"apart, differ by {100 * abs(first_fps - second_fps) / mean_fps:.0f} %), so the CPU-per-frame "
+        f"ratio is the load-independent check of Spark's overhead.",
+        "",
         "Spark's CPU per frame by process: " + ", ".join(f"{k} {v:.3f} s" for k, v in spark_cpu.items())
         + ".",
         "",
