@@ -40,7 +40,9 @@ are checked. Then for each descriptor ``i``:
     line buffer. GLOBAL_AVGPOOL issues its output write first, then one 2-D read per channel tile
     (``c_par`` bytes of every pixel). ADD reads its LUT (if any), issues its output write, then
     reads chunks of ``ADD_CHUNK_WORDS`` bus words of the first and the second input in turn
-    (``ReadTarget.INPUT``, ``INPUT2``); the core holds one chunk of the first input in a FIFO.
+    (``ReadTarget.INPUT``, ``INPUT2``); the core holds one chunk of the first input in a FIFO. An
+    ADD with a per-channel LUT of more channels than the LUT buffer holds runs in channel groups
+    of that many channels, reading each pixel's channels of the group (one chunk per pixel).
 
 Errors and abort (``STOP``): a refused check, a DMA error (WINDOW, MISALIGNED, BUS_ERROR, with the
 command's tag = descriptor index), ``abort`` or ``soft_reset`` pulse ``dma_abort`` and hold
@@ -421,10 +423,8 @@ class Sequencer(wiring.Component):
             (is_avg & exp_outside(d.in_scale, -32, 31), P, "in_scale", 0),
             (is_avg & exp_outside(d.out_scale, -32, 31), P, "out_scale", 0),
             (is_add & ~su.add_ok, P, "in_scale", 0),
-            # ADD's LUT goes through the LUT/pad unit: lanes = c_par must fit its oc_par lanes, and a
-            # per-channel table every channel (no channel groups for ADD).
-            (is_add & d.lut & (Const(cfg.oc_par < cfg.c_par)
-                               | (d.lut_per_channel & (d.out_cp > self._lut_channels))), P, "lut", 0),
+            # ADD's LUT goes through the LUT/pad unit: lanes = c_par must fit its oc_par lanes.
+            (is_add & d.lut & Const(cfg.oc_par < cfg.c_par), P, "lut", 0),
         ]
         check_step = Signal(range(len(checks) + 1))
 
@@ -458,6 +458,11 @@ class Sequencer(wiring.Component):
         chunk = Signal(_WIDE)   # ADD: bytes of each input read so far
         second = Signal()       # ADD: the next read is the second input's chunk
         gtile = Signal(16)      # global average: channel tiles read so far
+        # ADD with a per-channel LUT larger than the LUT buffer runs in channel groups of lut_cap.
+        add_ch0 = Signal(16)
+        add_gch = Signal(17)
+        m.d.comb += add_gch.eq(Mux(d.lut_per_channel & (d.out_cp - add_ch0 > lut_cap), lut_cap,
+                                   d.out_cp - add_ch0))
         nxt = g_tiles + 1
         g_blocks = Signal(_WIDE)   # running g_tiles * taps
         g_pool = Signal(_WIDE)     # running g_tiles * (conv_w // 2)
@@ -600,7 +605,7 @@ class Sequencer(wiring.Component):
                                      setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
                                      setup.gap_taps.eq(p_hw), setup.gap_m.eq(su.multiplier),
                                      setup.gap_bias.eq(Mux(d.in_zp < 0, p_zhw, -p_zhw)),
-                                     setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k)]
+                                     setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k), add_ch0.eq(0)]
                         m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff)
                         m.next = "GROUP_SIZE"
                 m.d.sync += check_step.eq(check_step + 1)
@@ -612,9 +617,10 @@ class Sequencer(wiring.Component):
                 with m.Elif(misfit):
                     m.d.sync += [g_tiles.eq(g_tiles - 1), g_wbytes.eq(g_wbytes - w_tile_bytes)]
                 with m.Elif(self.datapath_idle & ~self.dma_busy & cmd_free & ~wr.valid):
-                    m.d.sync += [setup.n_tiles.eq(Mux(d.op == Op.CONV, g_tiles, n_ct)),
+                    m.d.sync += [setup.n_tiles.eq(Mux(d.op == Op.CONV, g_tiles,
+                                                      Mux(is_add, add_gch >> ct_shift, n_ct))),
                                  setup.lb.oc_tiles.eq(Mux(is_conv & ~dw, g_tiles, 1)),
-                                 setup.ch0.eq(ch0), setup.bank.eq(bank)]
+                                 setup.ch0.eq(Mux(is_add, add_ch0, ch0)), setup.bank.eq(bank)]
                     m.next = "GROUP_START"
             with state("GROUP_START"):
                 m.d.comb += self.group_start.eq(1)
@@ -640,8 +646,9 @@ class Sequencer(wiring.Component):
                         m.next = "ISSUE_OUTPUT"
                 with m.Elif(cmd_free):
                     per_ch = d.lut_per_channel
-                    m.d.sync += read(ReadTarget.LUT, Mux(per_ch, d.lut_addr + (ch0 << 8), d.lut_addr),
-                                     Mux(per_ch, Mux(is_add, d.out_cp, g_ch) << 8, 256))
+                    lut_ch0 = Mux(is_add, add_ch0, ch0)
+                    m.d.sync += read(ReadTarget.LUT, Mux(per_ch, d.lut_addr + (lut_ch0 << 8), d.lut_addr),
+                                     Mux(per_ch, Mux(is_add, add_gch, g_ch) << 8, 256))
                     m.next = "ISSUE_WEIGHTS"
                     with m.If(is_add):
                         m.next = "ISSUE_OUTPUT"
@@ -656,8 +663,9 @@ class Sequencer(wiring.Component):
                     m.next = "ISSUE_OUTPUT"
             with state("ISSUE_OUTPUT"):
                 with m.If(~wr.valid):
-                    m.d.sync += [wr.valid.eq(1), wr.payload.addr.eq(d.out_addr + ch0),
-                                 wr.payload.inner_bytes.eq(Mux(d.op == Op.CONV, g_ch, d.out_cp)),
+                    m.d.sync += [wr.valid.eq(1), wr.payload.addr.eq(d.out_addr + Mux(is_add, add_ch0, ch0)),
+                                 wr.payload.inner_bytes.eq(Mux(d.op == Op.CONV, g_ch,
+                                                               Mux(is_add, add_gch, d.out_cp))),
                                  wr.payload.count1.eq(d.out_w), wr.payload.stride1.eq(d.out_cp),
                                  wr.payload.count2.eq(d.out_h), wr.payload.stride2.eq(p_orow)]
                     m.next = "GROUP_WAIT"
@@ -675,14 +683,18 @@ class Sequencer(wiring.Component):
                         m.next = "GROUP_WAIT"
             with state("ADD_INPUT"):
                 # Chunks of both inputs in turn; the core buffers one chunk of the first input.
+                # A channel group narrower than the tensor reads its channels of one pixel at a time.
+                grouped = add_gch != d.in_cp
                 with m.If(cmd_free):
-                    size = Mux(p_in - chunk < add_chunk, p_in - chunk, add_chunk)
+                    size = Mux(grouped, add_gch, Mux(p_in - chunk < add_chunk, p_in - chunk, add_chunk))
+                    step = Mux(grouped, d.in_cp, size)
+                    off = chunk + Mux(grouped, add_ch0, 0)
                     with m.If(~second):
-                        m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + chunk, size), second.eq(1)]
+                        m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + off, size), second.eq(1)]
                     with m.Else():
-                        m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + chunk, size), second.eq(0),
-                                     chunk.eq(chunk + size)]
-                        with m.If(chunk + size >= p_in):
+                        m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + off, size), second.eq(0),
+                                     chunk.eq(chunk + step)]
+                        with m.If(chunk + step >= p_in):
                             m.next = "GROUP_WAIT"
             with state("GROUP_WAIT"):
                 m.d.comb += self.wr_done.ready.eq(1)
@@ -690,6 +702,9 @@ class Sequencer(wiring.Component):
                     with m.If((d.op == Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
                         m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0), w_ptr.eq(w_ptr + g_wbytes),
                                      g_wbytes.eq(0), bank.eq(~bank), g_blocks.eq(0), g_pool.eq(0)]
+                        m.next = "GROUP_SIZE"
+                    with m.Elif(is_add & (add_ch0 + add_gch < d.out_cp)):
+                        m.d.sync += add_ch0.eq(add_ch0 + add_gch)
                         m.next = "GROUP_SIZE"
                     with m.Else():
                         m.d.sync += [index.eq(index + 1), desc_addr.eq(desc_addr + 64)]

@@ -313,6 +313,22 @@ def test_core_new_ops_icarus(tmp_path, seed):
     assert_same_memory(result["mems"][0], expected, 50 + seed, "new ops")
 
 
+def test_core_add_lut_channel_groups_icarus(tmp_path):
+    """An ADD whose per-channel LUT (70 channels) exceeds the LUT buffer (64): two channel groups."""
+    seed = 77
+    rng = np.random.default_rng(seed)
+    img = Image(CFG, 1 << 15)
+    x = img.alloc(pack_tensor(rand_tensor(rng, 2, 3, 70), CFG, 4))
+    x2 = img.alloc(pack_tensor(rand_tensor(rng, 2, 3, 70), CFG, -6))
+    d, _ = add_layer(img, rng, x, x2, 2, 3, 70, in_zp=4, in2_zp=-6, out_zp=1, clamp=(1, 127), lut="channel")
+    prog = img.place_program([d])
+    expected = img.data.copy()
+    execute(prog, expected, CFG, prog_addr=0)
+    result = run_case(tmp_path, img, [program_run(img, prog, timeout=200_000)], seed=seed, simulator="icarus")
+    expect_ok(result)
+    assert_same_memory(result["mems"][0], expected, seed, "ADD with LUT groups")
+
+
 @pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.slow) if s >= 2 else s for s in range(8)])
 def test_core_random_layers(tmp_path, seed):
     """A program of three random layers of random kinds (Verilator), bit-exact with the executor."""
