@@ -68,7 +68,8 @@ def _failure_markdown(report: dict, block: str) -> str:
             f"nextpnr: {report['error']}\n\n"
             "| cell type (nextpnr, after packing) | used / available |\n|---|---|\n" + "\n".join(rows) +
             f"\n\nMACs: {report['macs']}; time to the failure: {report['build_seconds']} s.\n\n"
-            "Memory the RTL declares, per module (before mapping to block RAM):\n\n"
+            "Memories the RTL infers, per module, before mapping (block RAMs a module instantiates "
+            "directly are only in the placer's table above):\n\n"
             "| module | Kibit |\n|---|---|\n" + "\n".join(mem) + "\n")
 
 

@@ -1,14 +1,21 @@
-"""The open flow end to end: YoWASP yosys + nextpnr build a bitstream and report nextpnr's own figures."""
+"""The open flow end to end: YoWASP yosys + nextpnr build a bitstream and report nextpnr's own figures.
+
+The default tier builds a one-block smoke top for the iCEBreaker (seconds). The whole board SoC
+(bridge + core + memory + PLL) builds are the slow tier: the ULX3S-85F reference and the small
+target, the ULX3S-25F (the iCE40UP5K cannot hold the core). Each takes tens of minutes, and today
+neither fits its device; docs/RESULTS.md (synth-* sections) has the numbers.
+"""
 
 import json
 
 import pytest
 
 from jacquard.boards.__main__ import main as boards_main
+from jacquard.boards.configs import BOARDS
 
 
-def _build(board: str, tmp_path) -> dict:
-    assert boards_main(["--build-dir", str(tmp_path), "synthesize", board, "--block", "mac",
+def _build(board: str, tmp_path, block: str = "mac") -> dict:
+    assert boards_main(["--build-dir", str(tmp_path), "synthesize", board, "--block", block,
                         "--no-results"]) == 0
     report = json.loads((tmp_path / board / "report.json").read_text())
     assert report["bitstream"], "no bitstream written"
@@ -29,6 +36,34 @@ def test_icebreaker_smoke(tmp_path):
 def test_ulx3s_85f_smoke(tmp_path):
     report = _build("ulx3s-85f", tmp_path)
     assert report["dsps"]["used"] >= 1, report
+
+
+def _check_soc(report: dict, board: str) -> None:
+    cfg = BOARDS[board].hardware_config()
+    assert report["macs"] == cfg.macs and report["config_hash"] == cfg.config_hash(), report
+    # The core's multipliers are in DSPs and its buffers in block RAM, all within the device.
+    assert 0 < report["dsps"]["used"] <= report["dsps"]["available"], report
+    assert 0 < report["brams"]["used"] <= report["brams"]["available"], report
+    (fmax,) = report["fmax_mhz"].values()
+    assert report["peak_gops"] == round(2 * cfg.macs * fmax / 1000, 2), report
+    assert report["critical_path"] and report["critical_path"]["delay_ns"] > 0, report
+
+
+@pytest.mark.slow
+def test_small_target_soc(tmp_path):
+    report = _build("ulx3s-25f", tmp_path, "soc")
+    _check_soc(report, "ulx3s-25f")
+    (fmax,) = report["fmax_mhz"].values()
+    assert fmax >= BOARDS["ulx3s-25f"].clock_mhz, f"the PLL's clock does not close timing: {report}"
+
+
+@pytest.mark.slow
+def test_ulx3s_85f_soc_meets_the_target(tmp_path):
+    # The issue's acceptance: >= 128 MACs at >= 100 MHz on the reference board.
+    report = _build("ulx3s-85f", tmp_path, "soc")
+    _check_soc(report, "ulx3s-85f")
+    (fmax,) = report["fmax_mhz"].values()
+    assert report["macs"] >= 128 and fmax >= 100, report
 
 
 def test_unknown_board_is_refused(tmp_path, capsys):
