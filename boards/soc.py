@@ -9,7 +9,9 @@
 
 The bridge is master 0 of the arbiter and the core's DMA master 1. :class:`PlaceholderCore` (the
 core's register block with no engine behind it) can stand in for the core where only the bridge
-protocol is under test, because a bit-level UART simulation of the whole core is slow.
+protocol is under test, because a bit-level UART simulation of the whole core is slow. Whole models
+run over the bridge with ``uart=False``: the serializers are left out and the bridge's byte
+streams are the ports (``tests/test_uart_device.py``).
 
 :class:`BridgeSoc` is the part that simulates (no clocking, pins as ports); :class:`BoardTop` adds
 the PLL, reset and the board's pins for a platform from :mod:`jacquard.boards.configs`.
