@@ -1,4 +1,7 @@
-"""ULX3S with the ECP5 LFE5U-25F: the small target (the iCE40UP5K cannot hold the core; see RESULTS.md).
+"""ULX3S with the ECP5 LFE5U-25F: the small target, since the iCE40UP5K cannot hold the core.
+
+Today the core does not fit here either (50.8k of 24.3k LUTs, 34 of 28 multipliers at 16 MACs:
+docs/RESULTS.md, section synth-ulx3s-25f); the numbers say what has to shrink.
 
 The core is built for ``sim-small`` (16 MACs), the config the simulation tests run, so a model
 checked on ``Device("sim")`` runs unchanged on this board. Device memory is 16 KiB of block RAM
