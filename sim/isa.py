@@ -188,8 +188,10 @@ class HardwareConfig:
 #: Named presets. ULX3S-85F is the reference (16x8 = 128 MACs); iCEBreaker is the tiny one.
 CONFIGS: dict[str, HardwareConfig] = {
     c.name: c for c in (
+        # line_buffer_bytes: the line buffer keeps one row slot of this size per kernel row (8), so
+        # 8 KiB is 0.5 Mibit of the 85F's 3.7 Mibit of block RAM (32 KiB did not fit: 297/208 EBR).
         HardwareConfig("ulx3s-85f", c_par=8, oc_par=16, max_width=512, line_buffer_rows=6,
-                       line_buffer_bytes=32768, weight_buffer_bytes=65536, param_buffer_entries=512,
+                       line_buffer_bytes=8192, weight_buffer_bytes=65536, param_buffer_entries=512,
                        clock_mhz=100.0),
         # 4x2 = 8 MACs fill the iCE40UP5K's 8 DSPs; buffers live in its SPRAM.
         HardwareConfig("icebreaker", c_par=4, oc_par=2, max_width=128, line_buffer_rows=6,
