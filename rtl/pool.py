@@ -13,8 +13,9 @@ reduces each such packet lane by lane:
   up to ``2^24`` taps, so the DMA may feed it directly (the line buffer's kernels stop at 7x7).
 
 Windowed QLinearAveragePool is not done here: onnxruntime sums *float32* dequantized values in
-order and divides twice in float32, which needs a float datapath (see the module notes in
-``docs/ARCHITECTURE.md``); it is refused with ``error``.
+order and divides twice in float32, which needs a float datapath (:class:`~jacquard.rtl.avg_pool.AvgPool`,
+which the core uses for AVGPOOL); ``AVG`` mode is refused with ``error``. The core runs
+GLOBAL_AVGPOOL through this unit's ``SUM`` mode.
 """
 
 from amaranth.hdl import Module, Mux, Signal
