@@ -125,6 +125,11 @@ def markdown(size: int, util_rows: list[dict], synth_rows: list[dict]) -> str:
         lines += ["", "Each block alone under `boards/smoke.py` (an LFSR-fed register drives every input, "
                   "every output is XOR-reduced through registers onto an LED), at the ULX3S-85F sizes; "
                   "`nox -s synthesize -- ulx3s-85f --block NAME` builds one."]
+        missing = [n for n in BLOCK_NAMES if n not in {r["block"] for r in synth_rows}]
+        if missing:
+            lines += ["", f"Not measured in this run: {', '.join(missing)} (no finished place-and-route "
+                      "under `build/blocks`; the PE array's takes about an hour: "
+                      "`python tests/bench/bench_datapath.py --no-sim --synth pe_array`)."]
     return "\n".join(lines) + "\n"
 
 
