@@ -26,11 +26,11 @@ s14   clamp
 ====  ==========================================================================
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from jacquard.rtl.fp32 import SAT_MAGNITUDE
+from jacquard.rtl.fp32 import SAT_MAGNITUDE, _leading_zeros
 
 __all__ = ["RequantInLayout", "RequantPipe", "Requantizer"]
 
@@ -40,20 +40,6 @@ class RequantInLayout(data.StructLayout):
 
     def __init__(self) -> None:
         super().__init__({"acc": signed(32), "multiplier": unsigned(32)})
-
-
-def _leading_zeros(m: Module, value, prefix: str):
-    """Return ``(all_zero, count)`` for a power-of-two-wide ``value``; a balanced tree, log2 deep."""
-    width = len(value)
-    if width == 1:
-        return ~value[0], Const(0, 1)
-    half = width // 2
-    hi_zero, hi_count = _leading_zeros(m, value[half:], prefix + "h")
-    lo_zero, lo_count = _leading_zeros(m, value[:half], prefix + "l")
-    count = Signal(range(width), name=f"{prefix}_lz{width}")
-    # The high half decides unless it is all zero; then the count is half plus the low half's.
-    m.d.comb += count.eq(Mux(hi_zero, half + lo_count, hi_count))
-    return hi_zero & lo_zero, count
 
 
 class RequantPipe(wiring.Component):
