@@ -13,7 +13,7 @@ the SoC, so nextpnr places for that target.
 
 from collections.abc import Callable
 
-from amaranth.hdl import Cat, ClockDomain, Elaboratable, Instance, Module, Signal, Value
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In
 
@@ -105,7 +105,7 @@ class SmokeTop(Elaboratable):
     def _clock(self, m: Module, platform) -> None:
         from jacquard.boards.configs import BOARDS
         from jacquard.boards.configs import board as board_config
-        from jacquard.boards.soc import ecp5_pll_params
+        from jacquard.boards.soc import ecp5_pll, ecp5_pll_params
 
         if self.board is not None:
             cfg = board_config(self.board)
@@ -119,17 +119,7 @@ class SmokeTop(Elaboratable):
         m.domains.sync = cd_sync = ClockDomain("sync")
         m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
         p = ecp5_pll_params(cfg.input_clock_mhz, cfg.clock_mhz)
-        m.submodules.pll = Instance(
-            "EHXPLLL",
-            a_FREQUENCY_PIN_CLKI=str(cfg.input_clock_mhz), a_FREQUENCY_PIN_CLKOP=f"{p['f_out']:g}",
-            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
-            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
-            p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"], p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
-            p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=p["CLKFB_DIV"],
-            i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, i_CLKFB=cd_sync.clk, i_PHASESEL0=0, i_PHASESEL1=0,
-            i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
-            o_CLKOP=cd_sync.clk)
+        m.submodules.pll = ecp5_pll(cfg.input_clock_mhz, p, clk_buf.i, cd_sync.clk)
         platform.add_clock_constraint(cd_sync.clk, p["f_out"] * 1e6)
 
     def elaborate(self, platform) -> Module:

@@ -33,7 +33,7 @@ from jacquard.rtl.uart import UartRx, UartTx, uart_divisor
 from jacquard.sim.isa import HardwareConfig
 from jacquard.sim.isa_regs import register
 
-__all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll_params", "ice40_pll_params"]
+__all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll", "ecp5_pll_params", "ice40_pll_params"]
 
 
 class PlaceholderCore(wiring.Component):
@@ -256,6 +256,26 @@ def ecp5_pll_params(f_in: float, f_out: float) -> dict[str, int]:
     return best[1]
 
 
+def ecp5_pll(f_in: float, p: dict[str, int], clk_in, clk_out, locked=None) -> Instance:
+    """The EHXPLLL instance for :func:`ecp5_pll_params` ``p``: ``clk_in`` (MHz ``f_in``) to ``clk_out``.
+
+    Feedback is from CLKOP itself, so ``clk_out`` must be the clock of the domain it drives.
+    ``locked`` (optional) receives the PLL's lock output.
+    """
+    lock = {} if locked is None else {"o_LOCK": locked}
+    return Instance(
+        "EHXPLLL",
+        a_FREQUENCY_PIN_CLKI=str(f_in), a_FREQUENCY_PIN_CLKOP=f"{p['f_out']:g}",
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+        p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"], p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+        p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=p["CLKFB_DIV"],
+        i_RST=0, i_STDBY=0, i_CLKI=clk_in, i_CLKFB=clk_out, i_PHASESEL0=0, i_PHASESEL1=0,
+        i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+        o_CLKOP=clk_out, **lock)
+
+
 def ice40_pll_params(f_in: float, f_out: float) -> dict[str, int]:
     """SB_PLL40 (SIMPLE feedback) settings for ``f_out`` MHz from ``f_in`` MHz, as icepll computes them.
 
@@ -324,18 +344,7 @@ class BoardTop(Elaboratable):
         if cfg.family == "ecp5":
             m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_port)
             p = self.pll
-            m.submodules.pll = Instance(
-                "EHXPLLL",
-                a_FREQUENCY_PIN_CLKI=str(cfg.input_clock_mhz), a_FREQUENCY_PIN_CLKOP=f"{p['f_out']:g}",
-                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
-                a_MFG_GMCREF_SEL="2",
-                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
-                p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"], p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
-                p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=p["CLKFB_DIV"],
-                i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, i_CLKFB=cd_sync.clk, i_PHASESEL0=0, i_PHASESEL1=0,
-                i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
-                o_CLKOP=cd_sync.clk, o_LOCK=locked)
+            m.submodules.pll = ecp5_pll(cfg.input_clock_mhz, p, clk_buf.i, cd_sync.clk, locked)
         else:
             p = self.pll
             m.submodules.pll = Instance(
