@@ -61,8 +61,7 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
     digest = hashlib.sha256((simulator + source + repr(build_args)).encode()).hexdigest()[:16]
     build_dir = cache_dir("cocotb", simulator, f"{name}-{digest}")
     vfile = build_dir / f"{name}.v"
-    if not vfile.exists() or vfile.read_text() != source:
-        vfile.write_text(source)
+    cached = vfile.exists()
 
     runner = get_runner(simulator)
     extra = list(build_args or [])
@@ -75,13 +74,22 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
     if simulator == "verilator":
         # Amaranth emits processes Verilator lints as width/unused noise; it is not a design error.
         extra += ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT"]
-    try:
-        runner.build(sources=[vfile], hdl_toplevel=name, build_dir=build_dir, always=False,
-                     timescale=("1ns", "1ps"), build_args=extra)
-    except (SystemExit, subprocess.CalledProcessError) as exc:
-        # A half-built model would be reused by the next run (always=False): drop the whole folder.
-        shutil.rmtree(build_dir, ignore_errors=True)
-        raise AssertionError(f"{simulator} could not build {name} ({exc}); see the log above") from None
+    for attempt in ("cached", "fresh") if cached else ("fresh",):
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not vfile.exists() or vfile.read_text() != source:
+            vfile.write_text(source)
+        try:
+            runner.build(sources=[vfile], hdl_toplevel=name, build_dir=build_dir, always=False,
+                         timescale=("1ns", "1ps"), build_args=extra)
+            break
+        except (SystemExit, subprocess.CalledProcessError, RuntimeError) as exc:
+            # A half-built model would be reused by the next run (always=False): drop the whole
+            # folder. A cached build can also fail because its makefiles name the cocotb of the
+            # checkout that built it (another venv, since deleted): then build it afresh once.
+            shutil.rmtree(build_dir, ignore_errors=True)
+            if attempt == "fresh":
+                raise AssertionError(f"{simulator} could not build {name} ({exc}); see the log above") \
+                    from None
     run_dir = Path(test_dir)
     env = {"JQ_PARAMS": json.dumps(parameters or {})}
     # The runner hands sys.path to the simulator's embedded Python as its PYTHONPATH.
