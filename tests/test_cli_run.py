@@ -67,6 +67,18 @@ def test_run_several_outputs_npz(files, capsys):
     assert_same(got, ort_outputs(m2, {"x": np.load(d / "x2.npy")}), "jacquard run, two outputs")
 
 
+def test_run_on_the_sim_backend(files, capsys):
+    """`jacquard run --backend sim`: the RTL core in Verilator runs the accelerator part of a model whose
+    other part (Softmax, Resize) stays on the CPU; the outputs equal onnxruntime's bit for bit."""
+    d, _, m2 = files
+    args = ["run", str(d / "two.onnx"), str(d / "x2.npy"), "-o", str(d / "sim.npy"), "--backend", "sim",
+            "--config", "sim-small", "--timeout", "900"]
+    assert main(args) == 0
+    assert "sim.npz" in capsys.readouterr().out
+    got = dict(np.load(d / "sim.npz"))
+    assert_same(got, ort_outputs(m2, {"x": np.load(d / "x2.npy")}), "jacquard run --backend sim")
+
+
 def test_run_float_model_with_calibration(files, capsys):
     d, _, _ = files
     args = ["run", str(d / "float.onnx"), str(d / "x.npy"), "-o", str(d / "yf.npy")]
