@@ -64,8 +64,12 @@ def _failure_markdown(report: dict, block: str) -> str:
             for cell, u in report["device_utilization"].items() if u["used"]]
     mem = [f"| `{module}` | {bits // 1024} |" for module, bits in report["memory_bits"].items()
            if bits >= 1024]
-    return (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`): does not fit\n\n"
-            f"nextpnr: {report['error']}\n\n"
+    verdict = "does not fit" if report["over_capacity"] else "did not complete"
+    placed = report.get("placed_fmax_mhz") or {}
+    estimate = "".join(f"Fmax `{clk}` estimated after placement (before routing): {mhz} MHz.\n\n"
+                       for clk, mhz in placed.items())
+    return (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`): {verdict}\n\n"
+            f"nextpnr: {report['error']}\n\n" + estimate +
             "| cell type (nextpnr, after packing) | used / available |\n|---|---|\n" + "\n".join(rows) +
             f"\n\nMACs: {report['macs']}; time to the failure: {report['build_seconds']} s.\n\n"
             "Memories the RTL infers, per module, before mapping (block RAMs a module instantiates "

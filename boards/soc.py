@@ -33,7 +33,8 @@ from jacquard.rtl.uart import UartRx, UartTx, uart_divisor
 from jacquard.sim.isa import HardwareConfig
 from jacquard.sim.isa_regs import register
 
-__all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll", "ecp5_pll_params", "ice40_pll_params"]
+__all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll", "ecp5_pll_params",
+           "ice40_pll_params"]
 
 
 class PlaceholderCore(wiring.Component):

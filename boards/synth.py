@@ -19,7 +19,7 @@ from jacquard.boards.configs import BOARDS, BoardConfig
 from jacquard.host.toolchain import toolchain_env
 
 __all__ = ["LUT_MAPPERS", "TARGETS", "SynthesisError", "critical_path", "device_utilization", "memory_bits",
-           "synthesize"]
+           "placed_fmax", "synthesize"]
 
 
 #: The boards the flow can build for: one file per board (:mod:`jacquard.boards.configs`).
@@ -72,6 +72,13 @@ def device_utilization(log: str) -> dict[str, dict[str, int]]:
         return {}
     rows = re.findall(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", block[1].split("\n\n", 1)[0])
     return {cell: {"used": int(used), "available": int(avail)} for cell, used, avail in rows}
+
+
+def placed_fmax(log: str) -> dict[str, float]:
+    """Fmax per clock that nextpnr last printed (MHz): after placement it is an estimate from
+    predicted delays, so a build stopped while routing still says how far from timing it was."""
+    return {clk: float(mhz) for clk, mhz in
+            re.findall(r"Info: Max frequency for clock '([^']*)': ([\d.]+) MHz", log)}
 
 
 def memory_bits(rtlil: str) -> dict[str, int]:
@@ -192,6 +199,7 @@ def _failure(board: str, target: BoardConfig, build_dir: Path, name: str, macs: 
         "board": board, "config": target.hw_config, "config_hash": None, "lut_mapper": lut_mapper,
         "macs": macs, "error": errors[0] if errors else "the open flow failed (see top.rpt / top.tim)",
         "over_capacity": over, "device_utilization": util,
+        "placed_fmax_mhz": placed_fmax(log),
         "memory_bits": memory_bits(il_path.read_text()) if il_path.exists() else {},
         "build_seconds": round(seconds, 1), "bitstream": [],
     }

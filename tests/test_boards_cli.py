@@ -6,7 +6,7 @@ import pytest
 
 from jacquard.boards.__main__ import main as boards_main
 from jacquard.boards.configs import BOARDS
-from jacquard.boards.synth import critical_path, device_utilization, memory_bits, synthesize
+from jacquard.boards.synth import critical_path, device_utilization, memory_bits, placed_fmax, synthesize
 
 
 def _fake_build(tmp_path, board: str, built_for: str, config_hash: int) -> None:
@@ -64,6 +64,7 @@ Info: \t              DP16KD:     297/    208   142%
 Info: \t          MULT18X18D:     141/    156    90%
 
 Info: Placed 9 cells based on constraints.
+Info: Max frequency for clock '$glbnet$clk': 30.59 MHz (FAIL at 100.00 MHz)
 """
 _RTLIL = """module \\top.soc.sram
   memory width 32 size 512 \\bank0
@@ -82,6 +83,8 @@ def test_failure_report_parsers():
                                                 "DP16KD": {"used": 297, "available": 208},
                                                 "MULT18X18D": {"used": 141, "available": 156}}
     assert device_utilization("Info: no table here\n") == {}
+    assert placed_fmax(_NEXTPNR_LOG) == {"$glbnet$clk": 30.59}
+    assert placed_fmax("Info: no timing yet\n") == {}
     assert list(memory_bits(_RTLIL).items()) == [("soc.core.line_buffer", 64 * 32768),
                                                  ("soc.sram", 2 * 32 * 512)]
 
