@@ -200,26 +200,16 @@ def test_perf_new_ops_vs_rtl(tmp_path):
     check(measure(tmp_path, img, descs, seed), "AVGPOOL, GLOBAL_AVGPOOL, ADD")
 
 
-def test_perf_networks_vs_rtl(tmp_path):
-    seed = 21
-    img, descs = classifier(np.random.default_rng(seed), 12)
+@pytest.mark.parametrize(("seed", "classifier_size", "pnet_size"), [
+    pytest.param(21, 12, 24, id="small"),
+    pytest.param(22, 28, 64, marks=pytest.mark.slow, id="large"),
+])
+def test_perf_networks_vs_rtl(tmp_path, seed, classifier_size, pnet_size):
+    img, descs = classifier(np.random.default_rng(seed), classifier_size)
     (tmp_path / "classifier").mkdir()
     rows = measure(tmp_path / "classifier", img, descs, seed)
     (tmp_path / "pnet").mkdir()
-    img, descs = pnet(24)
-    rows_p = measure(tmp_path / "pnet", img, descs, 24)
-    check(rows, "classifier 12x12")
-    check(rows_p, "P-Net 24x24")
-
-
-@pytest.mark.slow
-def test_perf_networks_vs_rtl_large(tmp_path):
-    seed = 22
-    img, descs = classifier(np.random.default_rng(seed), 28)
-    (tmp_path / "classifier").mkdir()
-    rows = measure(tmp_path / "classifier", img, descs, seed)
-    (tmp_path / "pnet").mkdir()
-    img, descs = pnet(64)
-    rows_p = measure(tmp_path / "pnet", img, descs, 64)
-    check(rows, "classifier 28x28")
-    check(rows_p, "P-Net 64x64")
+    img, descs = pnet(pnet_size)
+    rows_p = measure(tmp_path / "pnet", img, descs, pnet_size)
+    check(rows, f"classifier {classifier_size}x{classifier_size}")
+    check(rows_p, f"P-Net {pnet_size}x{pnet_size}")
