@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jacquard.sim.isa import HardwareConfig
+from jacquard.sim.isa import HardwareConfig, Op
 
 from .compiler import compile_model, get_config
 from .driver import Driver, check_inputs
-from .errors import DeviceError, JacquardError, ShapeError
+from .errors import DeviceError, JacquardError, ProgramError, ShapeError
 from .ir import TensorEnv
 from .jqp import DeviceStep, Executable
 from .jqp import load as load_jqp
@@ -163,9 +163,20 @@ class Device:
         if not isinstance(program, Executable):
             cfg = getattr(self.transport, "config", None) or get_config(self.config_name)
             program = compile_model(program, cfg, input_shapes=input_shapes, calibrate=calibrate)
+        self._check_ops(program)
         self.driver.load(program)
         self.exe = program
         return program
+
+    def _check_ops(self, exe: Executable) -> None:
+        # The op set is in the config hash too; this names the ops, which a hash mismatch cannot.
+        ops = self.transport.read_reg("CONFIG_OPS")
+        if ops != exe.config.ops_mask:
+            found = "+".join(op.name for op in Op if ops >> op & 1) or "none"
+            raise ProgramError(f"the program was compiled for config {exe.config.name} with the ops "
+                               f"{exe.config.ops_names()}, but the device ({self.config_name}) runs the ops "
+                               f"{found}; compile it again with `jacquard compile MODEL.onnx --config "
+                               f"{self.config_name}`")
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """Run one inference: ONNX-layout inputs (as onnxruntime takes them) to outputs by name.

@@ -307,7 +307,7 @@ def _check_mem(addr: int, size: int) -> None:
 def verify_device(transport, config, name: str = "device") -> None:
     """Check that the device behind ``transport`` is a Jacquard core built for ``config``.
 
-    Reads the ID, VERSION and CONFIG_HASH registers (:mod:`jacquard.sim.isa_regs`).
+    Reads the ID, VERSION, CONFIG_OPS and CONFIG_HASH registers (:mod:`jacquard.sim.isa_regs`).
 
     Parameters
     ----------
@@ -319,10 +319,10 @@ def verify_device(transport, config, name: str = "device") -> None:
     Raises
     ------
     DeviceError
-        If the ID is not Jacquard's, the ISA version differs, or the config hash differs; the
-        message says what was found and what to do.
+        If the ID is not Jacquard's, the ISA version differs, the op set differs (the message names
+        both op sets), or the config hash differs; the message says what was found and what to do.
     """
-    from jacquard.sim.isa import CONFIGS, ISA_VERSION
+    from jacquard.sim.isa import CONFIGS, ISA_VERSION, Op
     from jacquard.sim.isa_regs import CORE_ID, register
 
     found = transport.read_reg(register("ID").offset)
@@ -334,6 +334,14 @@ def verify_device(transport, config, name: str = "device") -> None:
         raise DeviceError(f"{name} runs ISA version {isa}, this host compiles for version {ISA_VERSION}; "
                           f"rebuild and flash the bitstream from this version")
     chash = transport.read_reg(register("CONFIG_HASH").offset)
+    ops = transport.read_reg(register("CONFIG_OPS").offset)
+    if ops != config.ops_mask:
+        found_ops = "+".join(op.name for op in Op if ops >> op & 1) or "none"
+        known = [c.name for c in CONFIGS.values() if c.config_hash() == chash]
+        what = f"config {known[0]!r}" if known else f"config hash {chash:#010x}"
+        raise DeviceError(f"{name} ({what}) runs the ops {found_ops}, but the program targets "
+                          f"{config.name!r}, built with the ops {config.ops_names()}; recompile for the "
+                          f"device's config or flash the {config.name} bitstream")
     if chash != config.config_hash():
         known = [c.name for c in CONFIGS.values() if c.config_hash() == chash]
         what = f"config {known[0]!r}" if known else "an unknown config"

@@ -121,6 +121,10 @@ class HardwareConfig:
         Nominal core clock, for performance estimates (not part of :meth:`config_hash`).
     dma_align : int
         Required alignment in bytes of every address in a descriptor and of the program.
+    ops : frozenset of Op
+        The ops this build runs (default: all). The core elaborates only their units and refuses
+        any other op with ``BAD_OPCODE``; CONV is always in. A bit mask (bit ``op`` per op, as in
+        :meth:`hash_fields` and the ``CONFIG_OPS`` register) is accepted too.
 
     Raises
     ------
@@ -138,8 +142,19 @@ class HardwareConfig:
     param_buffer_entries: int
     clock_mhz: float
     dma_align: int = 4
+    ops: frozenset[Op] = field(default_factory=lambda: frozenset(Op))
 
     def __post_init__(self) -> None:
+        ops = self.ops
+        if isinstance(ops, int) and not isinstance(ops, bool) and ops >= 0:
+            # The bit mask of hash_fields() (a .jqp manifest's config fields).
+            if ops & ~sum(1 << op for op in Op):
+                raise ValueError(f"ops mask {ops:#x} has bits of no Op")
+            ops = frozenset(op for op in Op if ops >> op & 1)
+        if (not isinstance(ops, (set, frozenset)) or not all(isinstance(o, Op) for o in ops)
+                or Op.CONV not in ops):
+            raise ValueError(f"ops must be a set of Op containing Op.CONV, not {self.ops!r}")
+        object.__setattr__(self, "ops", frozenset(ops))
         for name in ("c_par", "oc_par", "dma_align"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1) or v > 128:
@@ -174,35 +189,25 @@ class HardwareConfig:
         """Channel parameters and per-channel LUT rows come in multiples of this many channels."""
         return math.lcm(self.c_par, self.oc_par)
 
+    @property
+    def ops_mask(self) -> int:
+        """The op set as a bit mask: bit ``op`` is set for each op in :attr:`ops`."""
+        return sum(1 << op for op in self.ops)
+
+    def ops_names(self) -> str:
+        """The op set as text, e.g. ``"CONV+MAXPOOL"``."""
+        return "+".join(op.name for op in sorted(self.ops))
+
     def hash_fields(self) -> dict[str, int]:
         """The fields that decide whether a program runs on this config (all but name and clock)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("name", "clock_mhz")}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("name", "clock_mhz", "ops")}
+        return {**fields, "ops": self.ops_mask}
 
     def config_hash(self) -> int:
         """A stable 32-bit hash of :meth:`hash_fields`: the first 4 bytes of SHA-256 of their JSON."""
         text = json.dumps(self.hash_fields(), sort_keys=True, separators=(",", ":"))
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-
-
-#: Named presets. ULX3S-85F is the reference (16x8 = 128 MACs); iCEBreaker is the tiny one.
-CONFIGS: dict[str, HardwareConfig] = {
-    c.name: c for c in (
-        # line_buffer_bytes: the line buffer keeps one row slot of this size per kernel row (8), so
-        # 8 KiB is 0.5 Mibit of the 85F's 3.7 Mibit of block RAM (32 KiB did not fit: 297/208 EBR).
-        HardwareConfig("ulx3s-85f", c_par=8, oc_par=16, max_width=512, line_buffer_rows=6,
-                       line_buffer_bytes=8192, weight_buffer_bytes=65536, param_buffer_entries=512,
-                       clock_mhz=100.0),
-        # 4x2 = 8 MACs fill the iCE40UP5K's 8 DSPs; buffers live in its SPRAM.
-        HardwareConfig("icebreaker", c_par=4, oc_par=2, max_width=128, line_buffer_rows=6,
-                       line_buffer_bytes=8192, weight_buffer_bytes=8192, param_buffer_entries=64,
-                       clock_mhz=24.0),
-        # Small enough that RTL simulations of whole layers stay short, large enough to tile.
-        HardwareConfig("sim-small", c_par=4, oc_par=4, max_width=64, line_buffer_rows=6,
-                       line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
-                       clock_mhz=100.0),
-    )
-}
 
 
 # -- ops and error codes ----------------------------------------------------------------------------
@@ -273,6 +278,26 @@ class DescriptorError(IsaError):
         self.index = index
         self.field = field
         self.address = address
+
+
+#: Named presets. ULX3S-85F is the reference (16x8 = 128 MACs); iCEBreaker is the tiny one.
+CONFIGS: dict[str, HardwareConfig] = {
+    c.name: c for c in (
+        # line_buffer_bytes: the line buffer keeps one row slot of this size per kernel row (8), so
+        # 8 KiB is 0.5 Mibit of the 85F's 3.7 Mibit of block RAM (32 KiB did not fit: 297/208 EBR).
+        HardwareConfig("ulx3s-85f", c_par=8, oc_par=16, max_width=512, line_buffer_rows=6,
+                       line_buffer_bytes=8192, weight_buffer_bytes=65536, param_buffer_entries=512,
+                       clock_mhz=100.0),
+        # 4x2 = 8 MACs fill the iCE40UP5K's 8 DSPs; buffers live in its SPRAM.
+        HardwareConfig("icebreaker", c_par=4, oc_par=2, max_width=128, line_buffer_rows=6,
+                       line_buffer_bytes=8192, weight_buffer_bytes=8192, param_buffer_entries=64,
+                       clock_mhz=24.0),
+        # Small enough that RTL simulations of whole layers stay short, large enough to tile.
+        HardwareConfig("sim-small", c_par=4, oc_par=4, max_width=64, line_buffer_rows=6,
+                       line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
+                       clock_mhz=100.0),
+    )
+}
 
 
 # -- field tables -----------------------------------------------------------------------------------
@@ -1100,13 +1125,13 @@ def isa_markdown() -> str:
            "### Error codes", "", *_enum_table(ErrorCode, "ErrorCode"), "",
            "### Hardware configs", "",
            "| Name | c_par | oc_par | MACs | max_width | line_buffer_rows | line_buffer_bytes | "
-           "weight_buffer_bytes | param_buffer_entries | dma_align | clock MHz | config_hash |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "weight_buffer_bytes | param_buffer_entries | dma_align | clock MHz | ops | config_hash |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in CONFIGS.values():
         out.append(f"| `{c.name}` | {c.c_par} | {c.oc_par} | {c.macs} | {c.max_width} | "
                    f"{c.line_buffer_rows} | {c.line_buffer_bytes} | {c.weight_buffer_bytes} | "
                    f"{c.param_buffer_entries} | {c.dma_align} | {c.clock_mhz:g} | "
-                   f"`{c.config_hash():#010x}` |")
+                   f"{'all' if c.ops == frozenset(Op) else c.ops_names()} | `{c.config_hash():#010x}` |")
     out += ["", *registers_markdown()]
     return "\n".join(out) + "\n"
 

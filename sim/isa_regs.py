@@ -21,6 +21,7 @@ from jacquard.sim.isa import (
     ErrorCode,
     HardwareConfig,
     IsaError,
+    Op,
     ProgramError,
 )
 
@@ -201,6 +202,10 @@ REGISTERS: tuple[Register, ...] = (
     Register("ERROR_ADDR", 0x48, Access.RO, _word("addr", "Offending address (WINDOW, OVERLAP, "
                                                            "MISALIGNED, BUS_ERROR)"),
              "Which address caused the error"),
+    Register("CONFIG_OPS", 0x4C, Access.RO,
+             tuple(RegField(op.name.lower(), int(op), 1, f"Op.{op.name} is built in") for op in Op),
+             "The ops this core runs (HardwareConfig.ops); others stop with BAD_OPCODE",
+             config=lambda c: c.ops_mask),
     *(Register(f"{name}_{half}", 0x80 + 8 * i + 4 * j, Access.RO,
                _word("count", f"Bits {32 * j + 31}:{32 * j}"),
                doc + (" (read _LO first: it latches _HI)" if half == "LO" else ""))
