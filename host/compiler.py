@@ -345,16 +345,24 @@ def _layer_descs(layer: ir.Layer, tensors: dict[str, ir.Tensor], cfg: HardwareCo
     raise _Unsupported(f"{type(layer).__name__} has no device op")
 
 
-def _fuse_lut(stage: _Stage, layer: ir.QLut, uses: dict[str, int], keep: set[str]) -> bool:
-    """Fold a table into the CONV or ADD just before it that produced its input, if nothing else reads it."""
+def _fuse_lut(stage: _Stage, layer: ir.QLut, uses: dict[str, int], keep: set[str],
+              cfg: HardwareConfig) -> str | None:
+    """Fold a table into the CONV or ADD just before it that produced its input, if nothing else reads it.
+
+    Returns None if it was folded, else why not (empty when there is nothing to say).
+    """
     if not stage.descs:
-        return False
+        return ""
     last = stage.descs[-1]
     src = layer.inputs[0]
     same = [d for d in stage.descs if d.layer == last.layer]
     if last.output[0] != src or uses.get(src, 0) != 1 or src in keep or any(
             d.d.op not in (Op.CONV, Op.ADD) or d.d.lut or d.d.fuse_maxpool for d in same):
-        return False
+        return ""
+    if last.d.op == Op.ADD and cfg.oc_par < cfg.c_par:
+        # ADD's c_par-wide sums would pass the LUT/pad unit's oc_par lanes: the core refuses it.
+        return (f"not fused into ADD {last.layer}: config {cfg.name}'s LUT unit has oc_par={cfg.oc_par} "
+                f"lanes < c_par={cfg.c_par}")
     lut = np.ascontiguousarray(layer.lut, dtype=np.int8)
     if lut.ndim == 2 and lut.shape[0] != last.d.out_c:
         return False
@@ -363,7 +371,7 @@ def _fuse_lut(stage: _Stage, layer: ir.QLut, uses: dict[str, int], keep: set[str
         d.consts = dict(d.consts)
         d.output = (layer.outputs[0], d.output[1])
         d.consts["lut_addr"] = lut  # packed once by _link
-    return True
+    return None
 
 
 def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
@@ -426,11 +434,15 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
                 stage.layers.append(layer)
                 where[layer.name] = "accelerator"
                 continue
-            if isinstance(layer, ir.QLut) and _fuse_lut(stage, layer, uses, outputs):
-                stage.layers.append(layer)
-                where[layer.name] = "accelerator"
-                report_reason[layer.name] = f"fused into {stage.descs[-1].layer}"
-                continue
+            if isinstance(layer, ir.QLut):
+                why = _fuse_lut(stage, layer, uses, outputs, cfg)
+                if why is None:
+                    stage.layers.append(layer)
+                    where[layer.name] = "accelerator"
+                    report_reason[layer.name] = f"fused into {stage.descs[-1].layer}"
+                    continue
+                if why:
+                    report_reason[layer.name] = why
             try:
                 descs = _layer_descs(layer, tensors, cfg)
                 fitted = []
@@ -548,9 +560,13 @@ def _link(plan: Plan, cfg: HardwareConfig, steps: list, tensors: dict[str, ir.Te
             continue
         names = {layer.name for layer in s.layers}
         needed = _needed(plan, names)
-        produced = {d.output[0] for d in s.descs} | set(s.alias)
+        produced = {d.output[0] for d in s.descs}
+        # An alias is produced here only if its root is (a stage may open with a free layout of a
+        # tensor that a CPU step made).
+        produced |= {t for t in s.alias if _root(s.alias, t) in produced}
         read = [t for d in s.descs for _, t, _ in d.inputs]
-        ins = list(dict.fromkeys(t for t in read if t not in produced and _root(s.alias, t) not in produced))
+        ins = list(dict.fromkeys(_root(s.alias, t) for t in read
+                                 if t not in produced and _root(s.alias, t) not in produced))
         outs = [t for t in dict.fromkeys([*[d.output[0] for d in s.descs], *s.alias]) if t in needed]
         alias = s.alias
 
@@ -614,5 +630,4 @@ def compile_model(model, config: str | HardwareConfig = "ulx3s-85f", *,
 
     cfg = get_config(config)
     imported = load_model(model, input_shapes, calibrate=calibrate)
-    limits = Limits(max_kernel=min(7, cfg.max_kernel_h))
-    return compile_plan(partition(imported, limits), cfg, band_rows=band_rows)
+    return compile_plan(partition(imported, Limits.for_config(cfg)), cfg, band_rows=band_rows)

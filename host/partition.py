@@ -20,6 +20,7 @@ import onnx
 from onnx import helper
 
 from jacquard.sim import golden
+from jacquard.sim.isa import HardwareConfig, Op
 
 from . import ir
 from .importer import ImportedModel
@@ -41,11 +42,23 @@ class Limits:
         Largest stride.
     fused_pool : tuple of (kernel, stride)
         Max pools the post-processor can fuse behind a convolution.
+    ops : frozenset of Op
+        The ops the target config builds (:attr:`HardwareConfig.ops`); a layer of another op runs on
+        the CPU.
+    config : str
+        The target config's name, for the reasons.
     """
 
     max_kernel: int = golden.MAX_KERNEL
     max_stride: int = golden.MAX_STRIDE
     fused_pool: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (((2, 2), (2, 2)),)
+    ops: frozenset[Op] = frozenset(Op)
+    config: str = "the target config"
+
+    @classmethod
+    def for_config(cls, cfg: HardwareConfig) -> Limits:
+        """The limits of a hardware config: its kernel height and op set."""
+        return cls(max_kernel=min(golden.MAX_KERNEL, cfg.max_kernel_h), ops=cfg.ops, config=cfg.name)
 
 
 def _window_reason(kind: str, kernel, stride, pads, limits: Limits) -> str | None:
@@ -59,10 +72,30 @@ def _window_reason(kind: str, kernel, stride, pads, limits: Limits) -> str | Non
     return None
 
 
+def _device_op(layer: ir.Layer, graph: ir.Graph) -> Op | None:
+    """The op a layer compiles to (a table alone is an identity CONV), or None for host layers."""
+    if isinstance(layer, ir.QConv | ir.QFullyConnected | ir.QLut):
+        return Op.CONV
+    if isinstance(layer, ir.QMaxPool):
+        return Op.MAXPOOL
+    if isinstance(layer, ir.QAvgPool):
+        x = graph.tensors[layer.inputs[0]]
+        whole = layer.kernel == x.shape[1:3] and layer.pads == (0, 0, 0, 0)
+        return Op.GLOBAL_AVGPOOL if whole else Op.AVGPOOL  # the compiler's choice
+    if isinstance(layer, ir.QGlobalAvgPool):
+        return Op.GLOBAL_AVGPOOL
+    if isinstance(layer, ir.QAdd):
+        return Op.ADD
+    return None
+
+
 def check_layer(layer: ir.Layer, graph: ir.Graph, limits: Limits = Limits()) -> str | None:
     """Why ``layer`` cannot run on the accelerator, or None if it can."""
     if isinstance(layer, ir.CpuOp):
         return layer.reason
+    op = _device_op(layer, graph)
+    if op is not None and op not in limits.ops:
+        return f"{op.name} not in config {limits.config}'s ops"
     if isinstance(layer, ir.QConv):
         return _window_reason("convolution", layer.kernel, layer.stride, layer.pads, limits)
     if isinstance(layer, ir.QMaxPool):

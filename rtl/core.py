@@ -49,7 +49,7 @@ from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from jacquard.sim.isa import CONFIGS, HardwareConfig
+from jacquard.sim.isa import CONFIGS, HardwareConfig, Op
 from jacquard.sim.isa_regs import PERF_COUNTERS, register
 
 from .avg_pool import AvgPool
@@ -265,6 +265,12 @@ class _Gearbox(wiring.Component):
         return m
 
 
+def _stand_in(unit: wiring.Component, name: str):
+    """Ports like ``unit``'s, for a unit the config does not build (its outputs stay at reset)."""
+    unit._MustUse__silence = True  # built only for its signature, never elaborated
+    return unit.signature.create(path=(name,))
+
+
 class JacquardCore(wiring.Component):
     """The Jacquard accelerator core for one :class:`HardwareConfig`.
 
@@ -273,7 +279,7 @@ class JacquardCore(wiring.Component):
     config : HardwareConfig or str
         The build's parameters, or the name of a preset in :data:`jacquard.sim.isa.CONFIGS`.
     n_requant : int, optional
-        Requantizer lanes (default: ``oc_par`` for configs of at most 16 MACs, else ``oc_par // 4``).
+        Requantizer lanes (default: the config's :attr:`~jacquard.sim.isa.HardwareConfig.n_requant`).
     add_lanes : int, optional
         EltwiseAdd datapath lanes, a divisor of ``c_par`` (default 1: ADD is rare and each lane is
         about 2.7k LUT4; an ADD then takes ``c_par`` cycles per pixel beat).
@@ -308,7 +314,7 @@ class JacquardCore(wiring.Component):
             self._MustUse__silence = True
             raise
         if n_requant is None:
-            n_requant = config.oc_par if config.macs <= 16 else max(1, config.oc_par // 4)
+            n_requant = config.n_requant
         self._cfg = config
         self._n_requant = n_requant
         self._add_lanes = add_lanes
@@ -376,12 +382,22 @@ class JacquardCore(wiring.Component):
         eadd = EltwiseAdd(c_par, lanes=self._add_lanes)
         afifo = fifo.SyncFIFOBuffered(width=wbits, depth=ADD_CHUNK_WORDS)
         bgear = _Gearbox(wbits, c_par // wb, 1)
-        for name, unit in (("line_buffer", lb), ("pe_array", pe), ("postproc", pp), ("lutpad", lutpad),
-                           ("maxpool", mp), ("maxreduce", mr), ("packer", packer), ("route", route),
-                           ("pixel_gear", pgear), ("weight_gear", wgear), ("avgpool", avg),
-                           ("gap_sum", gsum), ("gap_requant", grq), ("eltwise_add", eadd),
-                           ("input_fifo", afifo), ("pixel2_gear", bgear)):
-            m.submodules[name] = ResetInserter(flush)(unit)
+        # The units of the ops the config leaves out are not built: the sequencer refuses those ops
+        # (BAD_OPCODE), so their stand-in ports stay idle and synthesis removes what they feed.
+        gap = bool(cfg.ops & {Op.AVGPOOL, Op.GLOBAL_AVGPOOL})  # a whole-map AVGPOOL runs as one
+        units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lutpad": lutpad, "maxpool": mp,
+                 "maxreduce": mr, "packer": packer, "route": route, "pixel_gear": pgear,
+                 "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
+                 "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
+        needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
+                  "gap_requant": gap, "eltwise_add": Op.ADD in cfg.ops, "pixel2_gear": Op.ADD in cfg.ops}
+        for name, unit in units.items():
+            if needed.get(name, True):
+                m.submodules[name] = ResetInserter(flush)(unit)
+        mr, avg, gsum, grq, eadd, bgear = (
+            unit if needed[name] else _stand_in(unit, name)
+            for name, unit in (("maxreduce", mr), ("avgpool", avg), ("gap_sum", gsum), ("gap_requant", grq),
+                               ("eltwise_add", eadd), ("pixel2_gear", bgear)))
 
         # -- registers <-> sequencer ------------------------------------------------------------
         ctrl = register("CTRL").layout()(csr.ctrl)

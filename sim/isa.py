@@ -125,6 +125,10 @@ class HardwareConfig:
         The ops this build runs (default: all). The core elaborates only their units and refuses
         any other op with ``BAD_OPCODE``; CONV is always in. A bit mask (bit ``op`` per op, as in
         :meth:`hash_fields` and the ``CONFIG_OPS`` register) is accepted too.
+    requant_lanes : int
+        Requantizer lanes of the post-processor (outputs requantized per cycle); 0 (default) means
+        ``oc_par`` for configs of at most 16 MACs, else ``oc_par // 4`` (see :attr:`n_requant`).
+        Timing only: not part of :meth:`config_hash`.
 
     Raises
     ------
@@ -143,6 +147,7 @@ class HardwareConfig:
     clock_mhz: float
     dma_align: int = 4
     ops: frozenset[Op] = field(default_factory=lambda: frozenset(Op))
+    requant_lanes: int = 0
 
     def __post_init__(self) -> None:
         ops = self.ops
@@ -171,6 +176,9 @@ class HardwareConfig:
         if self.param_buffer_entries < self.param_align:
             raise ValueError(f"param_buffer_entries must be >= lcm(c_par, oc_par) = {self.param_align}, "
                              f"not {self.param_buffer_entries!r}")
+        if not isinstance(self.requant_lanes, int) or not 0 <= self.requant_lanes <= self.oc_par:
+            raise ValueError(f"requant_lanes must be in 0..oc_par ({self.oc_par}), "
+                             f"not {self.requant_lanes!r}")
         if not self.clock_mhz > 0:
             raise ValueError(f"clock_mhz must be > 0, not {self.clock_mhz!r}")
 
@@ -190,6 +198,13 @@ class HardwareConfig:
         return math.lcm(self.c_par, self.oc_par)
 
     @property
+    def n_requant(self) -> int:
+        """Requantizer lanes the core builds: :attr:`requant_lanes`, or its default rule when 0."""
+        if self.requant_lanes:
+            return self.requant_lanes
+        return self.oc_par if self.macs <= 16 else max(1, self.oc_par // 4)
+
+    @property
     def ops_mask(self) -> int:
         """The op set as a bit mask: bit ``op`` is set for each op in :attr:`ops`."""
         return sum(1 << op for op in self.ops)
@@ -201,7 +216,7 @@ class HardwareConfig:
     def hash_fields(self) -> dict[str, int]:
         """The fields that decide whether a program runs on this config (all but name and clock)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in ("name", "clock_mhz", "ops")}
+                  if f.name not in ("name", "clock_mhz", "ops", "requant_lanes")}
         return {**fields, "ops": self.ops_mask}
 
     def config_hash(self) -> int:
@@ -288,10 +303,17 @@ CONFIGS: dict[str, HardwareConfig] = {
         HardwareConfig("ulx3s-85f", c_par=8, oc_par=16, max_width=512, line_buffer_rows=6,
                        line_buffer_bytes=8192, weight_buffer_bytes=65536, param_buffer_entries=512,
                        clock_mhz=100.0),
-        # 4x2 = 8 MACs fill the iCE40UP5K's 8 DSPs; buffers live in its SPRAM.
+        # 4x2 = 8 MACs fill the iCE40UP5K's 8 DSPs; buffers live in its SPRAM. Only the ops of a
+        # plain CNN (conv with fused pool and LUT, max pool) and one requantizer lane: the others'
+        # units do not fit (docs/RESULTS.md, synth-icebreaker).
         HardwareConfig("icebreaker", c_par=4, oc_par=2, max_width=128, line_buffer_rows=6,
                        line_buffer_bytes=8192, weight_buffer_bytes=8192, param_buffer_entries=64,
-                       clock_mhz=24.0),
+                       clock_mhz=24.0, ops=frozenset({Op.CONV, Op.MAXPOOL}), requant_lanes=1),
+        # The small board target: sim-small's array and buffers (a model's layers tile the same way)
+        # with the icebreaker's op set and one requantizer lane, to fit the LFE5U-25F.
+        HardwareConfig("ulx3s-25f", c_par=4, oc_par=4, max_width=64, line_buffer_rows=6,
+                       line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
+                       clock_mhz=50.0, ops=frozenset({Op.CONV, Op.MAXPOOL}), requant_lanes=1),
         # Small enough that RTL simulations of whole layers stay short, large enough to tile.
         HardwareConfig("sim-small", c_par=4, oc_par=4, max_width=64, line_buffer_rows=6,
                        line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
@@ -728,6 +750,9 @@ def check_descriptor(d: LayerDescriptor, cfg: HardwareConfig, index: int | None 
     except DescriptorError as e:
         fail(str(e).removeprefix("descriptor: "), e.code, e.field)
     op = d.op
+    if op not in cfg.ops:  # the core of this config has no unit for it
+        fail(f"op {op.name} is not in config {cfg.name}'s ops ({cfg.ops_names()})", ErrorCode.BAD_OPCODE,
+             "op")
     for name in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c"):
         if getattr(d, name) < 1:
             fail(f"{name} must be >= 1, not {getattr(d, name)}", fld=name)
@@ -739,6 +764,8 @@ def check_descriptor(d: LayerDescriptor, cfg: HardwareConfig, index: int | None 
         fail("lut_per_channel needs lut", fld="lut_per_channel")
     if d.lut and op not in (Op.CONV, Op.ADD):
         fail(f"lut is not supported by {op.name}", fld="lut")
+    if d.lut and op == Op.ADD and cfg.oc_par < cfg.c_par:  # c_par sums through oc_par LUT lanes
+        fail(f"lut on ADD needs oc_par >= c_par, not {cfg.oc_par} < {cfg.c_par}", fld="lut")
     if d.fuse_maxpool and op != Op.CONV:
         fail(f"fuse_maxpool is not supported by {op.name}", fld="fuse_maxpool")
     if d.depthwise and op != Op.CONV:
