@@ -511,9 +511,13 @@ class ScaleUnit(wiring.Component):
         mul_a = Signal(48)
         mul_b = Signal(24)
         prod = Signal(64)
-        p_zero, lz = _leading_zeros(m, prod, "su_p")
+        p_zero_c, lz_c = _leading_zeros(m, prod, "su_p")
+        # The normalization is registered (state NORM_P) before the rounding reads it: the leading
+        # zero count, the 64-bit shift, the rounding add and the exponent compare in one cycle
+        # were the longest path of the SoC's sequencer.
+        p_zero = Signal()
+        lz = Signal.like(lz_c)
         norm = Signal(64)
-        m.d.comb += norm.eq(prod << lz)
         p_round = Signal(25)
         m.d.comb += p_round.eq(norm[40:] + (norm[39] & (norm[:39].any() | norm[40])))
         p_over = Signal()
@@ -562,7 +566,10 @@ class ScaleUnit(wiring.Component):
                     m.d.sync += [prod.eq(Mux(mul_b[0], prod + mul_a, prod)), mul_a.eq(mul_a << 1),
                                  mul_b.eq(mul_b >> 1)]
                 with m.Else():
-                    m.next = "ROUND_P"
+                    m.next = "NORM_P"
+            with m.State("NORM_P"):
+                m.d.sync += [p_zero.eq(p_zero_c), lz.eq(lz_c), norm.eq(prod << lz_c)]
+                m.next = "ROUND_P"
             with m.State("ROUND_P"):
                 lead = sy.elsb + 63 - lz + p_round[24]  # exponent of f32(sy * hw)'s leading bit
                 m.d.sync += [pp.sign.eq(0), pp.zero.eq(p_zero), pp.elsb.eq(lead - 23),

@@ -432,6 +432,13 @@ class Sequencer(wiring.Component):
             (is_add & d.lut & Const(cfg.oc_par < cfg.c_par), P, "lut", 0),
         ]
         check_step = Signal(range(len(checks) + 1))
+        # Every check's verdict is registered: each is a wide compare (an address plus a size
+        # against the window, 50-bit carry chains) and their multiplexer by check_step feeds the
+        # state machine, which was the SoC's longest path. The operands (the descriptor, the
+        # products, the ScaleUnit's outputs, the registers) are stable at least two cycles
+        # before CHECK reads the first verdict: MUL's last step and SCALES come in between.
+        check_bad = Signal(len(checks))
+        m.d.sync += check_bad.eq(Cat(*(bad for bad, _, _, _ in checks)))
 
         # -- status -------------------------------------------------------------------------
         stop_code = Signal(ErrorCode)
@@ -599,9 +606,9 @@ class Sequencer(wiring.Component):
                     m.next = "CHECK"
             with state("CHECK"):
                 with m.Switch(check_step):
-                    for k, (bad, code, fld, addr) in enumerate(checks):
+                    for k, (_, code, fld, addr) in enumerate(checks):
                         with m.Case(k):
-                            with m.If(bad):
+                            with m.If(check_bad[k]):
                                 m.d.sync += fail(code, fld, addr)
                                 m.next = "STOP"
                     with m.Default():
