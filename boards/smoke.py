@@ -25,7 +25,7 @@ from jacquard.rtl.pe_array import PEArray
 from jacquard.rtl.postproc import PostProcessor
 from jacquard.rtl.requantizer import Requantizer
 
-__all__ = ["BLOCKS", "SmokeTop"]
+__all__ = ["BLOCKS", "SmokeTop", "block_macs"]
 
 def _pe_array() -> PEArray:
     s = block_sizes()
@@ -58,6 +58,21 @@ BLOCKS: dict[str, Callable[[], wiring.Component]] = {
     "requantizer": Requantizer,
     "datapath": Datapath,
 }
+
+
+def block_macs(name: str) -> int:
+    """Multipliers a block's smoke top computes with (for the report's MACs and peak GOPS).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not in :data:`BLOCKS`.
+    """
+    if name not in BLOCKS:
+        raise ValueError(f"Block must be one of {sorted(BLOCKS)}, not {name!r}")
+    if name in ("pe_array", "datapath"):
+        return block_sizes()["macs"]
+    return 1 if name == "mac" else 0
 
 
 def _ports(block: wiring.Component) -> tuple[list[Value], list[Value]]:

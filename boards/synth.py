@@ -18,8 +18,8 @@ from amaranth.hdl import Elaboratable
 from jacquard.boards.configs import BOARDS, BoardConfig
 from jacquard.host.toolchain import toolchain_env
 
-__all__ = ["LUT_MAPPERS", "TARGETS", "SynthesisError", "critical_path", "device_utilization", "memory_bits",
-           "placed_fmax", "synthesize"]
+__all__ = ["LUT_MAPPERS", "ROUTERS", "TARGETS", "SynthesisError", "critical_path", "device_utilization",
+           "memory_bits", "nextpnr_options", "placed_fmax", "report_paths", "synthesize"]
 
 
 #: The boards the flow can build for: one file per board (:mod:`jacquard.boards.configs`).
@@ -31,6 +31,41 @@ TARGETS: dict[str, BoardConfig] = BOARDS
 #: rtlil.cc:3091 on designs with memories, such as the board SoC); synth_ecp5 has no option to skip
 #: abc9, so the synthesis is split around its ``map_luts`` step.
 LUT_MAPPERS = ("abc9", "abc")
+
+#: nextpnr's routers. ``router2`` (the default here) routes congested ECP5 designs far faster than
+#: nextpnr's own default ``router1``.
+ROUTERS = ("router1", "router2")
+
+
+def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_fail: bool = False) -> str:
+    """The extra nextpnr command line of a build (the report JSON is always written).
+
+    Parameters
+    ----------
+    router : str
+        One of :data:`ROUTERS`.
+    place_only : bool
+        Stop after placement (``--no-route``): the report then holds nextpnr's post-placement
+        Fmax estimate and critical paths, in a fraction of a full build's time.
+    allow_fail : bool
+        ``--timing-allow-fail``: a design that misses its clock constraint still completes, so its
+        achieved Fmax is reported (smoke builds of single blocks).
+
+    Raises
+    ------
+    ValueError
+        If ``router`` is not in :data:`ROUTERS`.
+    """
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    # Relative to the build dir the script runs in: YoWASP maps /tmp to a private folder, so an
+    # absolute path under /tmp would be written where we cannot read it.
+    opts = ["--report nextpnr-report.json", "--detailed-timing-report", f"--router {router}"]
+    if place_only:
+        opts.append("--no-route")
+    if allow_fail:
+        opts.append("--timing-allow-fail")
+    return " ".join(opts)
 
 
 def _lut_mapper_overrides(family: str, lut_mapper: str) -> dict[str, str]:
@@ -122,8 +157,30 @@ def critical_path(log: str) -> dict | None:
     return worst
 
 
+def report_paths(report: dict) -> list[dict]:
+    """The critical paths in nextpnr's report JSON (``--report``), one per clock pair, worst first.
+
+    Each is ``{"from_clock", "to_clock", "delay_ns", "logic_levels", "from", "to"}`` with the
+    source and sink cells (their hierarchical names say which modules the path joins). Written
+    after placement too, so a placement-only build says which paths are slow.
+    """
+    paths = []
+    for cp in report.get("critical_paths", []):
+        steps = cp.get("path", [])
+        if not steps:
+            continue
+        paths.append({
+            "from_clock": cp.get("from"), "to_clock": cp.get("to"),
+            "delay_ns": round(sum(step.get("delay", 0.0) for step in steps), 2),
+            "logic_levels": sum(1 for step in steps if step.get("type") == "logic"),
+            "from": steps[0].get("from", {}).get("cell"), "to": steps[-1].get("to", {}).get("cell"),
+        })
+    return sorted(paths, key=lambda p: -p["delay_ns"])
+
+
 def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top", *,
-               macs: int = 0, config_hash: int | None = None, lut_mapper: str = "abc9") -> dict:
+               macs: int = 0, config_hash: int | None = None, lut_mapper: str = "abc9",
+               router: str = "router2", place_only: bool = False, allow_fail: bool = False) -> dict:
     """Build a bitstream of ``top`` for ``board`` into ``build_dir`` and return the report dict.
 
     Parameters
@@ -131,12 +188,15 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     lut_mapper : str
         One of :data:`LUT_MAPPERS`: ``"abc9"`` (default) or ``"abc"`` (ECP5 only; for builds
         that abc9 cannot take).
+    router, place_only, allow_fail
+        nextpnr options, see :func:`nextpnr_options`. With ``place_only`` no bitstream is
+        written and ``fmax_mhz`` is the post-placement estimate (``"placed": true`` in the report).
 
     Raises
     ------
     ValueError
-        If ``board`` is not in :data:`TARGETS`, or ``lut_mapper`` is unknown or not available for
-        the board's family.
+        If ``board`` is not in :data:`TARGETS`, ``lut_mapper`` is unknown or not available for
+        the board's family, or ``router`` is unknown.
     RuntimeError
         If the toolchain fails; the message names the log to read.
     """
@@ -145,14 +205,18 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     target = TARGETS[board]
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
+    opts = nextpnr_options(router, place_only=place_only, allow_fail=allow_fail)
     overrides = dict(target.build_overrides)
     for key, value in _lut_mapper_overrides(target.family, lut_mapper).items():
         overrides[key] = f"{overrides[key]} {value}" if key == "synth_opts" and key in overrides else value
-    # Relative to the build dir the script runs in: YoWASP maps /tmp to a private folder, so an
-    # absolute path under /tmp would be written where we cannot read it.
-    overrides["nextpnr_opts"] = "--report nextpnr-report.json"
+    overrides["nextpnr_opts"] = opts
     # amaranth's build system reads the tool names from os.environ.
     os.environ.update(toolchain_env())
+    # An unrouted design makes no bitstream: the packer step of the script is skipped.
+    packer = {"ecp5": "ECPPACK", "ice40": "ICEPACK"}.get(target.family)
+    saved_packer = os.environ.get(packer) if packer else None
+    if place_only and packer:
+        os.environ[packer] = "true"
     started = time.monotonic()
     for stale in (build_dir / "nextpnr-report.json", build_dir / f"{name}.tim"):
         stale.unlink(missing_ok=True)
@@ -160,23 +224,34 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         target.platform().build(top, name=name, build_dir=str(build_dir), do_program=False, **overrides)
     except subprocess.CalledProcessError as exc:  # name the build dir, where the tools' logs are
         raise _failure(board, target, build_dir, name, macs, lut_mapper, time.monotonic() - started) from exc
+    finally:
+        if place_only and packer:
+            if saved_packer is None:
+                os.environ.pop(packer, None)
+            else:
+                os.environ[packer] = saved_packer
     seconds = time.monotonic() - started
     nextpnr = json.loads((build_dir / "nextpnr-report.json").read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in nextpnr.get("fmax", {}).items()}
-    bitstreams = [p.name for p in build_dir.glob(f"{name}.b*") if p.suffix in (".bin", ".bit")]
+    bitstreams = [] if place_only else [p.name for p in build_dir.glob(f"{name}.b*")
+                                        if p.suffix in (".bin", ".bit")]
     log = build_dir / f"{name}.tim"
     core_mhz = min(fmax.values()) if fmax else 0.0
     report = {
         "board": board,
         "config": target.hw_config,
-        "config_hash": config_hash,
+        # An unrouted build has no bitstream for `flash` to accept.
+        "config_hash": None if place_only else config_hash,
         "lut_mapper": lut_mapper,
+        "router": router,
+        "placed": place_only,
         "fmax_mhz": fmax,
         "fmax_constraint_mhz": {clk: round(v["constraint"], 2) for clk, v in nextpnr.get("fmax", {}).items()},
         "macs": macs,
         # The slowest domain limits the core (the SoC has one: the PLL's `sync`).
         "peak_gops": round(2 * macs * core_mhz / 1000, 2),
         "critical_path": critical_path(log.read_text(errors="replace")) if log.exists() else None,
+        "critical_paths": report_paths(nextpnr),
         "cells": _utilization(nextpnr, target.logic_cells),
         "dsps": _utilization(nextpnr, target.dsp_cells),
         "brams": _utilization(nextpnr, target.bram_cells),

@@ -10,16 +10,21 @@ import json
 
 import pytest
 
+from jacquard.boards.__main__ import build_dir_of
 from jacquard.boards.__main__ import main as boards_main
 from jacquard.boards.configs import BOARDS
+from jacquard.boards.smoke import block_macs
+from jacquard.boards.synth import nextpnr_options, report_paths
+from jacquard.rtl.datapath import block_sizes
 
 
 def _build(board: str, tmp_path, block: str = "mac") -> dict:
     assert boards_main(["--build-dir", str(tmp_path), "synthesize", board, "--block", block,
                         "--no-results"]) == 0
-    report = json.loads((tmp_path / board / "report.json").read_text())
+    build_dir = build_dir_of(tmp_path, board, block)
+    report = json.loads((build_dir / "report.json").read_text())
     assert report["bitstream"], "no bitstream written"
-    assert (tmp_path / board / report["bitstream"][0]).stat().st_size > 1000
+    assert (build_dir / report["bitstream"][0]).stat().st_size > 1000
     (fmax,) = report["fmax_mhz"].values()
     assert fmax > 10, report
     assert 0 < report["cells"]["used"] < report["cells"]["available"]
@@ -70,3 +75,46 @@ def test_unknown_board_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         boards_main(["--build-dir", str(tmp_path), "synthesize", "de10-nano"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_block_builds_have_their_own_build_dirs(tmp_path):
+    assert build_dir_of(tmp_path, "ulx3s-85f") == tmp_path / "ulx3s-85f"
+    assert build_dir_of(tmp_path, "ulx3s-85f", "pe_array") == tmp_path / "blocks" / "pe_array" / "ulx3s-85f"
+    assert build_dir_of(tmp_path, "ulx3s-85f", "pe_array") != build_dir_of(tmp_path, "ulx3s-85f", "datapath")
+
+
+def test_smoke_blocks_report_their_macs():
+    s = block_sizes()
+    assert block_macs("pe_array") == block_macs("datapath") == s["c_par"] * s["oc_par"] >= 128
+    assert block_macs("mac") == 1
+    assert block_macs("line_buffer") == 0
+    with pytest.raises(ValueError, match="'fft'"):
+        block_macs("fft")
+
+
+def test_nextpnr_options():
+    assert "--router router2" in nextpnr_options()
+    assert "--no-route" not in nextpnr_options() and "--timing-allow-fail" not in nextpnr_options()
+    opts = nextpnr_options("router1", place_only=True, allow_fail=True).split()
+    assert opts[opts.index("--router") + 1] == "router1"
+    assert "--no-route" in opts and "--timing-allow-fail" in opts and "--report" in opts
+    with pytest.raises(ValueError, match="'router3'"):
+        nextpnr_options("router3")
+
+
+def test_critical_paths_from_the_report_json():
+    def step(kind, delay, src, dst):
+        return {"type": kind, "delay": delay, "from": {"cell": src, "port": "Q"},
+                "to": {"cell": dst, "port": "D"}}
+    report = {"critical_paths": [
+        {"from": "clk", "to": "clk", "path": [
+            step("clk-to-q", 0.5, "a.ff", "a.lut"), step("logic", 0.4, "a.lut", "b"),
+            step("routing", 1.1, "b", "c"), step("logic", 0.4, "c", "d.ff"),
+            step("setup", 0.1, "d.ff", "d.ff")]},
+        {"from": "clk", "to": "<async>", "path": [step("clk-to-q", 0.5, "x", "y")]},
+        {"from": "clk", "to": "clk", "path": []},
+    ]}
+    (worst, other) = report_paths(report)
+    assert worst == {"from_clock": "clk", "to_clock": "clk", "delay_ns": 2.5, "logic_levels": 2,
+                     "from": "a.ff", "to": "d.ff"}
+    assert other["delay_ns"] == 0.5 and other["logic_levels"] == 0
