@@ -2,16 +2,20 @@
 
 ::
 
-    UART pins -- UartRx/UartTx -- HostBridge --m_axi--> AxiArbiter --> AxiSram (memory, 0x0000_0000)
+    UART pins -- UartRx/UartTx -- HostBridge --m_axi--> AxiArbiter --slice--> AxiSram (memory, 0x0000_0000)
                                             |             ^
-                                            |   JacquardCore.m_axi (DMA)
+                                            |           slice <-- JacquardCore.m_axi (DMA)
                                             \\-m_axil-> JacquardCore.s_axil (registers, 0x8000_0000)
 
-The bridge is master 0 of the arbiter and the core's DMA master 1. :class:`PlaceholderCore` (the
-core's register block with no engine behind it) can stand in for the core where only the bridge
-protocol is under test, because a bit-level UART simulation of the whole core is slow. Whole models
-run over the bridge with ``uart=False``: the serializers are left out and the bridge's byte
-streams are the ports (``tests/test_uart_device.py``).
+The bridge is master 0 of the arbiter and the core's DMA master 1. Register slices
+(:class:`~jacquard.rtl.axi_slice.AxiRegSlice`) on both sides of the arbiter keep the memory's
+response FIFO, the arbiter's multiplexers and the core's read router out of one another's
+timing paths (one cycle per channel each; bursts still stream at one beat per cycle).
+
+:class:`PlaceholderCore` (the core's register block with no engine behind it) can stand in for the
+core where only the bridge protocol is under test, because a bit-level UART simulation of the whole
+core is slow. Whole models run over the bridge with ``uart=False``: the serializers are left out
+and the bridge's byte streams are the ports (``tests/test_uart_device.py``).
 
 :class:`BridgeSoc` is the part that simulates (no clocking, pins as ports); :class:`BoardTop` adds
 the PLL, reset and the board's pins for a platform from :mod:`jacquard.boards.configs`.
@@ -25,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from jacquard.rtl.axi import AxiLiteSignature
 from jacquard.rtl.axi_arbiter import AxiArbiter
+from jacquard.rtl.axi_slice import AxiRegSlice
 from jacquard.rtl.axi_sram import AxiSram
 from jacquard.rtl.core import JacquardCore
 from jacquard.rtl.csr import Csr
@@ -166,6 +171,8 @@ class BridgeSoc(wiring.Component):
         self.sram = AxiSram(memory_bytes, spram=spram)
         self.core = _CoreStatus(config) if core else PlaceholderCore(config)
         self.arbiter = AxiArbiter(32, 32, 1) if core else None
+        self.dma_slice = AxiRegSlice(32, 32, 1) if core else None
+        self.mem_slice = AxiRegSlice(32, 32, 1) if core else None
         if uart:
             line = {"rx": In(1, init=1), "tx": Out(1, init=1)}
         else:
@@ -192,9 +199,13 @@ class BridgeSoc(wiring.Component):
             wiring.connect(m, bridge.tx, wiring.flipped(self.tx_byte))
         if self.arbiter is not None:
             m.submodules.arbiter = arb = self.arbiter
+            m.submodules.dma_slice = dma_slice = self.dma_slice
+            m.submodules.mem_slice = mem_slice = self.mem_slice
             wiring.connect(m, bridge.m_axi, arb.s_axi0)
-            wiring.connect(m, core.m_axi, arb.s_axi1)
-            wiring.connect(m, arb.m_axi, self.sram.s_axi)
+            wiring.connect(m, core.m_axi, dma_slice.s_axi)
+            wiring.connect(m, dma_slice.m_axi, arb.s_axi1)
+            wiring.connect(m, arb.m_axi, mem_slice.s_axi)
+            wiring.connect(m, mem_slice.m_axi, self.sram.s_axi)
         else:
             wiring.connect(m, bridge.m_axi, self.sram.s_axi)
         # The core decodes 12 address bits; the bridge has already taken REG_BASE off.
