@@ -237,11 +237,14 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
                                         if p.suffix in (".bin", ".bit")]
     log = build_dir / f"{name}.tim"
     core_mhz = min(fmax.values()) if fmax else 0.0
+    meets_timing = all(v["achieved"] >= v["constraint"] for v in nextpnr.get("fmax", {}).values())
     report = {
         "board": board,
         "config": target.hw_config,
-        # An unrouted build has no bitstream for `flash` to accept.
-        "config_hash": None if place_only else config_hash,
+        # `flash` accepts a bitstream by its config hash: an unrouted build has none, and one
+        # that misses its clock constraint (--timing-allow-fail) would not run at that clock.
+        "config_hash": None if place_only or not meets_timing else config_hash,
+        "meets_timing": meets_timing,
         "lut_mapper": lut_mapper,
         "router": router,
         "placed": place_only,
