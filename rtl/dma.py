@@ -258,6 +258,20 @@ class DmaBurster(wiring.Component):
         a_stride1 = Signal(aw)
         a_stride2 = Signal(aw)
         a_tag = Signal(self._tag_width)
+        # Beats to the next 4 KiB boundary from a_cur, and that capped at max_burst, kept in
+        # registers next to a_cur: computing them from a_cur in the cycle that also adds the burst
+        # to a_cur put four carry chains in series (the DMA's longest path).
+        full_4k = 4096 >> shift
+        a_to4k = Signal(range(full_4k + 1))
+        a_cap = Signal(range(self._max_burst + 1))
+
+        def to_4k(addr_lo):
+            value = Signal(range(full_4k + 1))
+            m.d.comb += value.eq((4096 - addr_lo[:12]) >> shift)
+            return value
+
+        def cap(to4k):
+            return Mux(to4k < self._max_burst, to4k, self._max_burst)
 
         refuse = Signal()
         m.d.comb += refuse.eq(c_done & (verdict != ErrorCode.NONE))
@@ -272,18 +286,21 @@ class DmaBurster(wiring.Component):
                 a_stride1.eq(c_cmd.stride1), a_stride2.eq(c_cmd.stride2),
                 a_tag.eq(c_cmd.tag),
             ]
+            start_4k = to_4k(c_cmd.addr)
+            m.d.sync += [a_to4k.eq(start_4k), a_cap.eq(cap(start_4k))]
         with m.If(refuse):
             m.d.sync += c_done.eq(0)
 
         # Beats of the next burst: the row's rest, the burst limit, or up to the 4 KiB boundary.
-        to_4k = Signal(range((4096 >> shift) + 1))
-        m.d.comb += to_4k.eq((4096 - a_cur[:12]) >> shift)
-        capped = Signal(range(self._max_burst + 1))
-        m.d.comb += capped.eq(Mux(to_4k < self._max_burst, to_4k, self._max_burst))
         beats = Signal(range(self._max_burst + 1))
-        m.d.comb += beats.eq(Mux(a_rem < capped, a_rem, capped))
+        m.d.comb += beats.eq(Mux(a_rem < a_cap, a_rem, a_cap))
         row_end = Signal()
-        m.d.comb += row_end.eq(beats == a_rem)
+        m.d.comb += row_end.eq(a_rem <= a_cap)
+        # The next a_cur's distance to 4 KiB for each way a_cur moves on (only low bits matter).
+        in_row_4k = Signal(range(full_4k + 1))
+        m.d.comb += in_row_4k.eq(Mux(a_to4k == a_cap, full_4k, a_to4k - a_cap))
+        row_4k = to_4k((a_row[:12] + a_stride1[:12])[:12])
+        plane_4k = to_4k((a_plane[:12] + a_stride2[:12])[:12])
 
         with m.If(a_valid & (~self.burst.valid | self.burst.ready)):
             m.d.sync += [
@@ -293,15 +310,17 @@ class DmaBurster(wiring.Component):
                 self.burst.payload.last.eq(row_end & (a_i1 == 0) & (a_i2 == 0)),
                 self.burst.payload.tag.eq(a_tag),
             ]
-            with m.If(~row_end):
-                m.d.sync += [a_cur.eq(a_cur + (beats << shift)), a_rem.eq(a_rem - beats)]
+            with m.If(~row_end):  # beats == a_cap here
+                m.d.sync += [a_cur.eq(a_cur + (a_cap << shift)), a_rem.eq(a_rem - a_cap),
+                             a_to4k.eq(in_row_4k), a_cap.eq(cap(in_row_4k))]
             with m.Elif(a_i1 != 0):
                 m.d.sync += [a_i1.eq(a_i1 - 1), a_row.eq(a_row + a_stride1),
-                             a_cur.eq(a_row + a_stride1), a_rem.eq(a_inner)]
+                             a_cur.eq(a_row + a_stride1), a_rem.eq(a_inner),
+                             a_to4k.eq(row_4k), a_cap.eq(cap(row_4k))]
             with m.Elif(a_i2 != 0):
                 m.d.sync += [a_i2.eq(a_i2 - 1), a_i1.eq(a_count1 - 1), a_plane.eq(a_plane + a_stride2),
                              a_row.eq(a_plane + a_stride2), a_cur.eq(a_plane + a_stride2),
-                             a_rem.eq(a_inner)]
+                             a_rem.eq(a_inner), a_to4k.eq(plane_4k), a_cap.eq(cap(plane_4k))]
             with m.Else():
                 m.d.sync += a_valid.eq(0)
         with m.Elif(self.burst.valid & self.burst.ready):
