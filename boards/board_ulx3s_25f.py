@@ -1,11 +1,10 @@
 """ULX3S with the ECP5 LFE5U-25F: the small target, since the iCE40UP5K cannot hold the core.
 
-Today the core does not fit here either (50.8k of 24.3k LUTs, 34 of 28 multipliers at 16 MACs:
-docs/RESULTS.md, section synth-ulx3s-25f); the numbers say what has to shrink.
-
-The core is built for ``sim-small`` (16 MACs), the config the simulation tests run, so a model
-checked on ``Device("sim")`` runs unchanged on this board. Device memory is 16 KiB of block RAM
-(8 of the 56 DP16KD); the core's buffers take most of the rest.
+The core is built for the ``ulx3s-25f`` config: the iCEBreaker's 4x2 array and op set (CONV with
+its fused 2x2 max pool and LUT, MAXPOOL; ADD and the average pools run on the CPU), one
+requantizer lane, kernels up to 3x3, sim-small's buffers. The full op set at sim-small's 16 MACs
+took 50.8k of the 24.3k LUTs; docs/RESULTS.md, section synth-ulx3s-25f, has this build's figures.
+Device memory is 16 KiB of block RAM (8 of the 56 DP16KD).
 """
 
 from jacquard.boards.configs import BoardConfig
@@ -17,7 +16,7 @@ def _platform():
 
 
 BOARD = BoardConfig(
-    name="ulx3s-25f", platform=_platform, family="ecp5", hw_config="sim-small",
+    name="ulx3s-25f", platform=_platform, family="ecp5", hw_config="ulx3s-25f",
     clock_mhz=50.0, input_clock_mhz=25.0,
     memory_bytes=16 * 1024,
     leds=(("led", 0), ("led", 1), ("led", 7)),

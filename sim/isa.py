@@ -309,9 +309,10 @@ CONFIGS: dict[str, HardwareConfig] = {
         HardwareConfig("icebreaker", c_par=4, oc_par=2, max_width=128, line_buffer_rows=6,
                        line_buffer_bytes=8192, weight_buffer_bytes=8192, param_buffer_entries=64,
                        clock_mhz=24.0, ops=frozenset({Op.CONV, Op.MAXPOOL}), requant_lanes=1),
-        # The small board target: sim-small's array and buffers (a model's layers tile the same way)
-        # with the icebreaker's op set and one requantizer lane, to fit the LFE5U-25F.
-        HardwareConfig("ulx3s-25f", c_par=4, oc_par=4, max_width=64, line_buffer_rows=6,
+        # The small board target (LFE5U-25F): the icebreaker's 4x2 array, op set and one requantizer
+        # lane, sim-small's buffers, kernels up to 3x3 (two line buffer rows; larger kernels run on
+        # the CPU). Each cut is measured in docs/RESULTS.md, synth-ulx3s-25f.
+        HardwareConfig("ulx3s-25f", c_par=4, oc_par=2, max_width=64, line_buffer_rows=2,
                        line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
                        clock_mhz=50.0, ops=frozenset({Op.CONV, Op.MAXPOOL}), requant_lanes=1),
         # Small enough that RTL simulations of whole layers stay short, large enough to tile.

@@ -51,7 +51,7 @@ from jacquard.sim.isa import (
     padded_channels,
 )
 from jacquard.sim.isa_regs import register, status_error
-from jacquard.sim.model_zoo import Builder, classifier, residual
+from jacquard.sim.model_zoo import Builder, classifier, depthwise, residual
 
 #: sim-small without the ops that need the float32 scale unit, the average pool and the adder.
 CONV_POOL = dataclasses.replace(CONFIGS["sim-small"], name="sim-small-conv-pool",
@@ -104,7 +104,7 @@ def test_device_of_another_op_set_is_refused_naming_both():
     exe = compile_model(m, "sim-small")
     with Device("emu", config=CONV_POOL) as d, pytest.raises(
             ProgramError, match=r"ops CONV\+MAXPOOL\+AVGPOOL\+GLOBAL_AVGPOOL\+ADD, but the device "
-                                r"\(ulx3s-25f\) runs the ops CONV\+MAXPOOL"):
+                                r"\(0x[0-9a-f]{8}\) runs the ops CONV\+MAXPOOL"):
         d.load(exe)
 
 
@@ -173,6 +173,36 @@ def test_ops_outside_the_config_run_on_the_cpu_bit_exact(build):
     assert any(r["where"] == "accelerator" and r["op"].startswith("QConv") for r in exe.report), exe.report
     assert {d.op for s in exe.device_steps() for d in exe.program(s).descriptors} <= cfg.ops
     _bit_exact(exe, m, b, SEED)
+
+
+@pytest.mark.parametrize("build", [classifier, depthwise])
+def test_small_target_config_bit_exact(build):
+    """ulx3s-25f: missing ops and kernels above 3x3 on the CPU, the rest on the device, exact."""
+    cfg = CONFIGS["ulx3s-25f"]
+    b, m = _int8(build)
+    exe = compile_model(m, cfg)
+    for r in exe.report:
+        if r["where"] == "cpu":
+            assert r["reason"].endswith("not in config ulx3s-25f's ops") or "above 3" in r["reason"], r
+    assert any(r["where"] == "cpu" for r in exe.report) and exe.device_steps(), exe.report
+    assert {d.op for s in exe.device_steps() for d in exe.program(s).descriptors} <= cfg.ops
+    _bit_exact(exe, m, b, SEED + 2)
+
+
+@pytest.mark.slow
+def test_small_target_config_on_the_rtl_core():
+    """The same on ``Device("sim")``: the ulx3s-25f core in Verilator (a build of minutes)."""
+    b, m = _int8(classifier)
+    rng = np.random.default_rng(SEED + 3)
+    feeds = {b.input: rng.normal(0, 1.2, b.shape).astype(np.float32)}
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    with Device("sim", config="ulx3s-25f", timeout=600) as dev:
+        dev.load(m)
+        got = dev.run(feeds)
+    for name, w in want.items():
+        bad = np.argwhere(got[name] != w)
+        assert bad.size == 0, f"seed {SEED + 3} {name}: {len(bad)} mismatches, first at {tuple(bad[0])}"
 
 
 def test_table_is_not_fused_into_add_when_oc_par_is_below_c_par():
