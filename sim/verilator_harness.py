@@ -21,7 +21,7 @@ import numpy as np
 
 from jacquard.host.cache import cache_dir
 from jacquard.host.toolchain import toolchain_env
-from jacquard.sim.cocotb_run import VERILATOR_OPT_ARGS, VERILATOR_WARN_ARGS, to_verilog
+from jacquard.sim.cocotb_run import VERILATOR_OPT_ARGS, VERILATOR_WARN_ARGS, cached_verilog
 from jacquard.sim.isa_regs import PERF_COUNTERS, register
 
 __all__ = ["HarnessRun", "build_harness", "run_harness"]
@@ -47,7 +47,7 @@ def build_harness(component, *, name: str = "jacquard_core", verilator_args: lis
         If Verilator or the C++ compiler fails (the message holds the tail of its log).
     """
     args = list(VERILATOR_OPT_ARGS if verilator_args is None else verilator_args)
-    source = to_verilog(component, name)
+    source = cached_verilog(component, name)
     key = source + repr(args) + opt_fast + HARNESS_CPP.read_text()
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     build_dir = cache_dir("harness", f"{name}-{digest}")
