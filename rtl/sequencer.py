@@ -468,6 +468,9 @@ class Sequencer(wiring.Component):
         ]
         lut_cap = self._lut_channels
         chunk = Signal(_WIDE)   # ADD: bytes of each input read so far
+        # ADD: p_in - chunk, kept next to chunk: computing it, the step and chunk + step >= p_in in
+        # the cycle that issues the read put four 50-bit carry chains in series.
+        add_rest = Signal(_WIDE)
         second = Signal()       # ADD: the next read is the second input's chunk
         gtile = Signal(16)      # global average: channel tiles read so far
         # ADD with a per-channel LUT larger than the LUT buffer runs in channel groups of lut_cap.
@@ -636,7 +639,7 @@ class Sequencer(wiring.Component):
                     m.next = "GROUP_START"
             with state("GROUP_START"):
                 m.d.comb += self.group_start.eq(1)
-                m.d.sync += [chunk.eq(0), gtile.eq(0), second.eq(0)]
+                m.d.sync += [chunk.eq(0), add_rest.eq(p_in), gtile.eq(0), second.eq(0)]
                 with m.If(d.op == Op.CONV):
                     m.next = "ISSUE_PARAMS"
                 with m.Elif(is_add):
@@ -698,15 +701,15 @@ class Sequencer(wiring.Component):
                 # A channel group narrower than the tensor reads its channels of one pixel at a time.
                 grouped = add_gch != d.in_cp
                 with m.If(cmd_free):
-                    size = Mux(grouped, add_gch, Mux(p_in - chunk < add_chunk, p_in - chunk, add_chunk))
+                    size = Mux(grouped, add_gch, Mux(add_rest < add_chunk, add_rest, add_chunk))
                     step = Mux(grouped, d.in_cp, size)
                     off = chunk + Mux(grouped, add_ch0, 0)
                     with m.If(~second):
                         m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + off, size), second.eq(1)]
                     with m.Else():
                         m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + off, size), second.eq(0),
-                                     chunk.eq(chunk + step)]
-                        with m.If(chunk + step >= p_in):
+                                     chunk.eq(chunk + step), add_rest.eq(add_rest - step)]
+                        with m.If(step >= add_rest):  # chunk + step >= p_in
                             m.next = "GROUP_WAIT"
             with state("GROUP_WAIT"):
                 m.d.comb += self.wr_done.ready.eq(1)
