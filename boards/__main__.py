@@ -32,7 +32,8 @@ def _print_report(report: dict) -> None:
     table.add_column("value", justify="right")
     for clk, mhz in report["fmax_mhz"].items():
         what = "Fmax estimate after placement" if placed else "Fmax"
-        table.add_row(f"{what} {clk}", f"{mhz} MHz (target {report['fmax_constraint_mhz'].get(clk)})")
+        target = report["fmax_constraint_mhz"].get(clk)
+        table.add_row(f"{what} {clk}", f"{mhz} MHz" + (f" (target {target})" if target else ""))
     table.add_row("MACs / peak GOPS", f"{report['macs']} / {report['peak_gops']}")
     path = report.get("critical_path")
     if path:

@@ -45,8 +45,9 @@ def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_
     router : str
         One of :data:`ROUTERS`.
     place_only : bool
-        Stop after placement (``--no-route``): the report then holds nextpnr's post-placement
-        Fmax estimate and critical paths, in a fraction of a full build's time.
+        Stop after placement (``--no-route``): nextpnr's post-placement Fmax estimate (from its
+        log), in a fraction of a full build's time. nextpnr 0.11 fills the report's critical paths
+        only after routing, so a placement-only report has none.
     allow_fail : bool
         ``--timing-allow-fail``: a design that misses its clock constraint still completes, so its
         achieved Fmax is reported (smoke builds of single blocks).
@@ -161,8 +162,8 @@ def report_paths(report: dict) -> list[dict]:
     """The critical paths in nextpnr's report JSON (``--report``), one per clock pair, worst first.
 
     Each is ``{"from_clock", "to_clock", "delay_ns", "logic_levels", "from", "to"}`` with the
-    source and sink cells (their hierarchical names say which modules the path joins). Written
-    after placement too, so a placement-only build says which paths are slow.
+    source and sink cells (their hierarchical names say which modules the path joins). nextpnr
+    writes them after routing only.
     """
     paths = []
     for cp in report.get("critical_paths", []):
@@ -233,11 +234,15 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     seconds = time.monotonic() - started
     nextpnr = json.loads((build_dir / "nextpnr-report.json").read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in nextpnr.get("fmax", {}).items()}
+    log = build_dir / f"{name}.tim"
+    if place_only and not fmax and log.exists():  # the estimate is only in the log
+        fmax = placed_fmax(log.read_text(errors="replace"))
     bitstreams = [] if place_only else [p.name for p in build_dir.glob(f"{name}.b*")
                                         if p.suffix in (".bin", ".bit")]
-    log = build_dir / f"{name}.tim"
     core_mhz = min(fmax.values()) if fmax else 0.0
-    meets_timing = all(v["achieved"] >= v["constraint"] for v in nextpnr.get("fmax", {}).values())
+    # An unrouted design meets nothing yet; a routed one meets every clock constraint or not.
+    meets_timing = not place_only and all(v["achieved"] >= v["constraint"]
+                                          for v in nextpnr.get("fmax", {}).values())
     report = {
         "board": board,
         "config": target.hw_config,

@@ -77,6 +77,17 @@ def test_unknown_board_is_refused(tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_place_only_reports_the_estimate_and_no_bitstream(tmp_path):
+    assert boards_main(["--build-dir", str(tmp_path), "synthesize", "icebreaker", "--block", "mac",
+                        "--place-only", "--no-results"]) == 0
+    report = json.loads((build_dir_of(tmp_path, "icebreaker", "mac") / "report.json").read_text())
+    assert report["placed"] and report["router"] == "router2" and report["macs"] == 1
+    (fmax,) = report["fmax_mhz"].values()
+    assert fmax > 10, report
+    # Nothing to flash: no bitstream, no config hash, and timing is not met by an unrouted design.
+    assert report["bitstream"] == [] and report["config_hash"] is None and not report["meets_timing"]
+
+
 def test_block_builds_have_their_own_build_dirs(tmp_path):
     assert build_dir_of(tmp_path, "ulx3s-85f") == tmp_path / "ulx3s-85f"
     assert build_dir_of(tmp_path, "ulx3s-85f", "pe_array") == tmp_path / "blocks" / "pe_array" / "ulx3s-85f"
