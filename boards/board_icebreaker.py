@@ -1,4 +1,12 @@
-"""iCEBreaker (iCE40UP5K): the tiny target. 8 MACs fill the UP5K's 8 DSPs; device memory is SPRAM."""
+"""iCEBreaker (iCE40UP5K): the tiny target. 8 MACs fill the UP5K's 8 DSPs; device memory is SPRAM.
+
+The core does not fit the UP5K's 5280 logic cells, even cut to the ``icebreaker`` config's op set
+(CONV with fused pool and LUT, MAXPOOL) and one requantizer lane: yosys maps such a 4x2 core
+alone (sim-small's buffers) to 18.6k LUT4 and 3.4k carry cells (ECP5; the sequencer 5.1k + 1.7k,
+the register block 3.8k, each DMA burster 2.1k + 0.2k, the line buffer 1.4k + 0.3k), more than
+three UP5Ks before the SoC. docs/RESULTS.md, section synth-icebreaker, has the placer's figures;
+the ULX3S-25F is the small target (``board_ulx3s_25f``).
+"""
 
 from jacquard.boards.configs import BoardConfig
 

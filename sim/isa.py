@@ -314,7 +314,7 @@ CONFIGS: dict[str, HardwareConfig] = {
         # the CPU). Each cut is measured in docs/RESULTS.md, synth-ulx3s-25f.
         HardwareConfig("ulx3s-25f", c_par=4, oc_par=2, max_width=64, line_buffer_rows=2,
                        line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
-                       clock_mhz=50.0, ops=frozenset({Op.CONV, Op.MAXPOOL}), requant_lanes=1),
+                       clock_mhz=25.0, ops=frozenset({Op.CONV, Op.MAXPOOL}), requant_lanes=1),
         # Small enough that RTL simulations of whole layers stay short, large enough to tile.
         HardwareConfig("sim-small", c_par=4, oc_par=4, max_width=64, line_buffer_rows=6,
                        line_buffer_bytes=4096, weight_buffer_bytes=4096, param_buffer_entries=64,
