@@ -90,7 +90,7 @@ def cocotb_speed(label: str, registered_reset: bool, public: bool) -> dict:
     t0 = time.monotonic()
     to_verilog(_design(registered_reset), "jacquard_core")  # timed alone: run_cocotb may take it from cache
     verilog_s = time.monotonic() - t0
-    best = None
+    best, fastest_s = None, float("inf")
     for _ in range(REPEATS):
         with tempfile.TemporaryDirectory() as tmp:
             case = Path(tmp, "case.json")
@@ -101,16 +101,16 @@ def cocotb_speed(label: str, registered_reset: bool, public: bool) -> dict:
             t1 = time.monotonic()
             run_cocotb(_design(registered_reset), "cocotb_core", simulator="verilator", test_dir=COCOTB_DIR,
                        name="jacquard_core", parameters={"case": str(case)}, public=public)
-            total_s = time.monotonic() - t1
+            fastest_s = min(fastest_s, time.monotonic() - t1)  # the first run may include the build
             load = os.getloadavg()[0]
             result = json.loads(Path(tmp, "case.json.result.json").read_text())
             check(np.load(Path(tmp, "case.json.mem0.npy")), expected, label)
         rec = result["runs"][0]
         cycles = rec["counters"]["CYCLES"]
         if best is None or cycles / rec["wall_s"] > best["cycles_per_s"]:
-            best = {"cycles_per_s": cycles / rec["wall_s"], "cycles": cycles, "load": load,
-                    "run_cocotb_s": total_s}
-    return {"way": "cocotb (as the tests run it)", "label": label, "verilog_s": verilog_s, **best}
+            best = {"cycles_per_s": cycles / rec["wall_s"], "cycles": cycles, "load": load}
+    return {"way": "cocotb (as the tests run it)", "label": label, "verilog_s": verilog_s,
+            "run_cocotb_s": fastest_s, **best}
 
 
 def markdown(rows: list[dict], goal_met: bool) -> str:
@@ -129,7 +129,7 @@ def markdown(rows: list[dict], goal_met: bool) -> str:
                   f"({r['verilog_s']:.0f} s "
                   f"here: Amaranth elaboration and RTLIL; `run_cocotb` caches it while the sources are "
                   f"unchanged) and starts the simulator: `run_cocotb` took {r['run_cocotb_s']:.0f} s for "
-                  f"{r['cycles']:,} cycles (model built)."]
+                  f"{r['cycles']:,} cycles (fastest of {REPEATS} runs, model already built)."]
     lines += ["", f"Goal {'met' if goal_met else 'not met'} by the model alone with the registered reset."]
     return "\n".join(lines)
 
