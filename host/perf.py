@@ -71,8 +71,8 @@ class PerfConstants:
     weight_start : int
         Cycles between a group's start and its first weight word beyond the parameter/LUT reads.
     n_requant : int or None
-        Requantizer lanes (outputs requantized per cycle); None: the core's default
-        (``oc_par`` for arrays of at most 16 MACs, else ``oc_par // 4``).
+        Requantizer lanes (outputs requantized per cycle); None: the config's
+        :attr:`~jacquard.sim.isa.HardwareConfig.n_requant`, which the core builds.
     avg_window_tail : int
         AVGPOOL: cycles from a window's last tap until AvgPool takes the next window's first.
     scale_gap_cycles, scale_add_cycles : int
@@ -108,7 +108,7 @@ class PerfConstants:
     def requant_lanes(self, cfg: HardwareConfig) -> int:
         if self.n_requant is not None:
             return self.n_requant
-        return cfg.oc_par if cfg.macs <= 16 else max(1, cfg.oc_par // 4)
+        return cfg.n_requant
 
 
 DEFAULT = PerfConstants()
