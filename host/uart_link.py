@@ -335,20 +335,14 @@ def verify_device(transport, config, name: str = "device") -> None:
                           f"rebuild and flash the bitstream from this version")
     chash = transport.read_reg(register("CONFIG_HASH").offset)
     ops = transport.read_reg(register("CONFIG_OPS").offset)
-    if ops != config.ops_mask:
-        found_ops = "+".join(op.name for op in Op if ops >> op & 1) or "none"
-        known = [c.name for c in CONFIGS.values() if c.config_hash() == chash]
-        what = f"config {known[0]!r}" if known else f"config hash {chash:#010x}"
-        raise DeviceError(f"{name} ({what}) runs the ops {found_ops}, but the program targets "
-                          f"{config.name!r}, built with the ops {config.ops_names()}; recompile for the "
-                          f"device's config or flash the {config.name} bitstream")
-    if chash != config.config_hash():
+    if chash != config.config_hash() or ops != config.ops_mask:
         known = [c.name for c in CONFIGS.values() if c.config_hash() == chash]
         what = f"config {known[0]!r}" if known else "an unknown config"
-        raise DeviceError(f"{name} is built for {what} (hash {chash:#010x}), but the program targets "
-                          f"{config.name!r} (hash {config.config_hash():#010x}); recompile with "
-                          f"--config {known[0] if known else 'MATCHING_CONFIG'} or flash the "
-                          f"{config.name} bitstream")
+        found_ops = "+".join(op.name for op in Op if ops >> op & 1) or "none"
+        raise DeviceError(f"{name} is built for {what} (hash {chash:#010x}, ops {found_ops}), but the "
+                          f"program targets {config.name!r} (hash {config.config_hash():#010x}, ops "
+                          f"{config.ops_names()}); recompile with --config "
+                          f"{known[0] if known else 'MATCHING_CONFIG'} or flash the {config.name} bitstream")
 
 
 class UartTransport(Transport):
