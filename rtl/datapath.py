@@ -27,7 +27,7 @@ def block_sizes(config: str = "ulx3s-85f") -> dict[str, int]:
         "c_par": c_par, "oc_par": oc_par, "max_width": cfg.max_width, "max_kh": cfg.line_buffer_rows + 1,
         "lb_channels": max(c_par, -(-cfg.line_buffer_bytes // cfg.max_width // c_par) * c_par),
         "weight_depth": 2 * (cfg.weight_buffer_bytes // macs),
-        "n_requant": oc_par if macs <= 16 else max(1, oc_par // 4),
+        "n_requant": cfg.n_requant,
         "pp_tiles": cfg.param_buffer_entries // oc_par,
         "pool_depth": max(cfg.max_width // 2, cfg.line_buffer_bytes // oc_par),
         "macs": macs,
