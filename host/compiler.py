@@ -208,8 +208,7 @@ def _pool_descs(layer, x: ir.Tensor, y: ir.Tensor, cfg: HardwareConfig) -> list[
                                stride_w=p.stride[1], pad_t=p.pads[0], pad_l=p.pads[1], pad_b=p.pads[2],
                                pad_r=p.pads[3], ceil_mode=p.ceil_mode, out_zp=int(y.zero_point or 0),
                                **common)
-    elif isinstance(layer, ir.QGlobalAvgPool) or (
-            layer.kernel == (h, w) and layer.pads == (0, 0, 0, 0)):
+    elif isinstance(layer, ir.QGlobalAvgPool) or layer.is_global((h, w)):
         # A whole-image average pool takes onnxruntime's global-average path (golden.avg_pool too).
         base = LayerDescriptor(op=Op.GLOBAL_AVGPOOL, in_zp=int(layer.x_zero_point),
                                out_zp=int(layer.y_zero_point), in_scale=layer.x_scale,
@@ -365,7 +364,7 @@ def _fuse_lut(stage: _Stage, layer: ir.QLut, uses: dict[str, int], keep: set[str
                 f"lanes < c_par={cfg.c_par}")
     lut = np.ascontiguousarray(layer.lut, dtype=np.int8)
     if lut.ndim == 2 and lut.shape[0] != last.d.out_c:
-        return False
+        return ""
     for d in same:
         d.d.lut, d.d.lut_per_channel = True, lut.ndim == 2
         d.consts = dict(d.consts)

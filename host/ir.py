@@ -282,6 +282,11 @@ class QAvgPool(Requantized):
     ceil_mode: bool = False
     count_include_pad: bool = False
 
+    def is_global(self, hw: tuple[int, int]) -> bool:
+        """Whether the window is the whole unpadded ``hw`` map: onnxruntime (and golden.avg_pool)
+        then take the global-average path, and so does the device (GLOBAL_AVGPOOL)."""
+        return tuple(self.kernel) == tuple(hw) and self.pads == (0, 0, 0, 0)
+
 
 @dataclass
 class QGlobalAvgPool(Requantized):

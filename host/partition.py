@@ -79,8 +79,7 @@ def _device_op(layer: ir.Layer, graph: ir.Graph) -> Op | None:
     if isinstance(layer, ir.QMaxPool):
         return Op.MAXPOOL
     if isinstance(layer, ir.QAvgPool):
-        x = graph.tensors[layer.inputs[0]]
-        whole = layer.kernel == x.shape[1:3] and layer.pads == (0, 0, 0, 0)
+        whole = layer.is_global(graph.tensors[layer.inputs[0]].shape[1:3])
         return Op.GLOBAL_AVGPOOL if whole else Op.AVGPOOL  # the compiler's choice
     if isinstance(layer, ir.QGlobalAvgPool):
         return Op.GLOBAL_AVGPOOL
@@ -102,8 +101,7 @@ def check_layer(layer: ir.Layer, graph: ir.Graph, limits: Limits = Limits()) -> 
         p = layer.params
         return _window_reason("max pool", p.kernel, p.stride, p.pads, limits)
     if isinstance(layer, ir.QAvgPool):
-        x = graph.tensors[layer.inputs[0]]
-        if layer.kernel == x.shape[1:3] and layer.pads == (0, 0, 0, 0):
+        if op == Op.GLOBAL_AVGPOOL:
             return None  # runs as a global average
         return _window_reason("average pool", layer.kernel, layer.stride, layer.pads, limits)
     if isinstance(layer, ir.QGlobalAvgPool):
