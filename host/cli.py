@@ -106,7 +106,7 @@ def _executable(args, progress=None):
     plan = partition(imported, Limits(max_kernel=min(7, cfg.max_kernel_h)))
     if progress:
         progress.update(task, advance=1, description="compile")
-    exe = compile_plan(plan, cfg)
+    exe = compile_plan(plan, cfg, fold_taps=getattr(args, "fold_taps", True))
     if progress:
         progress.update(task, advance=1)
     return exe
@@ -289,6 +289,9 @@ def _model_args(p: argparse.ArgumentParser, *, onnx_only: bool = False) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="static shape of an input with dynamic dimensions (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-fold-taps", dest="fold_taps", action="store_false",
+                   help="send every input as it is: do not fold a small-channel conv's taps into the "
+                        "channel lanes (folding multiplies that input's bytes by about KH*KW)")
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:

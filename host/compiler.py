@@ -21,6 +21,15 @@ ISA (:mod:`jacquard.sim.isa`):
   output-channel tile of ``kh * kw * Cin``, and splitting those needs column bands (a row pitch
   field) or partial sums, which v1 lacks. A layer that exceeds them runs on the host (the golden op)
   and the report says which buffer it exceeded.
+* **Tap folding** (``fold_taps``, on by default). A dense convolution whose input the host writes
+  (a stage input: a model input, or the output of a host or CPU step) can run as a 1x1 CONV over its
+  output grid with ``KH*KW*C`` input channels, the host writing the input im2col'd
+  (:mod:`jacquard.host.fold`). A first layer with 3 channels then fills ``ceil(27 / c_par)`` lane
+  tiles instead of 9 taps of one mostly padded tile. The compiler folds a conv when the performance
+  model (:func:`jacquard.host.perf.estimate_descriptor`) says it takes fewer cycles and the program
+  still fits the device memory (``memory_bytes``: by default that of the board built for the config,
+  if any); the device step records the folded input (:attr:`DeviceStep.folds`), the report says so.
+  It multiplies the bytes the host sends for that input by about ``KH*KW / stride**2``.
 * **Memory.** The image holds constants then programs; activations live in an arena after them,
   planned per device step from buffer liveness (greedy by size, first fit), and reused by every
   step, since tensors cross step boundaries through the host.
@@ -31,6 +40,8 @@ MatMulInteger's int32 output) is a host step, and CPU segments stay onnxruntime 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -53,11 +64,13 @@ from jacquard.sim.isa import (
 )
 
 from . import ir
+from .fold import TapFold, fold_weights
 from .jqp import CpuStep, DeviceStep, Executable, HostStep
 from .partition import Limits, Plan, partition
+from .perf import estimate_descriptor
 
-__all__ = ["compile_model", "compile_plan", "get_config", "pack_rows", "row_bands", "tensor_bytes",
-           "tensor_rows", "unpack_rows"]
+__all__ = ["board_memory", "compile_model", "compile_plan", "get_config", "pack_rows", "row_bands",
+           "tensor_bytes", "tensor_rows", "unpack_rows"]
 
 
 def get_config(config: str | HardwareConfig) -> HardwareConfig:
@@ -73,6 +86,16 @@ def get_config(config: str | HardwareConfig) -> HardwareConfig:
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {', '.join(CONFIGS)}, not {config!r}")
     return CONFIGS[config]
+
+
+def board_memory(cfg: HardwareConfig) -> int | None:
+    """Device memory in bytes of the smallest board built for ``cfg`` (``jacquard.boards``), or None."""
+    try:
+        from jacquard.boards.configs import BOARDS
+    except ImportError:  # a host-only install without the board package: no limit is known
+        return None
+    sizes = [b.memory_bytes for b in BOARDS.values() if b.hw_config == cfg.name]
+    return min(sizes) if sizes else None
 
 
 # -- tensors in device memory -----------------------------------------------------------------------
@@ -311,6 +334,54 @@ def _check(desc: _Desc, cfg: HardwareConfig) -> str | None:
     return None
 
 
+def _fit(descs: list[_Desc], cfg: HardwareConfig, band_rows: int | None) -> list[_Desc]:
+    """The descriptors split into bands (if asked) and checked against ``cfg``; raises _Unsupported."""
+    fitted = []
+    for desc in descs:
+        for band in row_bands(desc, cfg, band_rows) if band_rows else [desc]:
+            why = _check(band, cfg)
+            if why is not None:
+                raise _Unsupported(why)
+            fitted.append(band)
+    return fitted
+
+
+def _cycles(descs: list[_Desc], cfg: HardwareConfig) -> float:
+    """The performance model's cycles of ``descs`` (infinite if the model refuses one)."""
+    try:
+        return sum(estimate_descriptor(d.d, cfg).cycles for d in descs)
+    except ValueError:  # a tile that does not fit the weight bank: the core would refuse it
+        return math.inf
+
+
+def _fold_conv(layer: ir.QConv, tensors: dict[str, ir.Tensor], stage: _Stage, cfg: HardwareConfig,
+               band_rows: int | None) -> tuple[list[_Desc], ir.Tensor, TapFold] | None:
+    """``layer`` as a 1x1 CONV over a host-folded input, or None if it cannot be folded.
+
+    Only a dense conv whose input the host writes (a stage input, not produced or aliased in the
+    stage) and whose kernel has several taps; the caller decides whether it pays.
+    """
+    name = layer.inputs[0]
+    x = tensors[name]
+    kh, kw = layer.weight.shape[1:3]
+    if (layer.groups != 1 or kh * kw == 1 or len(x.shape) != 4 or x.dtype != "int8"
+            or x.zero_point != int(layer.x_zero_point) or name in stage.alias
+            or any(d.output[0] == name for d in stage.descs)):
+        return None
+    cin = x.shape[3]
+    if padded_channels(kh * kw * cin, cfg) >= kh * kw * padded_channels(cin, cfg):
+        return None  # no lane tile saved
+    fold = TapFold(name, (int(kh), int(kw)), tuple(layer.stride), tuple(layer.pads))
+    folded = ir.Tensor(f"{layer.name}::im2col", fold.shape(x.shape), "int8", x.scale, x.zero_point)
+    flat = dataclasses.replace(layer, inputs=(folded.name, *layer.inputs[1:]),
+                               weight=fold_weights(layer.weight), stride=(1, 1), pads=(0, 0, 0, 0))
+    try:
+        descs = _fit(_conv_descs(flat, folded, tensors[layer.outputs[0]], cfg), cfg, band_rows)
+    except _Unsupported:
+        return None
+    return descs, folded, fold
+
+
 # -- the compiler -----------------------------------------------------------------------------------
 
 @dataclass
@@ -374,7 +445,8 @@ def _fuse_lut(stage: _Stage, layer: ir.QLut, uses: dict[str, int], keep: set[str
 
 
 def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
-                 band_rows: int | None = None) -> Executable:
+                 band_rows: int | None = None, fold_taps: bool = True,
+                 memory_bytes: int | None = None) -> Executable:
     """Compile a partition plan for ``config``.
 
     Parameters
@@ -387,14 +459,47 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
         Split every line-buffer descriptor into bands of at most this many output rows (the
         compiler does this by itself only where a layer would not fit otherwise; forcing it is
         useful to keep RTL simulations of single descriptors short).
+    fold_taps : bool
+        Fold the taps of convolutions whose input the host writes into the channel lanes where the
+        performance model says it is faster (see the module docstring). The host then sends about
+        ``KH*KW / stride**2`` times the bytes of that input: turn it off for a slow link.
+    memory_bytes : int, optional
+        Device memory a folded program must fit (a fold that would not is left out); by default
+        that of the board built for ``config`` (:func:`board_memory`), else no limit.
 
     Returns
     -------
     Executable
+
+    Raises
+    ------
+    ValueError
+        If ``config`` names no preset, or ``band_rows`` or ``memory_bytes`` is not a positive integer.
     """
     cfg = get_config(config)
     if band_rows is not None and (not isinstance(band_rows, int) or band_rows < 1):
         raise ValueError(f"band_rows must be a positive integer, not {band_rows!r}")
+    if memory_bytes is not None and (not isinstance(memory_bytes, int) or memory_bytes < 1):
+        raise ValueError(f"memory_bytes must be a positive integer, not {memory_bytes!r}")
+    if not isinstance(fold_taps, bool):
+        raise TypeError(f"fold_taps must be a bool, not {fold_taps!r}")
+    limit = memory_bytes if memory_bytes is not None else board_memory(cfg)
+    no_fold: set[str] = set()
+    while True:
+        exe, folded = _compile(plan, cfg, band_rows, fold_taps, no_fold)
+        if limit is None or exe.memory_size <= limit or not folded:
+            for row in exe.report:
+                if row["layer"] in no_fold and not row["reason"]:
+                    row["reason"] = (f"taps not folded: the program would need more than the {limit} bytes "
+                                     "of device memory")
+            return exe
+        # The folded program does not fit the device: unfold the largest folded input and retry.
+        no_fold.add(max(folded, key=lambda layer: folded[layer]))
+
+
+def _compile(plan: Plan, cfg: HardwareConfig, band_rows: int | None, fold_taps: bool,
+             no_fold: set[str]) -> tuple[Executable, dict[str, int]]:
+    """One compile; also the folded layers with their folded input's bytes."""
     tensors = dict(plan.graph.tensors)
     outputs = set(plan.graph.outputs)
     uses: dict[str, int] = {}
@@ -404,6 +509,8 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
     report_reason: dict[str, str] = dict(plan.reasons)
     where: dict[str, str] = {}
     ndesc: dict[str, int] = {}
+    folds: dict[str, TapFold] = {}
+    folded_bytes: dict[str, int] = {}
     steps: list = []
     stage = _Stage()
 
@@ -443,14 +550,28 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
                 if why:
                     report_reason[layer.name] = why
             try:
-                descs = _layer_descs(layer, tensors, cfg)
-                fitted = []
-                for desc in descs:
-                    for band in row_bands(desc, cfg, band_rows) if band_rows else [desc]:
-                        why = _check(band, cfg)
-                        if why is not None:
-                            raise _Unsupported(why)
-                        fitted.append(band)
+                try:
+                    fitted, plain_error = _fit(_layer_descs(layer, tensors, cfg), cfg, band_rows), None
+                except _Unsupported as e:
+                    fitted, plain_error = [], e
+                fold = None
+                if fold_taps and isinstance(layer, ir.QConv) and layer.name not in no_fold:
+                    fold = _fold_conv(layer, tensors, stage, cfg, band_rows)
+                    if (fold is not None and plain_error is None
+                            and _cycles(fold[0], cfg) >= _cycles(fitted, cfg)):
+                        fold = None  # the perf model says folding does not pay here
+                if fold is not None:
+                    fitted, ftensor, spec = fold
+                    tensors[ftensor.name] = ftensor
+                    folds[ftensor.name] = spec
+                    folded_bytes[layer.name] = tensor_bytes(ftensor, cfg)
+                    cin = tensors[spec.source].shape[3]
+                    report_reason[layer.name] = (
+                        f"taps folded into channels: the host writes {ftensor.name} "
+                        f"(1x1 conv {ftensor.shape[3]}->{layer.weight.shape[0]} instead of "
+                        f"{spec.kernel[0]}x{spec.kernel[1]} conv {cin}->{layer.weight.shape[0]})")
+                elif plain_error is not None:
+                    raise plain_error
             except _Unsupported as e:
                 close_stage()
                 reason = "host op" if isinstance(layer, (ir.Quantize, ir.Dequantize, ir.Layout)) else str(e)
@@ -464,7 +585,7 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
             where[layer.name] = "accelerator"
             ndesc[layer.name] = len(fitted)
     close_stage()
-    return _link(plan, cfg, steps, tensors, where, ndesc, report_reason)
+    return _link(plan, cfg, steps, tensors, where, ndesc, report_reason, folds), folded_bytes
 
 
 def _needed(plan: Plan, stage_layers: set[str]) -> set[str]:
@@ -516,7 +637,7 @@ def _plan_arena(stage: _Stage, sizes: dict[str, int], ins: list[str], outs: list
 
 
 def _link(plan: Plan, cfg: HardwareConfig, steps: list, tensors: dict[str, ir.Tensor], where: dict,
-          ndesc: dict, reasons: dict) -> Executable:
+          ndesc: dict, reasons: dict, folds: dict[str, TapFold]) -> Executable:
     align = max(cfg.dma_align, 16)
     image = bytearray()
 
@@ -589,7 +710,8 @@ def _link(plan: Plan, cfg: HardwareConfig, steps: list, tensors: dict[str, ir.Te
         image[at:at + len(raw)] = raw
         out_steps.append(DeviceStep(at, len(raw), [(t, arena_base + addr[_root(s.alias, t)]) for t in ins],
                                     [(t, arena_base + addr[_root(s.alias, t)]) for t in outs],
-                                    [d.layer for d in s.descs]))
+                                    [d.layer for d in s.descs],
+                                    folds={t: folds[t] for t in ins if t in folds}))
     imp = plan.imported
     report = []
     for row in plan.report():
@@ -600,7 +722,8 @@ def _link(plan: Plan, cfg: HardwareConfig, steps: list, tensors: dict[str, ir.Te
     used = {n for s in out_steps for n in (*s.inputs, *s.outputs)} if out_steps else set()
     used = {n if isinstance(n, str) else n[0] for n in used}
     used |= set(plan.graph.inputs) | set(plan.graph.outputs)
-    return Executable(
+    used |= {f.source for f in folds.values()}
+    exe = Executable(
         config=cfg, steps=out_steps, image=bytes(image), memory_size=arena_base + arena_peak,
         tensors={n: tensors[n] for n in used if n in tensors},
         inputs=list(plan.graph.inputs), outputs=list(plan.graph.outputs),
@@ -611,12 +734,17 @@ def _link(plan: Plan, cfg: HardwareConfig, steps: list, tensors: dict[str, ir.Te
         memory={"image_bytes": len(image), "arena_base": arena_base, "arena_bytes": arena_peak,
                 "arena_naive_bytes": arena_naive, "buffers": buffers,
                 "total_bytes": arena_base + arena_peak})
+    exe.check_folds()
+    return exe
 
 
 def compile_model(model, config: str | HardwareConfig = "ulx3s-85f", *,
                   input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                  calibrate: np.ndarray | None = None, band_rows: int | None = None) -> Executable:
+                  calibrate: np.ndarray | None = None, band_rows: int | None = None,
+                  fold_taps: bool = True, memory_bytes: int | None = None) -> Executable:
     """Import, partition and compile an ONNX model (path, bytes or ModelProto) for ``config``.
+
+    ``band_rows``, ``fold_taps`` and ``memory_bytes`` are :func:`compile_plan`'s.
 
     Raises
     ------
@@ -629,4 +757,5 @@ def compile_model(model, config: str | HardwareConfig = "ulx3s-85f", *,
 
     cfg = get_config(config)
     imported = load_model(model, input_shapes, calibrate=calibrate)
-    return compile_plan(partition(imported, Limits.for_config(cfg)), cfg, band_rows=band_rows)
+    return compile_plan(partition(imported, Limits.for_config(cfg)), cfg, band_rows=band_rows,
+                        fold_taps=fold_taps, memory_bytes=memory_bytes)

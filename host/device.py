@@ -162,7 +162,10 @@ class Device:
             program = load_jqp(program)
         if not isinstance(program, Executable):
             cfg = getattr(self.transport, "config", None) or get_config(self.config_name)
-            program = compile_model(program, cfg, input_shapes=input_shapes, calibrate=calibrate)
+            # The device's own memory bounds the compiler's tap folding (a fold that would not fit
+            # is left out).
+            program = compile_model(program, cfg, input_shapes=input_shapes, calibrate=calibrate,
+                                    memory_bytes=self.transport.memory_size or None)
         self._check_ops(program)
         self.driver.load(program)
         self.exe = program

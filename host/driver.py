@@ -3,9 +3,10 @@
 The same code drives every backend (``emu``, ``sim``, a board): it identifies the core from its ID,
 VERSION and CONFIG_HASH registers, writes the image into device memory, sets the DMA window, and for
 each device step writes the input tensors, starts the program, polls STATUS until done, an error or
-the timeout, and reads the outputs. Errors come from the status registers
-(:func:`jacquard.sim.isa_regs.status_error`); a timeout aborts the program so the device stays usable.
-Host steps run the golden ops, CPU steps onnxruntime.
+the timeout, and reads the outputs. An input the program reads folded (:mod:`jacquard.host.fold`) is
+im2col'd here from the tensor it is made of, the same way for every backend (:func:`input_bytes`).
+Errors come from the status registers (:func:`jacquard.sim.isa_regs.status_error`); a timeout aborts
+the program so the device stays usable. Host steps run the golden ops, CPU steps onnxruntime.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .errors import DeviceError, DeviceTimeout, ProgramError, ShapeError
 from .jqp import CpuStep, DeviceStep, Executable, HostStep
 from .transport import Transport
 
-__all__ = ["Driver", "check_inputs"]
+__all__ = ["Driver", "check_inputs", "input_bytes"]
 
 _STATUS = register("STATUS")
 _CTRL = register("CTRL")
@@ -108,7 +109,8 @@ class Driver:
         Raises
         ------
         ProgramError
-            If ``exe`` was compiled for another config than the core's.
+            If ``exe`` was compiled for another config than the core's, or a folded input disagrees
+            with its source.
         DeviceError
             If the device memory is too small.
         """
@@ -116,6 +118,7 @@ class Driver:
             raise ProgramError(f"the program was compiled for config {exe.config.name} (hash "
                                f"{exe.config_hash:#010x}) but the device is {self.config_name}; compile "
                                f"it again with `jacquard compile MODEL.onnx --config {self.config_name}`")
+        exe.check_folds()
         if exe.memory_size > self.transport.memory_size:
             raise DeviceError(f"the program needs {exe.memory_size} bytes of device memory, the device has "
                               f"{self.transport.memory_size}; use a board or emu with more memory")
@@ -215,7 +218,7 @@ class Driver:
                     env.set_device(name, value)
             else:
                 for name, addr in step.inputs:
-                    t.write_mem(addr, pack_rows(env.device(name), tensors[name], cfg))
+                    t.write_mem(addr, input_bytes(step, name, env, tensors, cfg))
                 self.run_program(step)
                 for name, addr in step.outputs:
                     raw = t.read_mem(addr, _bytes(tensors[name], cfg))
@@ -223,6 +226,16 @@ class Driver:
         if final:
             return {name: env.onnx(name) for name in exe.outputs}
         return env
+
+
+def input_bytes(step: DeviceStep, name: str, env: ir.TensorEnv, tensors: dict[str, ir.Tensor],
+                cfg) -> bytes:
+    """The device-memory bytes of input ``name`` of ``step``: folded from its source if the step says so."""
+    fold = step.folds.get(name)
+    if fold is None:
+        return pack_rows(env.device(name), tensors[name], cfg)
+    src = tensors[fold.source]
+    return pack_rows(fold.apply(env.device(fold.source), int(src.zero_point)), tensors[name], cfg)
 
 
 def _bytes(t: ir.Tensor, cfg) -> int:

@@ -16,6 +16,15 @@ Steps are :class:`DeviceStep` (a program plus the addresses of the tensors the h
 starts and reads after it ends), :class:`HostStep` (one IR layer evaluated with the golden ops:
 quantize/dequantize at the accelerator's edges, layout changes that move bytes) and :class:`CpuStep`
 (an onnxruntime sub-model).
+
+Folded inputs (format version 2): a device step's ``folded_inputs`` maps some of its input tensors to
+the :class:`~jacquard.host.fold.TapFold` they are made from, ``{"source": NAME, "kernel": [KH, KW],
+"stride": [SH, SW], "pads": [T, L, B, R]}``. The host does not write such an input from a value it
+holds: it im2col's the source tensor (:func:`jacquard.host.fold.fold_taps`, zero-point padding) into
+the folded tensor's ``(N, Ho, Wo, KH*KW*C)`` shape and writes that, because the program reads it with a
+1x1 CONV (the compiler's ``fold_taps`` option). Reading a program checks every record against the
+tensors' shapes, dtypes and zero points and refuses a mismatch. Version 1 files (no folded inputs)
+are still read.
 """
 
 from __future__ import annotations
@@ -33,12 +42,15 @@ from jacquard.sim.isa import CONFIGS, ISA_VERSION, HardwareConfig, Program
 
 from . import ir
 from .errors import ProgramError
+from .fold import TapFold
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CpuStep", "DeviceStep", "Executable", "HostStep", "load", "save"]
 
 FORMAT = "jacquard-jqp"
-#: Bumped on any change to the archive's layout or the manifest's meaning.
-FORMAT_VERSION = 1
+#: Bumped on any change to the archive's layout or the manifest's meaning (2: folded inputs).
+FORMAT_VERSION = 2
+#: Versions this host reads (a version 1 file is a version 2 file without folded inputs).
+READ_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -54,6 +66,9 @@ class DeviceStep:
         after the end.
     layers : list of str
         For each descriptor, the IR layer it computes (several descriptors may share a layer).
+    folds : dict of str to TapFold
+        Inputs the host writes folded (im2col'd from another tensor it holds; see
+        :mod:`jacquard.host.fold`), by input name.
     """
 
     prog_addr: int
@@ -62,6 +77,7 @@ class DeviceStep:
     outputs: list[tuple[str, int]]
     layers: list[str]
     kind: str = "device"
+    folds: dict[str, TapFold] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,6 +165,23 @@ class Executable:
     def device_steps(self) -> list[DeviceStep]:
         return [s for s in self.steps if isinstance(s, DeviceStep)]
 
+    def check_folds(self) -> None:
+        """Check every folded input against the tensors it is made from (see :class:`TapFold`).
+
+        Raises
+        ------
+        ProgramError
+            If a folded input is not an input of its step, or its shape, dtype or zero point is
+            not what folding its source gives.
+        """
+        for step in self.device_steps():
+            names = {n for n, _ in step.inputs}
+            for name, fold in step.folds.items():
+                if name not in names:
+                    raise ProgramError(f"folded input {name!r} is not an input of its device step "
+                                       f"({sorted(names)}); recompile the model with `jacquard compile`")
+                fold.check(name, self.tensors)
+
     def save(self, path) -> None:
         """Write this executable as a ``.jqp`` file (see the module docstring)."""
         save(self, path)
@@ -213,7 +246,9 @@ def save(exe: Executable, path) -> None:
         if isinstance(s, DeviceStep):
             steps.append({"kind": "device", "prog_addr": s.prog_addr, "prog_len": s.prog_len,
                           "inputs": [list(p) for p in s.inputs], "outputs": [list(p) for p in s.outputs],
-                          "layers": s.layers})
+                          "layers": s.layers,
+                          **({"folded_inputs": {n: f.to_json() for n, f in s.folds.items()}} if s.folds
+                             else {})})
         elif isinstance(s, HostStep):
             steps.append({"kind": "host", "reason": s.reason,
                           "layer": _layer_to_json(s.layer, arrays, f"s{i}")})
@@ -257,8 +292,8 @@ def load(path) -> Executable:
     Raises
     ------
     ProgramError
-        If the file is not a ``.jqp`` archive, or was written for another format or ISA version
-        (the message says to recompile).
+        If the file is not a ``.jqp`` archive, was written for another format or ISA version, or
+        has a folded input that disagrees with its source (the message says to recompile).
     """
     path = Path(path)
     try:
@@ -266,9 +301,9 @@ def load(path) -> Executable:
             manifest = json.loads(z.read("manifest.json"))
             if manifest.get("format") != FORMAT:
                 raise _refuse(path, "is not a Jacquard program (no jacquard-jqp manifest)")
-            if manifest.get("format_version") != FORMAT_VERSION:
+            if manifest.get("format_version") not in READ_VERSIONS:
                 raise _refuse(path, f"is .jqp format version {manifest.get('format_version')}, this "
-                              f"host reads version {FORMAT_VERSION}")
+                              f"host reads versions {', '.join(map(str, READ_VERSIONS))}")
             if manifest.get("isa_version") != ISA_VERSION:
                 raise _refuse(path, f"was compiled for ISA version {manifest.get('isa_version')}, this "
                               f"host speaks version {ISA_VERSION}")
@@ -290,15 +325,16 @@ def load(path) -> Executable:
     steps = []
     for s in manifest["steps"]:
         if s["kind"] == "device":
+            folds = {n: TapFold.from_json(f, n) for n, f in s.get("folded_inputs", {}).items()}
             steps.append(DeviceStep(s["prog_addr"], s["prog_len"], [tuple(p) for p in s["inputs"]],
-                                    [tuple(p) for p in s["outputs"]], s["layers"]))
+                                    [tuple(p) for p in s["outputs"]], s["layers"], folds=folds))
         elif s["kind"] == "host":
             steps.append(HostStep(_layer_from_json(s["layer"], arrays), s["reason"]))
         else:
             steps.append(CpuStep(cpu[s["model"]], s["inputs"], s["outputs"], s.get("layers", [])))
     tensors = {n: ir.Tensor(n, tuple(t["onnx_shape"]), t["dtype"], t["scale"], t["zero_point"],
                             tuple(t["perm"])) for n, t in manifest["tensors"].items()}
-    return Executable(
+    exe = Executable(
         config=cfg, steps=steps, image=image, memory_size=manifest["memory_size"], tensors=tensors,
         inputs=[i["name"] for i in manifest["inputs"]], outputs=[o["name"] for o in manifest["outputs"]],
         input_shapes={i["name"]: tuple(i["shape"]) for i in manifest["inputs"]},
@@ -306,3 +342,8 @@ def load(path) -> Executable:
         input_dtypes={i["name"]: i["dtype"] for i in manifest["inputs"]},
         output_dtypes={o["name"]: o["dtype"] for o in manifest["outputs"]},
         report=manifest["report"], memory=manifest["memory"])
+    try:
+        exe.check_folds()
+    except ProgramError as e:
+        raise ProgramError(f"{path}: {e}") from e
+    return exe
