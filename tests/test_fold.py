@@ -142,6 +142,17 @@ def test_random_conv_folded_is_bit_exact_on_emu(case, config):
             assert_same(a.run(f), c.run(f), f"{where} sample {i}: folded vs unfolded")
 
 
+@pytest.mark.parametrize("band_rows", [None, 2])
+def test_batched_and_banded_fold_is_bit_exact(band_rows):
+    def batched():
+        b = model_zoo.Builder(SEED, (2, 3, 10, 12))
+        return b, b.model([b.conv("x", 3, 8, 3, stride=2, pad=1)])
+    b, m = int8_model(batched)
+    exe = compile_model(m, "sim-small", band_rows=band_rows)
+    assert len(folds(exe)) == 1
+    run_and_compare(exe, m, random_feeds(b, 2, SEED + 5), f"batch of 2, band_rows={band_rows}, folded")
+
+
 def test_fold_pays_only_where_the_performance_model_says_so():
     # On ulx3s-85f (c_par 8, 4-byte DMA words at 2 cycles each) a folded 3-channel layer with one
     # oc tile is input-bound: 32 folded bytes per position cost 16 cycles, the 9 taps 9.
