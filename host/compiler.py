@@ -488,13 +488,15 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
     while True:
         exe, folded = _compile(plan, cfg, band_rows, fold_taps, no_fold)
         if limit is None or exe.memory_size <= limit or not folded:
-            for row in exe.report:
-                if row["layer"] in no_fold and not row["reason"]:
-                    row["reason"] = (f"taps not folded: the program would need more than the {limit} bytes "
-                                     "of device memory")
-            return exe
-        # The folded program does not fit the device: unfold the largest folded input and retry.
+            break
+        if _compile(plan, cfg, band_rows, False, no_fold)[0].memory_size > limit:
+            break  # it does not fit unfolded either: folding does not decide where it can run
+        # Folding is what makes the program too large: unfold the largest folded input and retry.
         no_fold.add(max(folded, key=lambda layer: folded[layer]))
+    for row in exe.report:
+        if row["layer"] in no_fold and not row["reason"]:
+            row["reason"] = f"taps not folded: the program would not fit {limit} bytes of device memory"
+    return exe
 
 
 def _compile(plan: Plan, cfg: HardwareConfig, band_rows: int | None, fold_taps: bool,
