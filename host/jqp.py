@@ -325,7 +325,10 @@ def load(path) -> Executable:
     steps = []
     for s in manifest["steps"]:
         if s["kind"] == "device":
-            folds = {n: TapFold.from_json(f, n) for n, f in s.get("folded_inputs", {}).items()}
+            try:
+                folds = {n: TapFold.from_json(f, n) for n, f in s.get("folded_inputs", {}).items()}
+            except ProgramError as e:
+                raise ProgramError(f"{path}: {e}") from e
             steps.append(DeviceStep(s["prog_addr"], s["prog_len"], [tuple(p) for p in s["inputs"]],
                                     [tuple(p) for p in s["outputs"]], s["layers"], folds=folds))
         elif s["kind"] == "host":

@@ -350,3 +350,23 @@ def test_perf_model_of_folded_pnet_layer1_vs_rtl(tmp_path, size):
     assert (first.kh, first.kw, first.in_c) == (1, 1, 27), first
     img, descs = relocate(image, [first])
     check(measure(tmp_path, img, descs, size), f"P-Net {size}x{size} layer 1, taps folded")
+
+
+def test_version_1_program_without_folds_is_still_read(tmp_path):
+    b, m = int8_model(model_zoo.classifier)
+    compile_model(m, "sim-small", fold_taps=False).save(tmp_path / "v2.jqp")
+    _rewrite(tmp_path / "v2.jqp", tmp_path / "v1.jqp", lambda man: man.update(format_version=1))
+    run_and_compare(jqp.load(tmp_path / "v1.jqp"), m, random_feeds(b, 1, SEED + 6), "version 1 .jqp")
+
+
+def test_fold_record_of_a_tensor_the_step_does_not_write_is_refused(tmp_path):
+    _, _, exe = _classifier_exe()
+    exe.save(tmp_path / "ok.jqp")
+
+    def rename(manifest):
+        step = _folded_step(manifest)
+        (record,) = step["folded_inputs"].values()
+        step["folded_inputs"] = {"elsewhere": record}
+    _rewrite(tmp_path / "ok.jqp", tmp_path / "bad.jqp", rename)
+    with pytest.raises(ProgramError, match="'elsewhere' is not an input of its device step"):
+        jqp.load(tmp_path / "bad.jqp")
