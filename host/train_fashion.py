@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .cache import cache_dir
+from .cache import cache_dir, cache_lock
 from .datasets import fashion_mnist
 from .material import MaterialError
 
@@ -367,6 +367,13 @@ def trained_model(config: TrainConfig = TrainConfig(), *, in_process: bool = Fal
 
 
 def _train_and_save(config: TrainConfig, path: Path, meta: Path) -> None:
+    # Locked here, in the process that trains: processes asking at the same time train it once.
+    with cache_lock(path):
+        if not (path.exists() and meta.exists()):
+            _train_and_write(config, path, meta)
+
+
+def _train_and_write(config: TrainConfig, path: Path, meta: Path) -> None:
     t0 = time.perf_counter()
     params = train(config)
     seconds = time.perf_counter() - t0

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from amaranth.back import verilog
 from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 
-from jacquard.host.cache import cache_dir
+from jacquard.host.cache import cache_dir, cache_lock
 from jacquard.host.toolchain import toolchain_env
 
 __all__ = ["SIMULATORS", "VERILATOR_OPT_ARGS", "VERILATOR_WARN_ARGS", "RegisteredReset", "cached_verilog",
@@ -164,7 +165,7 @@ class RegisteredReset(wiring.Component):
 def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | str,
                name: str = "top", parameters: dict[str, Any] | None = None,
                testcase: str | None = None, build_args: list[str] | None = None,
-               public: bool = False) -> Path:
+               public: bool = False) -> None:
     """Run the cocotb tests in ``test_module`` (importable from ``test_dir``) on ``component``.
 
     Parameters
@@ -212,39 +213,43 @@ def run_cocotb(component, test_module: str, *, simulator: str, test_dir: Path | 
     digest = hashlib.sha256((simulator + source + flags).encode()).hexdigest()[:16]
     build_dir = cache_dir("cocotb", simulator, f"{name}-{digest}")
     vfile = build_dir / f"{name}.v"
-    cached = vfile.exists()
-
-    for attempt in ("cached", "fresh") if cached else ("fresh",):
-        build_dir.mkdir(parents=True, exist_ok=True)
-        if not vfile.exists() or vfile.read_text() != source:
-            vfile.write_text(source)
-        for fname, text in sources:
-            (build_dir / fname).write_text(text)
-        try:
-            runner.build(sources=[*(build_dir / fname for fname, _ in sources), vfile], hdl_toplevel=name,
-                         build_dir=build_dir, always=False, timescale=("1ns", "1ps"), build_args=extra)
-            break
-        except (SystemExit, subprocess.CalledProcessError, RuntimeError) as exc:
-            # A half-built model would be reused by the next run (always=False): drop the whole
-            # folder. A cached build can also fail because its makefiles name the cocotb of the
-            # checkout that built it (another venv, since deleted): then build it afresh once.
-            shutil.rmtree(build_dir, ignore_errors=True)
-            if attempt == "fresh":
-                raise AssertionError(f"{simulator} could not build {name} ({exc}); see the log above") \
-                    from None
-    run_dir = Path(test_dir)
+    # Locked: pytest-xdist workers (or two shells) running the same design would otherwise build
+    # into one folder at once, or run a model the other is still linking.
+    with cache_lock(build_dir):
+        cached = vfile.exists()
+        for attempt in ("cached", "fresh") if cached else ("fresh",):
+            build_dir.mkdir(parents=True, exist_ok=True)
+            if not vfile.exists() or vfile.read_text() != source:
+                vfile.write_text(source)
+            for fname, text in sources:
+                (build_dir / fname).write_text(text)
+            try:
+                runner.build(sources=[*(build_dir / fname for fname, _ in sources), vfile], hdl_toplevel=name,
+                             build_dir=build_dir, always=False, timescale=("1ns", "1ps"), build_args=extra)
+                break
+            except (SystemExit, subprocess.CalledProcessError, RuntimeError) as exc:
+                # A half-built model would be reused by the next run (always=False): drop the whole
+                # folder. A cached build can also fail because its makefiles name the cocotb of the
+                # checkout that built it (another venv, since deleted): then build it afresh once.
+                shutil.rmtree(build_dir, ignore_errors=True)
+                if attempt == "fresh":
+                    raise AssertionError(f"{simulator} could not build {name} ({exc}); see the log above") \
+                        from None
     env = {"JQ_PARAMS": json.dumps(parameters or {})}
     # The runner hands sys.path to the simulator's embedded Python as its PYTHONPATH.
-    sys.path.insert(0, str(run_dir))
+    sys.path.insert(0, str(Path(test_dir)))
+    # Each run in its own folder: the results file (and anything the simulator writes to its working
+    # directory) must not collide with a concurrent run of the same model. Kept when the run fails.
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=build_dir))
     try:
-        return runner.test(test_module=test_module, hdl_toplevel=name, build_dir=build_dir,
-                           test_dir=build_dir, testcase=testcase, extra_env=env,
-                           timescale=("1ns", "1ps"))
+        runner.test(test_module=test_module, hdl_toplevel=name, build_dir=build_dir,
+                              test_dir=work, testcase=testcase, extra_env=env, timescale=("1ns", "1ps"))
     except SystemExit as exc:  # cocotb_tools exits the process on failure; report it as a failure
-        raise AssertionError(f"cocotb {test_module} on {simulator} failed (exit {exc.code}); "
-                             f"see the log above, parameters={parameters}") from None
+        raise AssertionError(f"cocotb {test_module} on {simulator} failed (exit {exc.code}); see the log "
+                             f"above and {work}, parameters={parameters}") from None
     finally:
-        sys.path.remove(str(run_dir))
+        sys.path.remove(str(Path(test_dir)))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def params() -> dict[str, Any]:

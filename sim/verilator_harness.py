@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jacquard.host.cache import cache_dir
+from jacquard.host.cache import cache_dir, cache_lock
 from jacquard.host.toolchain import toolchain_env
 from jacquard.sim.cocotb_run import VERILATOR_OPT_ARGS, VERILATOR_WARN_ARGS, cached_verilog
 from jacquard.sim.isa_regs import PERF_COUNTERS, register
@@ -52,21 +52,22 @@ def build_harness(component, *, name: str = "jacquard_core", verilator_args: lis
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     build_dir = cache_dir("harness", f"{name}-{digest}")
     exe = build_dir / "harness"
-    if exe.exists():
-        return exe
-    env = {**os.environ, **toolchain_env()}
-    vfile = build_dir / f"{name}.v"
-    vfile.write_text(source)
-    cmds = [["verilator", "--cc", "--exe", "--build-jobs", _JOBS, "-Mdir", str(build_dir),
-             "--top-module", name, "--prefix", "Vtop", "-o", "harness", *VERILATOR_WARN_ARGS, *args,
-             str(HARNESS_CPP), str(vfile)],
-            ["make", "-j", _JOBS, "-C", str(build_dir), "-f", "Vtop.mk", f"OPT_FAST={opt_fast}",
-             "OPT_SLOW=-O0", "OPT_GLOBAL=-O2"]]
-    for cmd in cmds:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            shutil.rmtree(build_dir, ignore_errors=True)
-            raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    with cache_lock(build_dir):  # concurrent processes build it once (see jacquard.host.cache)
+        if exe.exists():
+            return exe
+        env = {**os.environ, **toolchain_env()}
+        vfile = build_dir / f"{name}.v"
+        vfile.write_text(source)
+        cmds = [["verilator", "--cc", "--exe", "--build-jobs", _JOBS, "-Mdir", str(build_dir),
+                 "--top-module", name, "--prefix", "Vtop", "-o", "harness", *VERILATOR_WARN_ARGS, *args,
+                 str(HARNESS_CPP), str(vfile)],
+                ["make", "-j", _JOBS, "-C", str(build_dir), "-f", "Vtop.mk", f"OPT_FAST={opt_fast}",
+                 "OPT_SLOW=-O0", "OPT_GLOBAL=-O2"]]
+        for cmd in cmds:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                shutil.rmtree(build_dir, ignore_errors=True)
+                raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return exe
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from jacquard.host.cache import cache_dir
+from jacquard.host.cache import cache_dir, cache_lock
 
 __all__ = [
     "FORMATS",
@@ -80,9 +80,10 @@ def fetch_opencv_doc(*names: str) -> dict[str, Path]:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"File name must be a plain name in opencv-doc's examples/data, not {name!r}")
     dest = cache_dir("material", "opencv-doc")
-    missing = [n for n in names if not (dest / n).is_file()]
-    if missing:
-        _extract_from_deb("opencv-doc", {f"{_OPENCV_DOC_DATA}/{n}": dest / n for n in missing})
+    with cache_lock(dest):  # one download when several processes start at once
+        missing = [n for n in names if not (dest / n).is_file()]
+        if missing:
+            _extract_from_deb("opencv-doc", {f"{_OPENCV_DOC_DATA}/{n}": dest / n for n in missing})
     return {n: dest / n for n in names}
 
 

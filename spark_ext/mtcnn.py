@@ -98,7 +98,7 @@ def int8_models() -> dict[str, Path]:
     """
     import onnx
 
-    from jacquard.host.cache import cache_dir
+    from jacquard.host.cache import cache_dir, cache_lock
     from jacquard.host.material import mtcnn_models
     from jacquard.sim.quantize import quantize_float_model
 
@@ -108,11 +108,12 @@ def int8_models() -> dict[str, Path]:
     for net in NETS:
         digest = hashlib.sha256(floats[net].read_bytes()).hexdigest()[:16]
         path = root / f"{net}-{digest}-v{_QUANT_VERSION}.onnx"
-        if not path.exists():
-            name = onnx.load(floats[net]).graph.input[0].name
-            tmp = path.with_suffix(".tmp.onnx")
-            quantize_float_model(floats[net], [{name: x} for x in _calibration(net)], tmp)
-            tmp.replace(path)
+        with cache_lock(path):  # one quantization when several workers start at once
+            if not path.exists():
+                name = onnx.load(floats[net]).graph.input[0].name
+                tmp = path.with_suffix(".tmp.onnx")
+                quantize_float_model(floats[net], [{name: x} for x in _calibration(net)], tmp)
+                tmp.replace(path)
         out[net] = path
     return out
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jacquard.host.cache import cache_dir
+from jacquard.host.cache import cache_dir, cache_lock
 
 __all__ = ["LEAN_JVM_OPTIONS", "build_session", "discovery_script"]
 
@@ -53,9 +53,10 @@ def discovery_script(env: Mapping[str, str] | None = None) -> Path:
     script = Path(__file__).with_name("discover_fpga.sh")
     if not os.access(script, os.X_OK):
         copy = cache_dir("spark") / script.name
-        if not copy.exists() or copy.read_bytes() != script.read_bytes():
-            shutil.copyfile(script, copy)
-        _make_executable(copy)
+        with cache_lock(copy):  # a concurrent process may be running the copy
+            if not copy.exists() or copy.read_bytes() != script.read_bytes():
+                shutil.copyfile(script, copy)
+            _make_executable(copy)
         script = copy
     if not env:
         return script

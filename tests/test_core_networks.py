@@ -82,13 +82,15 @@ def _run_network(tmp_path, img: Image, descs, seed: int, label: str) -> dict:
 
 
 def _pnet(size: int):
+    from test_mtcnn_layers import quantized_mtcnn  # the same int8 P-Net the layer tests check
+
     from jacquard.host import material
-    from jacquard.host.cache import cache_dir
     from jacquard.host.compiler import compile_model, pack_rows
 
-    path = cache_dir("material", "mtcnn-int8") / "pnet.int8.onnx"
-    if not path.exists():
-        pytest.skip("quantized P-Net not cached yet: run tests/test_mtcnn_layers.py first")
+    try:
+        path = quantized_mtcnn("pnet")
+    except material.MaterialError as e:
+        pytest.skip(str(e))
     exe = compile_model(str(path), CFG, input_shapes={"input_1": (1, size, size, 3)})
     steps = [s for s in exe.steps if s.kind == "device"]
     assert len(steps) == 1, "P-Net should compile to one device program"

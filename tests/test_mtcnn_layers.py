@@ -9,13 +9,15 @@ is monotone, so ``Q(MaxPool(PRelu(DQ(y)))) == MaxPool(Q(PRelu(DQ(y))))`` exactly
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
 from jacquard.host import material
-from jacquard.host.cache import cache_dir
+from jacquard.host.cache import cache_dir, cache_lock
 from jacquard.sim import golden, quantize
 
 _NETS = {"pnet": None, "rnet": 24, "onet": 48}
@@ -46,21 +48,32 @@ def _images(name: str) -> list[np.ndarray]:
     return [_normalize(np.asarray(c))[None] for c in crops]
 
 
+def quantized_mtcnn(name: str) -> Path:
+    """``name`` ("pnet", "rnet", "onet") quantized with onnxruntime, calibrated on the test images; cached.
+
+    Raises
+    ------
+    jacquard.host.material.MaterialError
+        If the float models cannot be fetched.
+    """
+    models = material.mtcnn_models()
+    dst = cache_dir("material", "mtcnn-int8") / f"{name}.int8.onnx"
+    with cache_lock(dst):  # made once, whole, when several test processes need it at the same time
+        if not dst.exists():
+            iname = onnx.load(models[name]).graph.input[0].name
+            tmp = dst.with_suffix(".part.onnx")
+            quantize.quantize_float_model(models[name], [{iname: x} for x in _images(name)], tmp)
+            tmp.replace(dst)
+    return dst
+
+
 @pytest.fixture(scope="module")
 def quantized():
     """The three nets quantized with onnxruntime (calibrated on the test images), cached."""
     try:
-        models = material.mtcnn_models()
+        return {name: onnx.load(quantized_mtcnn(name)) for name in _NETS}
     except material.MaterialError as e:
         pytest.skip(str(e))
-    out = {}
-    for name in _NETS:
-        dst = cache_dir("material", "mtcnn-int8") / f"{name}.int8.onnx"
-        if not dst.exists():
-            iname = onnx.load(models[name]).graph.input[0].name
-            quantize.quantize_float_model(models[name], [{iname: x} for x in _images(name)], dst)
-        out[name] = onnx.load(dst)
-    return out
 
 
 class GoldenRunner:

@@ -96,8 +96,9 @@ def test_small_configs_leave_out_the_float_units():
 def test_device_of_another_op_set_is_refused_naming_both():
     # Same array and buffers, other ops: the device check names both op sets.
     dev = EmuTransport(CONV_POOL, 1 << 16)
-    with pytest.raises(DeviceError, match=r"ops CONV\+MAXPOOL\), but the program targets 'sim-small' "
-                                          r"\(hash 0x[0-9a-f]{8}, ops CONV\+MAXPOOL\+AVGPOOL\+GLOBAL_AVGPOOL\+ADD\)"):
+    expected = (r"ops CONV\+MAXPOOL\), but the program targets 'sim-small' "
+                r"\(hash 0x[0-9a-f]{8}, ops CONV\+MAXPOOL\+AVGPOOL\+GLOBAL_AVGPOOL\+ADD\)")
+    with pytest.raises(DeviceError, match=expected):
         verify_device(dev, CONFIGS["sim-small"])
     verify_device(dev, CONV_POOL)
     _, m = _int8(residual)

@@ -1,11 +1,11 @@
 """The open flow end to end: YoWASP yosys + nextpnr build a bitstream and report nextpnr's own figures.
 
-The default tier builds a one-block smoke top for the iCEBreaker (seconds). The whole board SoC
-(bridge + core + memory + PLL) builds are the slow tier: the ULX3S-85F reference and the small
-target, the ULX3S-25F with the CONV+MAXPOOL ``ulx3s-25f`` config (the iCE40UP5K cannot hold the
-core). The 25F SoC builds in about 9 min on this machine (553 s at load ~3), too long next to the
-rest of the default tier in CI's 30 minutes; the 85F SoC takes over an hour. docs/RESULTS.md
-(synth-* sections) has the numbers.
+The default tier builds a one-block smoke top for the iCEBreaker (seconds) and the whole board SoC
+(bridge + core + memory + PLL) of the small target: the ULX3S-25F with the CONV+MAXPOOL
+``ulx3s-25f`` config (the iCE40UP5K cannot hold the core). That build takes about 9 minutes
+(553 s at load ~3), so it is marked ``first``: under pytest-xdist it starts at once and the rest
+of the suite runs on the other worker around it. The ULX3S-85F reference SoC takes over an hour
+and is in the slow tier. docs/RESULTS.md (synth-* sections) has the numbers.
 """
 
 import json
@@ -56,7 +56,7 @@ def _check_soc(report: dict, board: str) -> None:
     assert report["critical_path"] and report["critical_path"]["delay_ns"] > 0, report
 
 
-@pytest.mark.slow
+@pytest.mark.first
 def test_small_target_soc(tmp_path):
     report = _build("ulx3s-25f", tmp_path, "soc")
     _check_soc(report, "ulx3s-25f")
