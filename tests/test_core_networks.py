@@ -101,11 +101,14 @@ def _pnet(size: int):
     rgb = resize(crop, (size, size), preserve_range=True, anti_aliasing=True).astype(np.float32)
     x = ((rgb - 127.5) / 128).astype(np.float32)
     name, addr = step.inputs[0]
-    t = exe.tensors[name]
-    q = np.clip(np.rint(x / np.float32(t.scale)) + t.zero_point, -128, 127).astype(np.int8)
+    fold = step.folds.get(name)  # the first layer's taps folded into channels: the host im2cols it
+    t = exe.tensors[fold.source if fold else name]
+    q = np.clip(np.rint(x / np.float32(t.scale)) + t.zero_point, -128, 127).astype(np.int8).reshape(t.shape)
+    if fold:
+        q = fold.apply(q, int(t.zero_point))
     image = np.zeros(exe.memory_size, dtype=np.uint8)
     image[:len(exe.image)] = np.frombuffer(exe.image, dtype=np.uint8)
-    raw = pack_rows(q.reshape(t.shape), t, CFG)
+    raw = pack_rows(q, exe.tensors[name], CFG)
     image[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return exe.program(step), step.prog_addr, image
 
