@@ -7,13 +7,17 @@ alone misses 100 MHz. :class:`RegisteredRam` instantiates DP16KDs with ``REGMODE
 on ECP5; elsewhere (simulation, iCE40) it is a ``lib.memory.Memory`` read port followed by a
 fabric register, cycle- and bit-identical.
 
+With ``lane_addr=True`` every lane has its own read and write address (``r_addr[k]``,
+``w_addr[k]``), so a user can drive each lane's RAMs from a register copy placed next to them
+instead of one address net that spans every RAM of a wide memory.
+
 Timing: ``r_addr`` is sampled at an edge where ``r_en`` is high; the word is on ``r_data`` after
 the next edge where ``r_oe`` is high (the second edge if ``r_oe`` stays high). A read of an address written in
 the same cycle returns undefined data on ECP5 (old data in simulation); the users never do that.
 """
 
 from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal
-from amaranth.lib import memory, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["RegisteredRam"]
@@ -35,14 +39,17 @@ class RegisteredRam(wiring.Component):
         ECP5 form uses the RAMs' output registers; deeper memories fall back to the generic form.
     lanes : int
         Independently write-enabled lanes (1..256).
+    lane_addr : bool
+        One read and one write address per lane (``w_addr``/``r_addr`` become arrays of ``lanes``
+        addresses); False (the default): one address for all lanes.
 
     Members
     -------
-    w_addr : In(range(depth))
+    w_addr : In(range(depth)), or In(data.ArrayLayout(range(depth), lanes)) with ``lane_addr``
     w_data : In(lanes * lane_width)
     w_en : In(lanes)
         Lane ``k`` of ``w_data`` is written to ``w_addr`` at the edge where ``w_en[k]`` is high.
-    r_addr : In(range(depth))
+    r_addr : In(range(depth)), or In(data.ArrayLayout(range(depth), lanes)) with ``lane_addr``
     r_en : In(1)
         ``r_addr`` is read at the edge where ``r_en`` is high.
     r_oe : In(1, init=1)
@@ -58,17 +65,21 @@ class RegisteredRam(wiring.Component):
         If a parameter is out of range.
     """
 
-    def __init__(self, lane_width: int, depth: int, lanes: int = 1) -> None:
+    def __init__(self, lane_width: int, depth: int, lanes: int = 1, lane_addr: bool = False) -> None:
         for name, value, hi in (("lane_width", lane_width, 4096), ("depth", depth, 1 << 20),
                                 ("lanes", lanes, 256)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, not {value!r}")
             if not 1 <= value <= hi:
                 raise ValueError(f"{name} must be 1..{hi}, not {value!r}")
+        if not isinstance(lane_addr, bool):
+            raise TypeError(f"lane_addr must be a bool, not {lane_addr!r}")
         self._lane_width, self._depth, self._lanes = lane_width, depth, lanes
+        self._lane_addr = lane_addr
+        addr = data.ArrayLayout(range(depth), lanes) if lane_addr else range(depth)
         super().__init__({
-            "w_addr": In(range(depth)), "w_data": In(lanes * lane_width), "w_en": In(lanes),
-            "r_addr": In(range(depth)), "r_en": In(1), "r_oe": In(1, init=1),
+            "w_addr": In(addr), "w_data": In(lanes * lane_width), "w_en": In(lanes),
+            "r_addr": In(addr), "r_en": In(1), "r_oe": In(1, init=1),
             "r_data": Out(lanes * lane_width),
         })
 
@@ -76,6 +87,19 @@ class RegisteredRam(wiring.Component):
         m = Module()
         if getattr(platform, "family", None) == "ecp5" and self._depth <= _MODES[-1][0]:
             self._ecp5(m)
+            return m
+        if self._lane_addr:
+            # One memory per lane, each with its lane's addresses: cycle-identical to the ECP5 form.
+            lw = self._lane_width
+            for lane in range(self._lanes):
+                mem = memory.Memory(shape=lw, depth=self._depth, init=[])
+                m.submodules[f"mem_{lane}"] = mem
+                wr, rd = mem.write_port(), mem.read_port()
+                bits = slice(lane * lw, (lane + 1) * lw)
+                m.d.comb += [wr.addr.eq(self.w_addr[lane]), wr.data.eq(self.w_data[bits]),
+                             wr.en.eq(self.w_en[lane]), rd.addr.eq(self.r_addr[lane]), rd.en.eq(self.r_en)]
+                with m.If(self.r_oe):
+                    m.d.sync += self.r_data[bits].eq(rd.data)
             return m
         m.submodules.mem = mem = memory.Memory(shape=self._lanes * self._lane_width, depth=self._depth,
                                                init=[])
@@ -95,7 +119,10 @@ class RegisteredRam(wiring.Component):
                 n = min(width, lw - lo)
                 base = lane * lw + lo
                 ports = {}
-                for side, addr in (("A", self.w_addr), ("B", self.r_addr)):
+                sides = (("A", self.w_addr), ("B", self.r_addr))
+                if self._lane_addr:
+                    sides = (("A", self.w_addr[lane]), ("B", self.r_addr[lane]))
+                for side, addr in sides:
                     full = Signal(14, name=f"ram_{lane}_{k}_ad{side.lower()}")
                     # 18-bit mode: the two low address bits are the byte enables (both on).
                     m.d.comb += full.eq((addr << shift) | (0b11 if width == 18 else 0))

@@ -41,8 +41,9 @@ multipliers do useful work, so depthwise utilization is ``1/oc_par`` (6.25% for 
 
 
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -55,6 +56,29 @@ __all__ = ["PEArray", "PEError", "weight_block_layout", "weight_row_layout"]
 # at c_par=8, and 65535 oc tiles.
 TAPS_BITS = 16
 TILES_BITS = 16
+# Rows (output channels) served by one copy of a value replicated in two register levels (the tap,
+# the weight-load data): the first level has oc_par/_GROUP copies, the second one per row.
+_GROUP = 4
+
+
+def _replica(m: Module, platform, value: Value, name: str) -> Signal:
+    """A register of ``value`` (initially 0) that synthesis keeps although identical copies exist.
+
+    yosys merges flip-flops that have the same input (``opt_merge``), which would undo the
+    replication that puts one copy of a broadcast next to each group of its consumers. On ECP5 each
+    bit is a ``TRELLIS_FF`` instance, which yosys does not merge; elsewhere it is a plain register.
+    """
+    value = Value.cast(value)
+    q = Signal(len(value), name=name)
+    if getattr(platform, "family", None) != "ecp5":
+        m.d.sync += q.eq(value)
+        return q
+    for b in range(len(value)):
+        m.submodules[f"{name}_ff{b}"] = Instance(
+            "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
+            p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
+            i_CLK=ClockSignal("sync"), i_LSR=0, i_DI=value[b], o_Q=q[b])
+    return q
 
 
 class PEError(enum.Enum, shape=3):
@@ -148,6 +172,10 @@ class PEArray(wiring.Component):
         self._c_par = c_par
         self._oc_par = oc_par
         self._weight_depth = weight_depth
+        # Room for every result in flight at full rate with 1-tap accumulations (round trip
+        # from acceptance to the output and back to ``room``, which keeps a margin of 2), at
+        # least 16 deep: one LUT-RAM per 4 bits.
+        self._fifo_depth = max(16, 1 << ceil_log2(self.latency + 5))
         super().__init__({
             "i": In(stream.Signature(tap_layout(c_par))),
             "o": Out(stream.Signature(acc_layout(oc_par))),
@@ -178,31 +206,31 @@ class PEArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Clock edges from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
-        return 6 + self._tree_stages()
+        return 8 + self._tree_stages()
 
     def _tree_levels(self) -> list[int]:
-        """Adder levels per tree register stage: 1 first, then 2 (``ceil_log2(c_par)`` in all)."""
-        levels = ceil_log2(self._c_par)
-        if levels == 0:
-            return []
-        return [1] + [min(2, levels - 1 - k) for k in range(0, levels - 1, 2)]
+        """Adder levels per tree register stage: 1 each (``ceil_log2(c_par)`` in all).
+
+        The multipliers' outputs and the tree's rows spread over the die with the DSP columns:
+        two levels per stage (17-bit carry chains plus the routes between them) missed 100 MHz.
+        """
+        return [1] * ceil_log2(self._c_par)
 
     def _tree_stages(self) -> int:
         return len(self._tree_levels())
 
     @staticmethod
-    def _multiplier(m: Module, platform, en, a, b, name: str) -> Signal:
-        """``a * b`` (int8 x int8) with registered operands and a registered product, enable ``en``.
+    def _multiplier(m: Module, platform, a, b, name: str) -> Signal:
+        """``a * b`` (int8 x int8) with registered operands and a registered product.
 
         Two clock edges from ``a``/``b`` to the returned product. On ECP5 the registers are the
         ones inside a ``MULT18X18D``; elsewhere they are fabric registers with the same timing.
         """
-        prod = Signal(signed(16), name=f"s5_prod_{name}")
+        prod = Signal(signed(16), name=f"s6_prod_{name}")
         if getattr(platform, "family", None) != "ecp5":
-            s4_a = Signal(signed(8), name=f"s4_a_{name}")
-            s4_b = Signal(signed(8), name=f"s4_b_{name}")
-            with m.If(en):
-                m.d.sync += [s4_a.eq(a), s4_b.eq(b), prod.eq(s4_a * s4_b)]
+            s5_a = Signal(signed(8), name=f"s5_a_{name}")
+            s5_b = Signal(signed(8), name=f"s5_b_{name}")
+            m.d.sync += [s5_a.eq(a), s5_b.eq(b), prod.eq(s5_a * s5_b)]
             return prod
         p = Signal(36, name=f"dsp_p_{name}")
         ports = {}
@@ -222,7 +250,7 @@ class PEArray(wiring.Component):
             p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED", p_CLK3_DIV="ENABLED",
             i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
             i_CLK0=ClockSignal("sync"), i_CLK1=0, i_CLK2=0, i_CLK3=0,
-            i_CE0=en, i_CE1=1, i_CE2=1, i_CE3=1, i_RST0=0, i_RST1=0, i_RST2=0, i_RST3=0,
+            i_CE0=1, i_CE1=1, i_CE2=1, i_CE3=1, i_RST0=0, i_RST1=0, i_RST2=0, i_RST3=0,
             **ports)
         m.d.comb += prod.eq(p[:16])
         return prod
@@ -232,10 +260,13 @@ class PEArray(wiring.Component):
         c_par, oc_par, depth = self._c_par, self._oc_par, self._weight_depth
         addr_bits = max(1, ceil_log2(depth))
         wide = max(addr_bits, TAPS_BITS, TILES_BITS) + 2  # for bound checks without wrap-around
+        groups = range(0, oc_par, _GROUP)  # first row of each group of rows sharing a replica
 
         # Read data registered in the block RAMs (see RegisteredRam): their clock-to-output
-        # is most of a cycle, and the weight bus fans out to every multiplier.
-        m.submodules.weights = ram = RegisteredRam(8 * c_par, depth, lanes=oc_par)
+        # is most of a cycle, and the weight bus fans out to every multiplier. Every row (RAM
+        # lane) has its own address so each row's RAMs read a register copy placed next to them.
+        m.submodules.weights = ram = RegisteredRam(8 * c_par, depth, lanes=oc_par, lane_addr=True)
+        m.d.comb += [ram.r_en.eq(1), ram.r_oe.eq(1)]
 
         # --- errors -----------------------------------------------------------------------
         cfg_ok = Signal()
@@ -254,51 +285,60 @@ class PEArray(wiring.Component):
         with m.Elif(~cfg_ok):
             m.d.comb += self.error_code.eq(PEError.CONFIG)
 
-        # --- weight load ------------------------------------------------------------------
+        # --- weight load: a registered write (w1), address copies per row, data per group ------
         wl_block = Signal(addr_bits + 1)  # one extra bit so running past the end is visible
         wl_row = Signal(range(oc_par))
         cur_block = Signal(addr_bits + 1)
         cur_row = Signal(range(oc_par))
+        w_en = Signal(oc_par)
         m.d.comb += [
             cur_block.eq(Mux(self.wl.payload.first, self.wl_base, wl_block)),
             cur_row.eq(Mux(self.wl.payload.first, 0, wl_row)),
             self.wl.ready.eq(~halted),
-            ram.w_addr.eq(cur_block),
         ]
-        for r in range(oc_par):
-            m.d.comb += ram.w_data[r * 8 * c_par:(r + 1) * 8 * c_par].eq(self.wl.payload.data)
         with m.If(self.clear):
             m.d.sync += [wl_block.eq(self.wl_base), wl_row.eq(0)]
         with m.Elif(self.wl.valid & self.wl.ready):
             with m.If(cur_block >= depth):
                 m.d.comb += raise_err.eq(PEError.LOAD_RANGE)
             with m.Else():
-                m.d.comb += ram.w_en.eq(1 << cur_row)
+                m.d.comb += w_en.eq(1 << cur_row)
                 last_row = cur_row == oc_par - 1
                 m.d.sync += [wl_row.eq(Mux(last_row, 0, cur_row + 1)),
                              wl_block.eq(cur_block + last_row)]
+        w1_en = Signal(oc_par)
+        m.d.sync += w1_en.eq(w_en)
+        m.d.comb += ram.w_en.eq(w1_en)
+        w1_data = {g: _replica(m, platform, self.wl.payload.data.as_value(), f"w1_data_{g}") for g in groups}
+        for r in range(oc_par):
+            w1_addr = _replica(m, platform, cur_block[:addr_bits], f"w1_addr_{r}")
+            m.d.comb += [ram.w_addr[r].eq(w1_addr),
+                         ram.w_data[r * 8 * c_par:(r + 1) * 8 * c_par].eq(w1_data[r - r % _GROUP])]
 
-        # --- s0: accept a tap, check it, read its weights --------------------------------
-        # Everything advances together; only a full skid register stops the pipeline.
-        skid_valid = Signal()
-        adv = Signal()
-        m.d.comb += adv.eq(~skid_valid)
-
+        # --- s0: accept a tap, check it -----------------------------------------------------
+        # The pipeline never stalls: every stage advances on every cycle, and results wait in
+        # the output FIFO. A tap is accepted only while the FIFO has room for every result in
+        # flight (``room``, a register), so no clock enable fans out over the array.
+        inflight = Signal(range(self._fifo_depth + 1))  # results accepted and not yet sent
+        room = Signal(init=1)
         tap_idx = Signal(TAPS_BITS)
         tile = Signal(TILES_BITS)
         offset = Signal(wide)  # blocks past w_base of the current tap
-        m.d.comb += [
-            self.i.ready.eq(adv & cfg_ok & ~halted),
-            ram.r_en.eq(adv),
-            ram.r_oe.eq(adv),
-            ram.r_addr.eq(self.w_base + offset),
-        ]
+        m.d.comb += self.i.ready.eq(room & cfg_ok & ~halted)
+        # Values derived from the configuration ports, registered so that their adders stay off
+        # the acceptance path: the configuration must be stable for a cycle before a layer's
+        # first tap (it is set with ``clear``, and taps follow the line buffer's fill).
+        taps_m1 = Signal(TAPS_BITS)
+        tiles_m1 = Signal(TILES_BITS)
+        max_offset = Signal(signed(wide + 1))  # the last offset where an accumulation fits
+        m.d.sync += [taps_m1.eq(self.taps - 1), tiles_m1.eq(self.n_oc_tiles - 1),
+                     max_offset.eq(depth - self.w_base - self.taps)]
         tap = self.i.payload
         at_first = tap_idx == 0
-        at_last = tap_idx == self.taps - 1
+        at_last = tap_idx == taps_m1
         framing_ok = (tap.first == at_first) & (tap.last == at_last)
         # Checked once per accumulation, so an accumulation never reads outside the buffer.
-        fits = ~at_first | (self.w_base + offset + self.taps <= depth)
+        fits = ~at_first | (offset <= max_offset)
         s0_good = Signal()
         with m.If(self.clear):
             m.d.sync += [tap_idx.eq(0), tile.eq(0), offset.eq(0)]
@@ -310,92 +350,89 @@ class PEArray(wiring.Component):
             with m.Else():
                 m.d.comb += s0_good.eq(1)
                 with m.If(at_last):
-                    last_tile = tile == self.n_oc_tiles - 1
+                    last_tile = tile == tiles_m1
                     m.d.sync += [tap_idx.eq(0), tile.eq(Mux(last_tile, 0, tile + 1)),
                                  offset.eq(Mux(last_tile, 0, offset + 1))]
                 with m.Else():
                     m.d.sync += [tap_idx.eq(tap_idx + 1), offset.eq(offset + 1)]
+        # ``room`` is computed from ``inflight`` a cycle before it is used, so it keeps a margin
+        # of 2 (inflight grows by at most 1 a cycle): the acceptance logic stays off its path.
+        m.d.sync += [inflight.eq(inflight + (s0_good & tap.last) - (self.o.valid & self.o.ready)),
+                     room.eq(inflight < self._fifo_depth - 2)]
 
-        # --- s1: the memory reads; s2: the weight block in the RAMs' output registers --------
-        s1_valid = Signal()
-        s1_tap = Signal(pixel_layout(c_par))
-        s1_first = Signal()
-        s1_last = Signal()
-        s2_valid = Signal()
-        s2_tap = Signal(pixel_layout(c_par))
-        s2_w = Signal(weight_block_layout(c_par, oc_par))
-        s2_first = Signal()
-        s2_last = Signal()
-        m.d.comb += s2_w.eq(ram.r_data)
-        # --- s3: multiplier operands in the fabric (depthwise mask applied) ----------------------
-        s3_valid = Signal()
-        s3_tap = Signal(pixel_layout(c_par))
+        # --- s1: tap and weight address registered (one address copy per row) ----------------
+        s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
+        s1_tap = Signal(8 * c_par)
+        m.d.sync += [s1_valid.eq(s0_good), s1_first.eq(tap.first), s1_last.eq(tap.last),
+                     s1_tap.eq(tap.data.as_value())]
+        r_addr = (self.w_base + offset)[:addr_bits]
+        for r in range(oc_par):
+            m.d.comb += ram.r_addr[r].eq(_replica(m, platform, r_addr, f"s1_addr_{r}"))
+        # --- s2: the RAMs read ---------------------------------------------------------------
+        s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
+        s2_tap = Signal(8 * c_par)
+        m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_tap.eq(s1_tap)]
+        m.d.comb += self.mac_active.eq(s2_valid)  # one cycle per useful tap
+        # --- s3: weight block in the RAMs' output registers; tap copied per group, flags per row
         s3_w = Signal(weight_block_layout(c_par, oc_par))
-        s3_first = Signal()
-        s3_last = Signal()
-        # --- s4: multiplier input registers; s5: products (multiplier output registers) -------
-        s4_valid = Signal()
-        s4_first = Signal()
-        s4_last = Signal()
-        s5_valid = Signal()
-        s5_first = Signal()
-        s5_last = Signal()
-        with m.If(adv):
-            m.d.sync += [
-                s1_valid.eq(s0_good), s1_tap.eq(tap.data), s1_first.eq(tap.first), s1_last.eq(tap.last),
-                s2_valid.eq(s1_valid), s2_tap.eq(s1_tap), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                s3_valid.eq(s2_valid), s3_tap.eq(s2_tap), s3_first.eq(s2_first), s3_last.eq(s2_last),
-                s4_valid.eq(s3_valid), s4_first.eq(s3_first), s4_last.eq(s3_last),
-                s5_valid.eq(s4_valid), s5_first.eq(s4_first), s5_last.eq(s4_last),
-            ]
-            for o in range(oc_par):
-                for c in range(c_par):
-                    w = s2_w[o][c]
-                    if o != c:
-                        w = Mux(self.depthwise, 0, w)  # depthwise keeps the diagonal only
-                    m.d.sync += s3_w[o][c].eq(w)
-        s5_prod = [[self._multiplier(m, platform, adv, s3_tap[c], s3_w[o][c], f"{o}_{c}")
+        m.d.comb += s3_w.eq(ram.r_data)
+        s2_ctl = Cat(s2_valid, s2_first, s2_last)
+        s3_ctl = [_replica(m, platform, s2_ctl, f"s3_ctl_{o}") for o in range(oc_par)]
+        s3_tap = {g: _replica(m, platform, s2_tap, f"s3_tap_{g}") for g in groups}
+        # The depthwise flag (configuration, stable during a layer) reaches each row through a
+        # register of its own rather than one net over the whole array.
+        dw = [_replica(m, platform, self.depthwise, f"dw_{o}") for o in range(oc_par)]
+        # --- s4: multiplier operands in the fabric (tap copied per row, depthwise mask applied)
+        s4_ctl = [Signal(3, name=f"s4_ctl_{o}") for o in range(oc_par)]
+        s4_tap = [data.View(pixel_layout(c_par), _replica(m, platform, s3_tap[o - o % _GROUP], f"s4_tap_{o}"))
+                  for o in range(oc_par)]
+        s4_w = Signal(weight_block_layout(c_par, oc_par))
+        for o in range(oc_par):
+            m.d.sync += s4_ctl[o].eq(s3_ctl[o])
+            for c in range(c_par):
+                w = s3_w[o][c]
+                if o != c:
+                    w = Mux(dw[o], 0, w)  # depthwise keeps the diagonal only
+                m.d.sync += s4_w[o][c].eq(w)
+        # --- s5: multiplier input registers; s6: products (multiplier output registers) -------
+        s6_prod = [[self._multiplier(m, platform, s4_tap[o][c], s4_w[o][c], f"{o}_{c}")
                     for c in range(c_par)] for o in range(oc_par)]
-        m.d.comb += self.mac_active.eq(adv & s2_valid)  # one cycle per useful tap
+        ctl = s4_ctl
+        for stage in ("s5", "s6"):
+            nxt = [Signal(3, name=f"{stage}_ctl_{o}") for o in range(oc_par)]
+            m.d.sync += [n.eq(c) for n, c in zip(nxt, ctl, strict=True)]
+            ctl = nxt
 
         # --- adder trees: 1 level in the first stage, then 2 per register stage ---------------
-        sums = [list(row) for row in s5_prod]
-        valid, first, last = s5_valid, s5_first, s5_last
+        sums = [list(row) for row in s6_prod]
         for k, n_levels in enumerate(self._tree_levels()):
-            nxt_valid = Signal(name=f"st{k}_valid")
-            nxt_first = Signal(name=f"st{k}_first")
-            nxt_last = Signal(name=f"st{k}_last")
+            nxt = [Signal(3, name=f"st{k}_ctl_{o}") for o in range(oc_par)]
+            m.d.sync += [n.eq(c) for n, c in zip(nxt, ctl, strict=True)]
             nxt_sums = []
-            with m.If(adv):
-                m.d.sync += [nxt_valid.eq(valid), nxt_first.eq(first), nxt_last.eq(last)]
-                for o in range(oc_par):
-                    terms = sums[o]
-                    for _ in range(n_levels):
-                        terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j]
-                                 for j in range(0, len(terms), 2)]
-                    regs = [Signal(signed(16 + ceil_log2(c_par)), name=f"st{k}_sum_{o}_{j}")
-                            for j in range(len(terms))]
-                    m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
-                    nxt_sums.append(regs)
-            sums, valid, first, last = nxt_sums, nxt_valid, nxt_first, nxt_last
+            for o in range(oc_par):
+                terms = sums[o]
+                for _ in range(n_levels):
+                    terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j]
+                             for j in range(0, len(terms), 2)]
+                regs = [Signal(signed(16 + ceil_log2(c_par)), name=f"st{k}_sum_{o}_{j}")
+                        for j in range(len(terms))]
+                m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
+                nxt_sums.append(regs)
+            sums, ctl = nxt_sums, nxt
 
-        # --- accumulators --------------------------------------------------------------------
-        acc = Signal(acc_layout(oc_par))
-        acc_done = Signal()  # acc holds a finished sum that leaves on the next advance
-        with m.If(adv):
+        # --- accumulators and the output FIFO, one per row -------------------------------------
+        for o in range(oc_par):
+            valid, first, last = ctl[o][0], ctl[o][1], ctl[o][2]
+            acc = Signal(signed(32), name=f"acc_{o}")
+            acc_done = Signal(name=f"acc_done_{o}")  # acc holds a finished sum
             m.d.sync += acc_done.eq(valid & last)
             with m.If(valid):
-                for o in range(oc_par):
-                    m.d.sync += acc[o].eq(Mux(first, 0, acc[o]) + sums[o][0])
-
-        # --- output register and skid ------------------------------------------------------
-        skid = Signal(acc_layout(oc_par))
-        with m.If(adv & acc_done):
-            with m.If(self.o.valid & ~self.o.ready):
-                m.d.sync += [skid.eq(acc), skid_valid.eq(1)]
-            with m.Else():
-                m.d.sync += [self.o.payload.eq(acc), self.o.valid.eq(1)]
-        with m.Elif(self.o.ready | ~self.o.valid):
-            m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(skid_valid), skid_valid.eq(0)]
+                m.d.sync += acc.eq(Mux(first, 0, acc) + sums[o][0])
+            m.submodules[f"out_fifo_{o}"] = fifo = SyncFIFOBuffered(width=32, depth=self._fifo_depth)
+            # Every row's FIFO sees the same writes and reads, so they stay in step.
+            m.d.comb += [fifo.w_en.eq(acc_done), fifo.w_data.eq(acc), fifo.r_en.eq(self.o.ready),
+                         self.o.payload[o].eq(fifo.r_data)]
+            if o == 0:
+                m.d.comb += self.o.valid.eq(fifo.r_rdy)
 
         return m

@@ -182,6 +182,22 @@ def test_pe_array_full_rate_under_output_stalls():
     assert_same(res["got"], case["want"], 22, "1x1 under stalls")
 
 
+def test_pe_array_full_rate_one_tap():
+    # 1x1 layer with C_in = c_par: every tap finishes an accumulation. With the output always
+    # ready, the output FIFO's credit never runs out, so a tap is accepted on every cycle.
+    rng = np.random.default_rng(23)
+    x = rng.integers(-128, 128, size=(1, 4, 6, 4), dtype=np.int8)
+    wts = rng.integers(-128, 128, size=(8, 1, 1, 4), dtype=np.int8)
+    taps, first, last = tap_stream(x, 0, 1, 1, 1, (0, 0, 0, 0), 4, 2)
+    want = golden.conv2d_acc(x, 0, wts, np.zeros(8, dtype=np.int32))
+    case = {"taps": taps, "first": first, "last": last, "rows": pack_weights(wts, 4, 4).reshape(-1, 4),
+            "cfg": {"taps": 1, "n_oc_tiles": 2, "depthwise": 0}, "want": want.reshape(-1, 4)}
+    res = run_case(PEArray(4, 4, weight_depth=2), case, 23, gap=0.0)
+    assert_same(res["got"], case["want"], 23, "1x1 full rate")
+    acc_cycles = res["accepted"]
+    assert acc_cycles[-1] - acc_cycles[0] == len(taps) - 1, "a gap in tap acceptance with 1-tap sums"
+
+
 async def _settle_error(ctx, dut):
     await ctx.tick()
     return ctx.get(dut.error), PEError(ctx.get(dut.error_code)), ctx.get(dut.i.ready)
@@ -290,8 +306,8 @@ def test_pe_array_bad_parameters(args, exc):
 
 @pytest.mark.parametrize("c_par", [1, 2, 4, 8])
 def test_pe_array_latency(c_par):
-    # The documented latency is what the pipeline does: s1, s2, s3, the adder-tree stages, the
-    # accumulators and the output register.
+    # The documented latency is what the pipeline does: s1 .. s6, the adder-tree stages, the
+    # accumulators, the output FIFO's write and its output register.
     dut = PEArray(c_par, 2, 4)
     seen = []
 
