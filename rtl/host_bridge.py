@@ -115,6 +115,12 @@ class HostBridge(wiring.Component):
         A request is being executed or answered.
     frames_ok, frames_retried, frames_dropped : Out(16)
         Counters of executed requests, requests answered from the cache, and dropped frames.
+        ``frames_dropped`` counts every frame the bridge started and discarded: damaged or cut-off
+        requests, and also false starts, where a damaged or garbage byte equal to the sync byte
+        began a "frame" (the bridge cannot tell the two apart before the CRC). One lost byte can
+        so cost several drops while the bridge hunts for the next real frame: on a lossy line
+        it is a measure of the line's trouble, not a count of lost requests (the host's retry
+        counter is that).
     dropped : Out(1)
         Pulses when a frame is dropped.
 
