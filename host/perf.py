@@ -8,26 +8,32 @@ is, step by step:
    checked (``descriptor_overhead``).
 3. A CONV runs in output-channel groups: as many oc tiles as fit one weight bank, the
    post-processor's parameter memory, the per-channel LUT buffer and the fused pool's row buffer
-   (the sequencer's ``GROUP_SIZE`` rule, :func:`group_tiles`). MAXPOOL is one group. Groups do not
-   overlap: each starts after the previous one has drained.
-4. Per group, in order: setup and drain (``group_overhead``); the parameter and LUT reads
-   (``buffer_cycles_per_word`` per DMA word); the weight read (``weight_cycles_per_word`` per word,
-   times ``oc_par`` for depthwise rows, which the weight gearbox repeats); then the whole input is
-   streamed through the line buffer (``input_cycles_per_word`` per word). The first window waits
-   for ``kh - 1 - pad_t`` rows and ``kw - pad_l`` pixels (line-buffer fill); after that the PE
-   array computes one tap vector per cycle for all of the group's oc tiles (a position costs at
-   least ``oc_par / n_requant`` cycles per tile, the requantizers' rate), and the group ends at
-   the later of "fill + compute" and "the whole input has arrived".
-5. Outputs are packed and written while the group computes (never the limit on the measured
+   (the sequencer's ``GROUP_SIZE`` rule, :func:`group_tiles`). MAXPOOL is one group.
+4. The layer's first group, in order: setup (``group_overhead``, which also holds the layer's
+   pipeline drain and its last write's response); the parameter and LUT reads
+   (``buffer_cycles_per_word`` per DMA word); the weight read (``weight_start``, then
+   ``weight_cycles_per_word`` per word, times ``oc_par`` for depthwise rows, which the weight
+   gearbox repeats); then the whole input is streamed through the line buffer
+   (``input_cycles_per_word`` per word). The first window waits for ``kh - 1 - pad_t`` rows and
+   ``kw - pad_l`` pixels (line-buffer fill); after that the PE array computes one tap vector per
+   cycle for all of the group's oc tiles (a position costs at least ``oc_par / n_requant`` cycles
+   per tile, the requantizers' rate).
+5. Groups overlap: right behind a group's input read, the next group's weight read goes out into
+   the other weight bank (``weight_start`` plus its words). A group ends at the later of
+   "fill + compute" and "the whole input and the next group's weights have arrived"; the next
+   group then starts at once (``group_switch``: the pipeline drain and the restart, while the
+   previous group's write still drains) with its parameter and LUT reads, and no weight read.
+   A depthwise group streams only its own channels of the input.
+6. Outputs are packed and written while the group computes (never the limit on the measured
    layers: ``STALL_OUTPUT`` stays 0).
-6. AVGPOOL streams its input through the line buffer into ``AvgPool``, which takes
+7. AVGPOOL streams its input through the line buffer into ``AvgPool``, which takes
    ``max(c_par, 8) + 1`` cycles per tap and then ``avg_window_tail`` cycles (its float pipeline:
    two divisions) before the next window, for each output position and channel tile.
-7. GLOBAL_AVGPOOL (and a whole-map AVGPOOL without padding) first computes its multiplier in the
+8. GLOBAL_AVGPOOL (and a whole-map AVGPOOL without padding) first computes its multiplier in the
    sequencer's ScaleUnit (``scale_gap_cycles``), then reads the input once per channel tile (a 2-D
    read of one tile per pixel, ``gap_cycles_per_word``) and requantizes the tile's ``c_par`` sums
    one by one (``gap_tile_tail``; measured 0: it overlaps the next tile's read).
-8. ADD computes ``ra``, ``rb`` and ``k`` (``scale_add_cycles``), reads both inputs in chunks in
+9. ADD computes ``ra``, ``rb`` and ``k`` (``scale_add_cycles``), reads both inputs in chunks in
    turn (``input_cycles_per_word`` per word of either) and adds ``add_lanes`` lanes per cycle; the
    slower of the two sets the rate.
 
@@ -60,8 +66,12 @@ class PerfConstants:
         Cycles to read a descriptor (16 words), multiply out its sizes (8 shift-and-add products)
         and run its checks, plus the layer's end.
     group_overhead : int
-        Cycles per output-channel group outside the streams: group sizing, datapath restart, the
-        five DMA commands, pipeline drain and the last output burst's response.
+        Cycles of a layer's first (or only) group outside the streams: group sizing, datapath
+        restart, the DMA commands, pipeline drain and the last output burst's response.
+    group_switch : int
+        Cycles between two groups of a layer outside the streams: the pipeline drain, the
+        datapath restart and the parameter/LUT/input/output commands (the next group is sized and
+        its weights read while the previous group computes; its write drains meanwhile).
     buffer_cycles_per_word : float
         Cycles per DMA word of channel parameters and LUT entries.
     weight_cycles_per_word : float
@@ -87,11 +97,16 @@ class PerfConstants:
     add_beat_overhead : float
         ADD: cycles per pixel beat beyond ``c_par / add_lanes`` (the two inputs' chunks alternate,
         so the adder now and then waits for the second input).
+    overlap_groups : bool
+        True (the core): step 5's overlapped groups. False: the serial schedule the core had
+        before, for comparison: every group pays ``group_overhead`` and reads its own weights
+        after the previous group has drained.
     """
 
     program_overhead: int = 4
     descriptor_overhead: int = 140
     group_overhead: int = 38
+    group_switch: int = 30
     buffer_cycles_per_word: float = 1.0
     weight_cycles_per_word: float = 2.0
     input_cycles_per_word: float = 2.0
@@ -104,6 +119,7 @@ class PerfConstants:
     gap_tile_tail: int = 0
     add_lanes: int = 1
     add_beat_overhead: float = 0.72
+    overlap_groups: bool = True
 
     def requant_lanes(self, cfg: HardwareConfig) -> int:
         if self.n_requant is not None:
@@ -126,7 +142,8 @@ class LayerEstimate:
     compute_cycles : int
         PE array (or max-reducer) beats: one tap vector per cycle.
     dma_cycles : int
-        Parameter, LUT and weight loads (not overlapped with anything).
+        Parameter, LUT and weight loads not overlapped with compute (the first group's weights,
+        every group's parameters and LUT).
     requant_cycles : int
         Beats the requantizer rate adds on top of the taps (0 unless it is the limit).
     fill_cycles : int
@@ -229,18 +246,30 @@ def estimate_descriptor(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstant
         cycles = 0.0
         compute = 0
         ch0 = 0
-        for g in groups:
+
+        def weight_load(g: int) -> float:
+            return k.weight_start + g * w_tile_bytes / word * w_cost
+
+        for i, g in enumerate(groups):
             chans = min(g * lanes, d.out_cp - ch0)
             ch0 += g * lanes
             params = g * lanes * 8
             lut = (chans * 256 if d.lut_per_channel else 256) if d.lut else 0
             wbytes = g * w_tile_bytes
-            load = k.weight_start + (params + lut) / word * k.buffer_cycles_per_word + wbytes / word * w_cost
+            load = (params + lut) / word * k.buffer_cycles_per_word
+            first = i == 0 or not k.overlap_groups
+            if first:  # later groups' weights were read while the group before computed
+                load += weight_load(g)
             loads += load
-            reads += params + lut + wbytes + d.in_h * d.in_w * d.in_cp
+            # A depthwise group reads (and fills the line buffer with) only its own channels.
+            share = chans / d.in_cp if d.depthwise else 1.0
+            reads += params + lut + wbytes + d.in_h * d.in_w * round(d.in_cp * share)
             beats = positions * g * per_tile
             compute += positions * g * taps
-            cycles += k.group_overhead + load + max(fill + beats, in_cycles)
+            last = i + 1 == len(groups) or not k.overlap_groups
+            prefetch = 0.0 if last else weight_load(groups[i + 1])
+            cycles += ((k.group_overhead if first else k.group_switch) + load
+                       + max(fill * share + beats, in_cycles * share + prefetch))
         n_groups = len(groups)
         fill_total = fill * n_groups
     else:

@@ -33,8 +33,10 @@ each word to that command's consumer, so commands for different consumers can be
 back. The DMA data width is ``8 * dma_align`` bits (32 for every preset), so every descriptor
 address and tensor row is a whole number of bus words.
 
-The MAC taps are gated until the group's weight read has finished, so the PE array never reads a
-weight block before it is written.
+The MAC taps are gated until the group's weights are all in their bank, so the PE array never
+reads a weight block before it is written. The next group's weights are prefetched into the other
+bank while a group computes (the sequencer's ``weights_keep``): the core remembers which bank each
+load went to and which bank holds a finished load.
 
 Performance counters (64 bit, see the register map): ``STALL_INPUT`` counts busy cycles of a
 CONV group in which the PE array had no tap while its weights were loaded, ``STALL_WEIGHTS`` the
@@ -500,24 +502,32 @@ class JacquardCore(wiring.Component):
         w_loaded = Signal()
         w_pending = Signal()   # a weight read was issued and has not all arrived
         w_armed = Signal()     # ... and w_loaded has not been raised for it yet
+        # A prefetch is issued while the previous group computes and the sequencer moves on, so the
+        # bank of the load in progress is latched, and each bank says whether it holds a whole load.
+        w_bank = Signal()
+        w_ok = Signal(2)
         m.d.comb += [wgear.repeat.eq(Mux(s.depthwise, oc_par, 1)),
                      pe.wl.payload.data.eq(wgear.o.payload), pe.wl.payload.first.eq(w_first),
                      pe.wl.valid.eq(wgear.o.valid), wgear.o.ready.eq(pe.wl.ready),
-                     pe.wl_base.eq(Mux(seq.weights_bank, bank_blocks, 0))]
+                     pe.wl_base.eq(Mux(w_bank, bank_blocks, 0))]
         with m.If(pe.wl.valid & pe.wl.ready):
             m.d.sync += w_first.eq(0)
         with m.If(seq.weights_first):
-            m.d.sync += [w_first.eq(1), w_pending.eq(1), w_loaded.eq(0), w_armed.eq(1)]
+            m.d.sync += [w_first.eq(1), w_pending.eq(1), w_loaded.eq(0), w_armed.eq(1),
+                         w_bank.eq(seq.weights_bank), w_ok.bit_select(seq.weights_bank, 1).eq(0)]
         weight_words_done = (route.r_rdy & (target == ReadTarget.WEIGHTS) & words.valid & words.ready
                              & words.payload.last)
         with m.If(weight_words_done):
             m.d.sync += w_pending.eq(0)
         # The last word is in the gearbox; loaded once the gearbox has sent its last row.
         with m.If(~w_pending & ~w_first & ~wgear.busy & ~weight_words_done & w_armed):
-            m.d.sync += [w_loaded.eq(1), w_armed.eq(0)]
-        with m.If(flush | seq.group_start):
-            m.d.sync += [w_loaded.eq(0), w_pending.eq(0), w_armed.eq(0)]
+            m.d.sync += [w_loaded.eq(1), w_armed.eq(0), w_ok.bit_select(w_bank, 1).eq(1)]
+        # A group whose weights were prefetched keeps them (no load is in progress then).
+        with m.If(flush | (seq.group_start & ~seq.weights_keep)):
+            m.d.sync += [w_loaded.eq(0), w_pending.eq(0), w_armed.eq(0), w_ok.eq(0)]
         m.d.comb += seq.weights_loaded.eq(w_loaded)
+        bank_ok = Signal()  # the running group's bank holds its weights
+        m.d.comb += bank_ok.eq(w_ok.bit_select(s.bank, 1))
 
         # -- datapath configuration ----------------------------------------------------------
         go = seq.group_start
@@ -551,7 +561,7 @@ class JacquardCore(wiring.Component):
             m.d.sync += g_cnt.eq(Mux(gsum.i.payload.last, 0, g_cnt + 1))
         with m.If(go):
             m.d.sync += g_cnt.eq(0)
-        gate = w_loaded | s.pool | s.avg
+        gate = bank_ok | s.pool | s.avg
         m.d.comb += [
             pe.i.payload.eq(lb.o.payload), mr.i.payload.eq(lb.o.payload), avg.i.payload.eq(lb.o.payload),
             pe.i.valid.eq(lb.o.valid & gate & conv), mr.i.valid.eq(lb.o.valid & s.pool),
@@ -630,7 +640,17 @@ class JacquardCore(wiring.Component):
         lb_started = Signal()
         with m.If(lb.start):
             m.d.sync += lb_started.eq(1)
-        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pp.busy & ~mp.busy & ~packer.busy
+        # Accumulations inside the PE array's pipeline (last taps in, sums not yet out): the next
+        # group starts as soon as the datapath is idle, while the previous group's write drains,
+        # so idle must cover the array's pipeline too (before, the write's done implied it).
+        pe_inflight = Signal(range(64))
+        pe_in = pe.i.valid & pe.i.ready & pe.i.payload.last
+        pe_out = pe.o.valid & pe.o.ready
+        m.d.sync += pe_inflight.eq(pe_inflight + pe_in - pe_out)
+        with m.If(flush):
+            m.d.sync += pe_inflight.eq(0)
+        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & (pe_inflight == 0) & ~pp.busy & ~mp.busy
+                                         & ~packer.busy
                                          & ~mr.o.valid & ~lutpad.o.valid & ~pgear.o.valid & ~avg.o.valid
                                          & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
                                          & ~afifo.r_rdy)
@@ -646,8 +666,8 @@ class JacquardCore(wiring.Component):
             "mac_active_cycles": pe.mac_active,
             "dma_read_bytes": reader.bytes_read,
             "dma_write_bytes": writer.bytes_written,
-            "stall_input": conv_run & w_loaded & ~lb.o.valid,
-            "stall_weights": conv_run & ~w_loaded,
+            "stall_input": conv_run & bank_ok & ~lb.o.valid,
+            "stall_weights": conv_run & ~bank_ok,
             "stall_output": tap_wait & out_block,
             "stall_requant": tap_wait & ~out_block,
         }

@@ -30,11 +30,19 @@ are checked. Then for each descriptor ``i``:
     A layer runs as output-channel groups: as many oc tiles as fit one weight bank, the
     parameter buffer, the LUT buffer (per-channel LUTs) and the fused max pool's row buffer. For
     each group the datapath is (re)started and five DMA commands go out in this order: channel
-    parameters, LUT, weights (into one of two banks; the next group's weights are prefetched
-    into the other bank while this group computes), the whole input (row by row) and the output
+    parameters, LUT, weights (into one of two banks), the whole input (row by row) and the output
     (a 3-D strided write of the group's channels of every pixel). Each group streams the whole
-    input again, so any number of output channels runs. Rows are never a limit: the line
-    buffer is circular.
+    input again, so any number of output channels runs (a depthwise group reads only its own
+    channels of every pixel). Rows are never a limit: the line buffer is circular.
+
+    Groups overlap (``GROUP_END`` -> ``GROUP_SIZE`` -> ``ISSUE_WEIGHTS`` -> ``GROUP_READY``): as
+    soon as a group's commands are out, the next group is sized and its weight read goes out
+    into the other bank (``weights_keep``), queued behind this group's input, so it arrives
+    while this group computes its last rows. The next group starts once the datapath is idle
+    (every output beat handed to the DMA writer) and its weights are loaded; this group's write
+    still drains meanwhile (the writer serves its commands in order, and the outputs reach it in
+    order). Every ``wr_done`` is collected at any time (a counter of writes in flight);
+    ``LAYER_END`` waits for all of them, so the next descriptor sees the whole output.
 
     The other ops are one group. MAXPOOL and AVGPOOL read the input once (row by row) into the
     line buffer. GLOBAL_AVGPOOL issues its output write first, then one 2-D read per channel tile
@@ -203,7 +211,9 @@ class Sequencer(wiring.Component):
     weights_first : Out(1)
         Pulse: the next weight row starts bank ``setup.bank`` (one cycle before the weight read).
     weights_bank : Out(1)
-        Bank of the weight read being issued.
+        Bank of the weight read being issued (sampled with ``weights_first``).
+    weights_keep : Out(1)
+        With ``group_start``: the group's weights were prefetched into ``setup.bank`` (keep them).
     datapath_idle : In(1)
         Line buffer, PE array, post-processing and output packer hold nothing.
     weights_loaded : In(1)
@@ -237,7 +247,8 @@ class Sequencer(wiring.Component):
             "dma_error": In(1), "dma_error_code": In(ErrorCode), "dma_error_tag": In(_TAG),
             "dma_busy": In(1), "dma_abort": Out(1), "dma_clear": Out(1), "flush": Out(1),
             "setup": Out(LayerSetup()), "group_start": Out(1), "weights_first": Out(1),
-            "weights_bank": Out(1), "datapath_idle": In(1), "weights_loaded": In(1),
+            "weights_bank": Out(1), "weights_keep": Out(1), "datapath_idle": In(1),
+            "weights_loaded": In(1),
         })
 
     def elaborate(self, platform) -> Module:
@@ -457,6 +468,10 @@ class Sequencer(wiring.Component):
         g_wbytes = Signal(_WIDE)
         w_ptr = Signal(_ADDR)
         bank = Signal()
+        # The group being sized had its weights prefetched (every CONV group after the layer's first).
+        pre = Signal()
+        # Write commands whose wr_done has not come back: groups overlap the previous group's write.
+        wr_out = Signal(range(16))
         setup = self.setup
         ch0 = Signal(17)
         m.d.comb += ch0.eq(Mux(dw, tile0 << ct_shift, tile0 << exact_log2(oc_par)))
@@ -495,11 +510,16 @@ class Sequencer(wiring.Component):
             m.d.comb += misfit.eq((g_lanes_all[:ct_shift] != 0) & (tile0 + g_tiles < n_tiles_total))
 
         rd, wr = self.rd_cmd, self.wr_cmd
-        m.d.comb += [rd.payload.tag.eq(index), wr.payload.tag.eq(index), self.weights_bank.eq(bank)]
+        m.d.comb += [rd.payload.tag.eq(index), wr.payload.tag.eq(index), self.weights_bank.eq(bank),
+                     self.weights_keep.eq(pre)]
         with m.If(rd.valid & rd.ready):
             m.d.sync += rd.valid.eq(0)
         with m.If(wr.valid & wr.ready):
             m.d.sync += wr.valid.eq(0)
+        # wr_done is always taken: the writer holds its B channel while a done waits, and the
+        # datapath may be waiting on the writer (STOP clears the count: the writer drops its dones).
+        m.d.comb += self.wr_done.ready.eq(1)
+        m.d.sync += wr_out.eq(wr_out + (wr.valid & wr.ready) - self.wr_done.valid)
 
         def read(target, addr, inner, count1=1, stride1=0, count2=1, stride2=0):
             return [rd.valid.eq(1), rd.payload.addr.eq(addr), rd.payload.inner_bytes.eq(inner),
@@ -620,7 +640,8 @@ class Sequencer(wiring.Component):
                                      setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
                                      setup.gap_taps.eq(p_hw), setup.gap_m.eq(su.multiplier),
                                      setup.gap_bias.eq(Mux(d.in_zp < 0, p_zhw, -p_zhw)),
-                                     setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k), add_ch0.eq(0)]
+                                     setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k), add_ch0.eq(0),
+                                     pre.eq(0)]
                         m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff)
                         m.next = "GROUP_SIZE"
                 m.d.sync += check_step.eq(check_step + 1)
@@ -631,10 +652,21 @@ class Sequencer(wiring.Component):
                                  g_blocks.eq(g_blocks + p_taps), g_pool.eq(g_pool + (setup.conv_w >> 1))]
                 with m.Elif(misfit):
                     m.d.sync += [g_tiles.eq(g_tiles - 1), g_wbytes.eq(g_wbytes - w_tile_bytes)]
-                with m.Elif(self.datapath_idle & ~self.dma_busy & cmd_free & ~wr.valid):
+                with m.Elif(pre):
+                    # The previous group still computes: prefetch this group's weights now.
+                    m.next = "ISSUE_WEIGHTS"
+                with m.Else():
+                    m.next = "GROUP_READY"
+            with state("GROUP_READY"):
+                # A prefetched group starts once the previous group's outputs have all gone to the
+                # writer (its write may still drain) and its own weights are in their bank; any
+                # other group once the layer's DMA and every write before it are done.
+                ready = Mux(pre, self.weights_loaded, ~self.dma_busy & (wr_out == 0))
+                with m.If(self.datapath_idle & ready & cmd_free & ~wr.valid):
                     m.d.sync += [setup.n_tiles.eq(Mux(d.op == Op.CONV, g_tiles,
                                                       Mux(is_add, add_gch >> ct_shift, n_ct))),
                                  setup.lb.oc_tiles.eq(Mux(is_conv & ~dw, g_tiles, 1)),
+                                 setup.lb.channels.eq(Mux(is_conv & dw, g_ch, d.in_cp)),
                                  setup.ch0.eq(Mux(is_add, add_ch0, ch0)), setup.bank.eq(bank)]
                     m.next = "GROUP_START"
             with state("GROUP_START"):
@@ -657,6 +689,8 @@ class Sequencer(wiring.Component):
             with state("ISSUE_LUT"):
                 with m.If(~d.lut):
                     m.next = "ISSUE_WEIGHTS"
+                    with m.If(pre):  # the weights are in their bank already
+                        m.next = "ISSUE_INPUT"
                     with m.If(is_add):
                         m.next = "ISSUE_OUTPUT"
                 with m.Elif(cmd_free):
@@ -665,16 +699,28 @@ class Sequencer(wiring.Component):
                     m.d.sync += read(ReadTarget.LUT, Mux(per_ch, d.lut_addr + (lut_ch0 << 8), d.lut_addr),
                                      Mux(per_ch, Mux(is_add, add_gch, g_ch) << 8, 256))
                     m.next = "ISSUE_WEIGHTS"
+                    with m.If(pre):
+                        m.next = "ISSUE_INPUT"
                     with m.If(is_add):
                         m.next = "ISSUE_OUTPUT"
             with state("ISSUE_WEIGHTS"):
-                with m.If(cmd_free):
+                # A prefetch waits until the previous load is in the PE array: one load at a time
+                # (the core marks a load's first row and tracks its bank).
+                with m.If(cmd_free & (~pre | self.weights_loaded)):
                     m.d.comb += self.weights_first.eq(1)
                     m.d.sync += read(ReadTarget.WEIGHTS, w_ptr, g_wbytes)
                     m.next = "ISSUE_INPUT"
+                    with m.If(pre):
+                        m.next = "GROUP_READY"
             with state("ISSUE_INPUT"):
                 with m.If(cmd_free):
-                    m.d.sync += read(ReadTarget.INPUT, d.in_addr, p_row, d.in_h, p_row)
+                    # A depthwise group computes only its own channels: it reads their slice of
+                    # every pixel (3-D, like the output), and the line buffer runs that many.
+                    with m.If(is_conv & dw & (g_ch != d.in_cp)):
+                        m.d.sync += read(ReadTarget.INPUT, d.in_addr + ch0, g_ch, d.in_w, d.in_cp, d.in_h,
+                                         p_row)
+                    with m.Else():
+                        m.d.sync += read(ReadTarget.INPUT, d.in_addr, p_row, d.in_h, p_row)
                     m.next = "ISSUE_OUTPUT"
             with state("ISSUE_OUTPUT"):
                 with m.If(~wr.valid):
@@ -683,7 +729,7 @@ class Sequencer(wiring.Component):
                                                                Mux(is_add, add_gch, d.out_cp))),
                                  wr.payload.count1.eq(d.out_w), wr.payload.stride1.eq(d.out_cp),
                                  wr.payload.count2.eq(d.out_h), wr.payload.stride2.eq(p_orow)]
-                    m.next = "GROUP_WAIT"
+                    m.next = "GROUP_END"
                     with m.If(is_gap):
                         m.next = "GAP_INPUT"
                     with m.If(is_add):
@@ -695,7 +741,7 @@ class Sequencer(wiring.Component):
                                        d.in_cp, d.in_h, p_row),
                                  gtile.eq(gtile + 1)]
                     with m.If(gtile + 1 == n_ct):
-                        m.next = "GROUP_WAIT"
+                        m.next = "GROUP_END"
             with state("ADD_INPUT"):
                 # Chunks of both inputs in turn; the core buffers one chunk of the first input.
                 # A channel group narrower than the tensor reads its channels of one pixel at a time.
@@ -710,27 +756,28 @@ class Sequencer(wiring.Component):
                         m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + off, size), second.eq(0),
                                      chunk.eq(chunk + step), add_rest.eq(add_rest - step)]
                         with m.If(step >= add_rest):  # chunk + step >= p_in
-                            m.next = "GROUP_WAIT"
-            with state("GROUP_WAIT"):
-                m.d.comb += self.wr_done.ready.eq(1)
-                with m.If(self.wr_done.valid):
-                    with m.If((d.op == Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
-                        m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0), w_ptr.eq(w_ptr + g_wbytes),
-                                     g_wbytes.eq(0), bank.eq(~bank), g_blocks.eq(0), g_pool.eq(0)]
-                        m.next = "GROUP_SIZE"
-                    with m.Elif(is_add & (add_ch0 + add_gch < d.out_cp)):
-                        m.d.sync += add_ch0.eq(add_ch0 + add_gch)
-                        m.next = "GROUP_SIZE"
-                    with m.Else():
-                        m.d.sync += [index.eq(index + 1), desc_addr.eq(desc_addr + 64)]
-                        m.next = "LAYER_END"
+                            m.next = "GROUP_END"
+            with state("GROUP_END"):
+                # Every command of the group is out; the group computes and writes on its own.
+                with m.If((d.op == Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
+                    m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0), w_ptr.eq(w_ptr + g_wbytes),
+                                 g_wbytes.eq(0), bank.eq(~bank), g_blocks.eq(0), g_pool.eq(0), pre.eq(1)]
+                    m.next = "GROUP_SIZE"
+                with m.Elif(is_add & (add_ch0 + add_gch < d.out_cp)):
+                    m.d.sync += add_ch0.eq(add_ch0 + add_gch)
+                    m.next = "GROUP_SIZE"
+                with m.Else():
+                    m.next = "LAYER_END"
             with state("LAYER_END"):
-                with m.If(self.datapath_idle & ~self.dma_busy):
+                # The next descriptor may read this layer's output: wait for every write's done.
+                with m.If(self.datapath_idle & ~self.dma_busy & (wr_out == 0) & ~wr.valid):
+                    m.d.sync += [index.eq(index + 1), desc_addr.eq(desc_addr + 64)]
                     m.next = "NEXT_DESC"
             with state("STOP"):
                 m.d.comb += self.flush.eq(1)
                 m.d.sync += rd.valid.eq(0)
                 m.d.sync += wr.valid.eq(0)
+                m.d.sync += wr_out.eq(0)  # the aborted writer withdraws the dones not yet taken
                 with m.If(~self.dma_busy):
                     m.d.sync += [self.busy.eq(0), self.error.eq(~stop_soft), stop_soft.eq(0)]
                     with m.If(stop_soft):
