@@ -5,6 +5,8 @@
 * CTRL.abort in the middle of a layer (ABORTED; nothing outside the layer's output region changes);
 * CTRL.soft_reset during a run (registers back to reset but the window and PROG_*);
 * a program larger than the on-chip buffers (output-channel groups), as a positive control;
+* aborts and a soft reset at several points of a multi-group layer, where a group's write drains
+  while the next group computes and the group after it has its weights prefetched;
 * (Icarus) an ADD whose second input lies outside the window (WINDOW, nothing written), and a global
   average whose multiplier onnxruntime refuses (PARAM_RANGE on ``in_scale``); then the same core
   runs the corrected program.
@@ -31,6 +33,7 @@ from test_core import (
     run_case,
 )
 
+from jacquard.host.perf import estimate_descriptor, group_tiles
 from jacquard.sim.executor import execute
 from jacquard.sim.isa import DescriptorError, ErrorCode, Program, field_index, validate_program
 from jacquard.sim.isa_regs import register, status_error
@@ -164,6 +167,48 @@ def test_core_output_channel_groups(tmp_path):
     result = run_case(tmp_path, img, [program_run(img, prog)], seed=seed, simulator=SIM)
     expect_ok(result)
     assert_same_memory(result["mems"][0], expected, seed)
+
+
+def test_core_interrupt_multi_group(tmp_path):
+    """Abort or soft-reset a layer of four overlapped groups at several points, then rerun it.
+
+    Groups overlap (the next group computes while the previous group's write drains; the group
+    after that has its weights read into the other bank meanwhile), so each stop lands in some
+    mix of these. After each: STATUS as documented, nothing written outside the layer's output
+    region, and the same core then runs the whole program bit-exactly.
+    """
+    seed = 15
+    rng = np.random.default_rng(seed)
+    img = Image(CFG, 1 << 16)
+    x = img.alloc(pack_tensor(rand_tensor(rng, 3, 4, 32), CFG, 2))
+    # 72 weight blocks per oc tile: 3 tiles per bank, 40 outputs = groups of 3, 3, 3, 1 tiles.
+    d0, (h, w, c) = conv_layer(img, rng, x, 3, 4, 32, cout=40, k=(3, 3), pads=(1, 1, 1, 1), in_zp=2,
+                               out_zp=-1)
+    d1, _ = maxpool_layer(img, d0.out_addr, h, w, c)
+    prog = img.place_program([d0, d1])
+    assert len(group_tiles(d0, CFG)) == 4
+    layer0 = estimate_descriptor(d0, CFG).cycles
+    points = [("abort", layer0 * f // 8) for f in (2, 3, 5, 7)] + [("soft_reset", layer0 * 4 // 8)]
+    runs = [program_run(img, prog, interrupt=what, interrupt_after=at, image=img.data) for what, at in points]
+    result = run_case(tmp_path, img, [*runs, program_run(img, prog, image=img.data)], seed=seed,
+                      simulator=SIM)
+    out0 = d0.out_addr, d0.out_addr + d0.out_h * d0.out_w * d0.out_cp
+    outside = np.ones(img.size, dtype=bool)
+    outside[out0[0]:out0[1]] = False
+    for k, (what, at) in enumerate(points):
+        run = result["runs"][k]
+        label = f"{what} after {at} cycles"
+        assert_same_memory(result["mems"][k][outside], img.data[outside], seed,
+                           f"outside layer 0's output, {label}")
+        st = register("STATUS").unpack(run["status"])
+        if what == "abort":
+            assert st["busy"] == 0 and st["error"] == 1 and st["error_code"] == ErrorCode.ABORTED, (label, st)
+            assert st["desc_index"] == 0 and run["irq_status"] == 2, (label, st)
+        else:
+            assert run["status"] == 0 and run["irq_status"] == 0, (label, run)
+            assert run["counters"]["BUSY_CYCLES"] == 0, (label, run["counters"])
+    expect_ok(result, len(points))
+    assert_same_memory(result["mems"][len(points)], _expected_after(img, [d0, d1], 2), seed, "rerun")
 
 
 @pytest.mark.parametrize("fault", ["add_in2_window", "gap_multiplier"])

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from jacquard.host.perf import DEFAULT, estimate_descriptor, estimate_program
+from jacquard.host.perf import DEFAULT, estimate_descriptor, estimate_program, group_tiles
 from jacquard.sim.isa import CONFIGS, LayerDescriptor, Op, padded_channels
 
 ULX = CONFIGS["ulx3s-85f"]
@@ -58,12 +58,26 @@ def test_input_bound_when_the_input_is_slow():
 
 
 def test_groups_follow_the_weight_bank():
-    from jacquard.host.perf import group_tiles
-
     small = CONFIGS["sim-small"]
     d = conv(small, h=8, w=8, cin=32, cout=24, k=3)
     assert group_tiles(d, small) == [3, 3]  # 72 blocks per oc tile, 256 per bank
     assert estimate_descriptor(d, small).groups == 2
+
+
+def test_later_groups_read_their_weights_while_the_previous_group_computes():
+    small = CONFIGS["sim-small"]
+    serial = dataclasses.replace(DEFAULT, overlap_groups=False)
+    one = conv(small, h=8, w=8, cin=32, cout=12, k=3)  # one group: nothing to overlap
+    assert estimate_descriptor(one, small).cycles == estimate_descriptor(one, small, serial).cycles
+    d = conv(small, h=8, w=8, cin=32, cout=24, k=3)  # two groups of 3 oc tiles, compute-bound
+    words = 3 * 72 * small.c_par * small.oc_par // small.dma_align  # the second group's weights
+    hidden = DEFAULT.weight_start + words * DEFAULT.weight_cycles_per_word
+    gain = estimate_descriptor(d, small, serial).cycles - estimate_descriptor(d, small).cycles
+    assert gain == round(hidden + DEFAULT.group_overhead - DEFAULT.group_switch)
+    # Input-bound (a 1x1 conv of many pixels and few taps): the prefetch waits for the input.
+    d = conv(small, h=32, w=32, cin=4, cout=400, k=1)
+    assert len(group_tiles(d, small)) == 7  # the parameter buffer's 16 oc tiles per group
+    assert estimate_descriptor(d, small).cycles < estimate_descriptor(d, small, serial).cycles
 
 
 def test_program_sums_layers_and_scales_with_the_clock():

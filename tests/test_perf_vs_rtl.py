@@ -8,7 +8,9 @@ checked bit-exactly against the reference executor too, so a counted run is a co
 
 Default tier: one Verilator run with the single-layer kinds (3x3, 1x1, depthwise, strided, fused
 pool, per-channel LUT, multi-group, max pool, FC), one with the AVGPOOL, GLOBAL_AVGPOOL and ADD
-kinds, and the layers of the small classifier and of
+kinds, one with convs of several output-channel groups (their groups overlap: each run must beat
+the model's serial schedule, and only a layer's first group may wait on its weights), and the
+layers of the small classifier and of
 the int8 MTCNN P-Net at 24x24 (sim-small). Slow tier: the classifier at 28x28 and P-Net at 64x64.
 """
 
@@ -32,12 +34,13 @@ from test_core import (
     run_case,
 )
 
-from jacquard.host.perf import estimate_descriptor, program_overhead
+from jacquard.host.perf import DEFAULT, estimate_descriptor, group_tiles, program_overhead
 from jacquard.sim.executor import execute
 from jacquard.sim.isa import LayerDescriptor, Op, Program
 
 SIM = "verilator"
 TOLERANCE = 0.10
+SERIAL = dataclasses.replace(DEFAULT, overlap_groups=False)
 PROG_SLOT = 0x1000  # one-descriptor programs (80 bytes each) live below this address
 
 
@@ -160,6 +163,23 @@ def new_op_layers(rng) -> tuple[Image, list[LayerDescriptor]]:
     return img, descs
 
 
+def group_layers(rng) -> tuple[Image, list[LayerDescriptor]]:
+    """Convs of several output-channel groups whose weight reads are as long as their compute."""
+    img = Image(CFG, 1 << 18, top=PROG_SLOT)
+    zp = 5
+    x32 = img.alloc(pack_tensor(rand_tensor(rng, 3, 3, 32), CFG, zp))
+    x80 = img.alloc(pack_tensor(rand_tensor(rng, 4, 4, 80), CFG, zp))
+    x6 = img.alloc(pack_tensor(rand_tensor(rng, 6, 6, 32), CFG, zp))
+    q = {"in_zp": zp, "out_zp": -7}
+    descs = [
+        conv_layer(img, rng, x32, 3, 3, 32, cout=40, k=(3, 3), pads=(1, 1, 1, 1), **q)[0],
+        conv_layer(img, rng, x32, 3, 3, 32, cout=40, k=(3, 3), pads=(1, 1, 1, 1), lut="channel", **q)[0],
+        conv_layer(img, rng, x80, 4, 4, 80, cout=80, k=(3, 3), pads=(1, 1, 1, 1), depthwise=True, **q)[0],
+        conv_layer(img, rng, x6, 6, 6, 32, cout=24, k=(3, 3), pads=(1, 1, 1, 1), fuse_maxpool=True, **q)[0],
+    ]
+    return img, descs
+
+
 def relocate(data: np.ndarray, descs: list[LayerDescriptor]) -> tuple[Image, list[LayerDescriptor]]:
     """Move a memory image up by ``PROG_SLOT`` (room for the one-descriptor programs)."""
     img = Image(CFG, data.size + PROG_SLOT, top=PROG_SLOT)
@@ -213,3 +233,48 @@ def test_perf_networks_vs_rtl(tmp_path, seed, classifier_size, pnet_size):
     rows_p = measure(tmp_path / "pnet", img, descs, pnet_size)
     check(rows, f"classifier {classifier_size}x{classifier_size}")
     check(rows_p, f"P-Net {pnet_size}x{pnet_size}")
+
+
+def serial_schedule(d: LayerDescriptor) -> int:
+    """The model's cycles of ``d`` with its groups run one after the other (the core's schedule
+    before groups overlapped: each group reads its weights after the previous one has drained)."""
+    return estimate_descriptor(d, CFG, SERIAL).cycles + program_overhead(CFG)
+
+
+def test_perf_group_overlap_vs_rtl(tmp_path):
+    """Multi-group convs: bit-exact, faster than the serial schedule, later groups never wait on weights.
+
+    Small maps with many channels make each group's weight read as long as its compute, so the
+    prefetch into the other bank (queued behind the group's input) is what the schedule gains.
+    ``STALL_WEIGHTS`` counts the busy cycles a started group waited for its weights: only the
+    layer's first group may.
+    """
+    seed = 7
+    img, descs = group_layers(np.random.default_rng(seed))
+    rows = measure(tmp_path, img, descs, seed)
+    check(rows, "multi-group layers")
+    for d, r in zip(descs, rows, strict=True):
+        groups = group_tiles(d, CFG)
+        assert len(groups) > 1, f"{r['layer']}: one group ({groups}) shows no overlap"
+        serial = serial_schedule(d)
+        stall_w = r["counters"]["STALL_WEIGHTS"]
+        first = first_group_load(d, groups[0])
+        print(f"{r['layer']}: groups {groups}, RTL {r['rtl']}, serial schedule {serial}, "
+              f"STALL_WEIGHTS {stall_w} (the first group's parameter, LUT and weight reads: {first:.0f})")
+        assert r["rtl"] < serial, f"{r['layer']}: {r['rtl']} cycles, not below the serial {serial}"
+        # Only the first group waits for its reads (its line buffer starts with the group); the
+        # later groups' weights are in their bank when they start.
+        assert stall_w <= first + 64, (
+            f"{r['layer']}: STALL_WEIGHTS {stall_w} exceeds the first group's reads ({first:.0f} cycles)")
+
+
+def first_group_load(d: LayerDescriptor, g: int) -> float:
+    """Cycles of a group's parameter, LUT and weight reads at the model's rates."""
+    k, word = DEFAULT, CFG.dma_align
+    lanes = CFG.c_par if d.depthwise else CFG.oc_par
+    chans = min(g * lanes, d.out_cp)
+    lut = (chans * 256 if d.lut_per_channel else 256) if d.lut else 0
+    taps = d.kh * d.kw * (1 if d.depthwise else d.in_cp // CFG.c_par)
+    wbytes = g * taps * CFG.c_par * (1 if d.depthwise else CFG.oc_par)
+    w_cost = 1 + CFG.oc_par * (k.weight_cycles_per_word - 1) if d.depthwise else k.weight_cycles_per_word
+    return (g * lanes * 8 + lut) / word * k.buffer_cycles_per_word + k.weight_start + wbytes / word * w_cost

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' shared helpers
-from test_perf_vs_rtl import CFG, classifier, measure, new_op_layers, pnet, single_layers
+from test_perf_vs_rtl import CFG, classifier, group_layers, measure, new_op_layers, pnet, single_layers
 
 from jacquard.host.results import write_section
 
@@ -36,6 +36,8 @@ def markdown(title: str, rows: list[dict]) -> str:
 def main() -> int:
     cases = [("single layers", lambda: single_layers(np.random.default_rng(5)), 5),
              ("AVGPOOL, GLOBAL_AVGPOOL, ADD", lambda: new_op_layers(np.random.default_rng(6)), 6),
+             ("output-channel groups (weights prefetched while the previous group computes)",
+              lambda: group_layers(np.random.default_rng(7)), 7),
              ("classifier 28x28", lambda: classifier(np.random.default_rng(22), 28), 22),
              ("MTCNN P-Net 64x64 (int8, astronaut crop)", lambda: pnet(64), 64)]
     parts = []
