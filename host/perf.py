@@ -106,11 +106,11 @@ class PerfConstants:
     program_overhead: int = 4
     descriptor_overhead: int = 140
     group_overhead: int = 38
-    group_switch: int = 30
+    group_switch: int = 52
     buffer_cycles_per_word: float = 1.0
     weight_cycles_per_word: float = 2.0
     input_cycles_per_word: float = 2.0
-    weight_start: int = 8
+    weight_start: int = 33
     n_requant: int | None = None
     avg_window_tail: int = 76
     scale_gap_cycles: int = 48
