@@ -209,7 +209,7 @@ class Sequencer(wiring.Component):
     group_start : Out(1)
         Pulse: restart the datapath units with ``setup``.
     weights_first : Out(1)
-        Pulse: the next weight row starts bank ``setup.bank`` (one cycle before the weight read).
+        Pulse: the next weight row starts bank ``weights_bank`` (one cycle before the weight read).
     weights_bank : Out(1)
         Bank of the weight read being issued (sampled with ``weights_first``).
     weights_keep : Out(1)
