@@ -5,31 +5,41 @@ output position, for each oc tile, for ky, for kx, for c_tile. The weights of ev
 layer sit in an on-chip weight buffer (:class:`lib.memory.Memory`) in the same order, one
 ``oc_par x c_par`` block per tap, so the weight address of a tap is simply the running count of
 taps modulo ``taps * n_oc_tiles``. The array reads one block per cycle, so it accepts one tap per
-cycle whenever its output is not stalled: 100% of the MACs are busy in steady state for any
-layer with C_in >= C_PAR and C_out >= OC_PAR.
+cycle whenever its output FIFO has room: 100% of the MACs are busy in steady state for any
+layer with C_in >= C_PAR and C_out >= OC_PAR (even with 1-tap accumulations, if the output is
+not stalled).
 
-Pipeline (all stages advance together on ``adv``; ``adv`` is a register output, see below)::
+The pipeline never stalls: every stage advances on every cycle, with a valid bit (and the
+``first``/``last`` flags) beside the data. Results wait in an output FIFO, and a tap is accepted
+only while that FIFO has room for every result in flight (a credit count, ``room`` is a register),
+so no clock enable fans out over the array: the multipliers' and block RAMs' enables are constant 1.
+That, and register copies of every broadcast placed next to its consumers, is what lets the
+16 x 8 array close 100 MHz on an ECP5-85F (the DSP columns spread it over the whole die)::
 
-    s0  accept the tap, read weight block (address = w_base + offset)
-    s1  the memory reads; tap held
-    s2  weight block in the block RAMs' output registers     -> s2_w (RegisteredRam)
-    s3  depthwise mask applied; operands in the fabric      -> s3_tap, s3_w
-    s4  multiplier input registers                          -> s4_a, s4_b
-    s5  oc_par x c_par products                             -> s5_prod (multiplier output registers)
-    s6.. adder tree per output channel: 1 level in the first
-        stage (the DSP outputs travel far), then 2 per stage -> st<k>_sum
-    sa  int32 accumulators (``first`` restarts them)        -> acc, acc_done
-    out output register + one skid register
+    s0  accept the tap; framing and weight-range checks
+    s1  tap registered; weight address w_base + offset, one copy per row  -> s1_addr_<o>
+    s2  the block RAMs read; tap held                                     -> s2_tap
+    s3  weight block in the RAMs' output registers (RegisteredRam);
+        tap copied per group of 4 rows, flags and depthwise per row        -> s3_w, s3_tap_<g>
+    s4  operands in the fabric: tap copied per row, depthwise mask         -> s4_tap_<o>, s4_w
+    s5  multiplier input registers                                        -> s5_a, s5_b
+    s6  oc_par x c_par products (multiplier output registers)             -> s6_prod
+    st<k> adder tree per output channel, one level per stage              -> st<k>_sum
+    acc int32 accumulators (``first`` restarts them)                      -> acc_<o>, acc_done_<o>
+    out one SyncFIFOBuffered per row, written on acc_done, read by ``o``  -> out_fifo_<o>
+
+The weight load is registered the same way (``w1``: write enables, an address copy per row, the
+data per group of rows), so a block written by a load beat can be read by a tap accepted in the
+next cycle, as before.
+
+Register copies of the same value are ``TRELLIS_FF`` instances on ECP5 (see :func:`_replica`):
+yosys merges identical flip-flops, which would undo the replication.
 
 On ECP5 (``platform.family == "ecp5"``) each product is a ``MULT18X18D`` instance whose input and
-output registers are ``s4_a``/``s4_b`` and ``s5_prod`` (clock enable ``adv``): yosys does not pack
-fabric registers into the DSP, and without them the operands and products cross the long routes
-between the fabric and the DSP row inside one cycle (59.9 MHz). Elsewhere (simulation, iCE40) the
-same registers are written in the fabric, so both forms are cycle- and bit-identical.
-
-The skid register catches the one result that leaves the accumulators in the cycle the output
-stalls, so ``adv = ~skid_valid`` comes straight from a flop: the downstream ``ready`` never
-fans out combinationally into the 2000-odd pipeline enables.
+output registers are ``s5_a``/``s5_b`` and ``s6_prod``: yosys does not pack fabric registers into
+the DSP, and without them the operands and products cross the long routes between the fabric and
+the DSP row inside one cycle. Elsewhere (simulation, iCE40) the same registers are written in the
+fabric, so both forms are cycle- and bit-identical.
 
 Depthwise mode (``depthwise = 1``, groups = C): the line buffer sends, per output position and
 channel tile, the KH*KW taps of that one channel tile (``taps = KH*KW``, ``n_oc_tiles = C/c_par``).
@@ -142,7 +152,8 @@ class PEArray(wiring.Component):
         Depthwise mode (see module docstring).
     w_base : In(range(weight_depth))
         Block holding the first tap of oc tile 0. The configuration ports must be stable while taps
-        of a layer are in flight.
+        of a layer are in flight, and for one cycle before its first tap (bounds derived from
+        them are registered).
     clear : In(1)
         Restarts the tap and load counters and clears a sticky error. Assert it between layers
         only (the pipeline is not flushed).
