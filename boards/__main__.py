@@ -119,6 +119,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                                           allow_fail=allow_fail)
         except (RuntimeError, ValueError) as exc:  # shown by the main thread
             result["error"] = exc
+        except BaseException as exc:  # a bug: re-raised by the main thread with its traceback
+            result["crash"] = exc
 
     worker = threading.Thread(target=build, daemon=True)
     started = time.monotonic()
@@ -131,6 +133,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - started
             status.update(f"{args.block} for {args.board}: {elapsed:5.0f} s  [{stage}] {line}")
             worker.join(2.0)
+    if "crash" in result:
+        raise result["crash"]
     if "error" in result:
         exc = result["error"]
         print(f"error: {exc}", file=sys.stderr)

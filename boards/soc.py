@@ -369,7 +369,9 @@ class BoardTop(Elaboratable):
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
         m.submodules.soc = soc = self.soc
-        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        # Every subsignal raw ("-"): the ULX3S's uart also has rts/dtr, and a subsignal left out
+        # would get Amaranth's deprecated implicit buffer.
+        uart = platform.request("uart", 0, dir={io.name: "-" for io in platform.lookup("uart", 0).ios})
         m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.d.comb += [soc.rx.eq(rx_buf.i), tx_buf.o.eq(soc.tx)]
