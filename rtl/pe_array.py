@@ -280,8 +280,8 @@ class PEArray(wiring.Component):
         m.d.comb += [ram.r_en.eq(1), ram.r_oe.eq(1)]
 
         # --- errors -----------------------------------------------------------------------
-        cfg_ok = Signal()
-        m.d.comb += cfg_ok.eq((self.taps != 0) & (self.n_oc_tiles != 0) & (self.w_base < depth)
+        cfg_ok = Signal()  # registered: see "configuration" below
+        m.d.sync += cfg_ok.eq((self.taps != 0) & (self.n_oc_tiles != 0) & (self.w_base < depth)
                               & (~self.depthwise | (oc_par >= c_par)))
         sticky = Signal(PEError)
         raise_err = Signal(PEError)  # set by whichever check fails this cycle
@@ -332,27 +332,36 @@ class PEArray(wiring.Component):
         # flight (``room``, a register), so no clock enable fans out over the array.
         inflight = Signal(range(self._fifo_depth + 1))  # results accepted and not yet sent
         room = Signal(init=1)
-        tap_idx = Signal(TAPS_BITS)
-        tile = Signal(TILES_BITS)
-        offset = Signal(wide)  # blocks past w_base of the current tap
         m.d.comb += self.i.ready.eq(room & cfg_ok & ~halted)
-        # Values derived from the configuration ports, registered so that their adders stay off
-        # the acceptance path: the configuration must be stable for a cycle before a layer's
-        # first tap (it is set with ``clear``, and taps follow the line buffer's fill).
+        # Configuration: ``cfg_ok`` and the values derived from the configuration ports are
+        # registered so that their adders stay off the acceptance path; the configuration must
+        # be stable for a cycle before a layer's first tap (it is set with ``clear``, and taps
+        # follow the line buffer's fill).
         taps_m1 = Signal(TAPS_BITS)
         tiles_m1 = Signal(TILES_BITS)
+        one_tap = Signal()
+        two_taps = Signal()
         max_offset = Signal(signed(wide + 1))  # the last offset where an accumulation fits
         m.d.sync += [taps_m1.eq(self.taps - 1), tiles_m1.eq(self.n_oc_tiles - 1),
+                     one_tap.eq(self.taps == 1), two_taps.eq(self.taps == 2),
                      max_offset.eq(depth - self.w_base - self.taps)]
+        # Where the next tap falls, kept in flags so that the checks are a LUT level or two:
+        at_first = Signal(init=1)  # it starts an accumulation
+        remain = Signal(TAPS_BITS)  # taps still to come in this accumulation, it included
+        remain_last = Signal()  # remain == 1 (meaningful when not at_first)
+        tile = Signal(TILES_BITS)
+        offset = Signal(wide)  # blocks past w_base of the next tap
+        off_zero = Signal(init=1)  # offset == 0
+        slack = Signal(signed(wide + 1))  # max_offset - offset (meaningful when not off_zero)
         tap = self.i.payload
-        at_first = tap_idx == 0
-        at_last = tap_idx == taps_m1
+        at_last = Mux(at_first, one_tap, remain_last)
         framing_ok = (tap.first == at_first) & (tap.last == at_last)
-        # Checked once per accumulation, so an accumulation never reads outside the buffer.
-        fits = ~at_first | (offset <= max_offset)
+        # Checked once per accumulation (offset <= max_offset), so an accumulation never reads
+        # outside the buffer.
+        fits = ~at_first | Mux(off_zero, max_offset >= 0, slack >= 0)
         s0_good = Signal()
         with m.If(self.clear):
-            m.d.sync += [tap_idx.eq(0), tile.eq(0), offset.eq(0)]
+            m.d.sync += [at_first.eq(1), tile.eq(0), offset.eq(0), off_zero.eq(1)]
         with m.Elif(self.i.valid & self.i.ready):
             with m.If(~framing_ok):
                 m.d.comb += raise_err.eq(PEError.FRAMING)
@@ -360,12 +369,15 @@ class PEArray(wiring.Component):
                 m.d.comb += raise_err.eq(PEError.WEIGHT_RANGE)
             with m.Else():
                 m.d.comb += s0_good.eq(1)
+                last_tile = tile == tiles_m1
+                wrap = at_last & last_tile
+                m.d.sync += [at_first.eq(at_last),
+                             remain.eq(Mux(at_first, taps_m1, remain - 1)),
+                             remain_last.eq(Mux(at_first, two_taps, remain == 2)),
+                             offset.eq(Mux(wrap, 0, offset + 1)), off_zero.eq(wrap),
+                             slack.eq(Mux(off_zero, max_offset, slack) - 1)]
                 with m.If(at_last):
-                    last_tile = tile == tiles_m1
-                    m.d.sync += [tap_idx.eq(0), tile.eq(Mux(last_tile, 0, tile + 1)),
-                                 offset.eq(Mux(last_tile, 0, offset + 1))]
-                with m.Else():
-                    m.d.sync += [tap_idx.eq(tap_idx + 1), offset.eq(offset + 1)]
+                    m.d.sync += tile.eq(Mux(last_tile, 0, tile + 1))
         # ``room`` is computed from ``inflight`` a cycle before it is used, so it keeps a margin
         # of 2 (inflight grows by at most 1 a cycle): the acceptance logic stays off its path.
         m.d.sync += [inflight.eq(inflight + (s0_good & tap.last) - (self.o.valid & self.o.ready)),

@@ -315,6 +315,7 @@ def test_pe_array_latency(c_par):
         ctx.set(dut.taps, 1)
         ctx.set(dut.n_oc_tiles, 1)
         ctx.set(dut.o.ready, 1)
+        await ctx.tick()  # the configuration is registered: stable a cycle before the first tap
         ctx.set(dut.i.payload, {"data": [1] * c_par, "first": 1, "last": 1})
         ctx.set(dut.i.valid, 1)
         await ctx.tick()
