@@ -257,7 +257,9 @@ def test_pe_array_sticky_errors_and_clear():
         ctx.set(dut.taps, 3)
         ctx.set(dut.n_oc_tiles, 2)
         ctx.set(dut.o.ready, 1)
+        await ctx.tick()  # the configuration is registered: stable a cycle before the first tap
         await send(ctx, 1, 0)
+        assert ctx.get(dut.error) == 0
         await send(ctx, 0, 1)
         assert await _settle_error(ctx, dut) == (1, PEError.FRAMING, 0)
         ctx.set(dut.clear, 1)
