@@ -12,8 +12,8 @@ is, step by step:
 4. The layer's first group, in order: setup (``group_overhead``, which also holds the layer's
    pipeline drain and its last write's response); the parameter and LUT reads
    (``buffer_cycles_per_word`` per DMA word); the weight read (``weight_start``, then
-   ``weight_cycles_per_word`` per word, times ``oc_par`` for depthwise rows, which the weight
-   gearbox repeats); then the whole input is streamed through the line buffer
+   ``weight_cycles_per_word`` per word, about ``oc_par`` times that for depthwise rows, which the
+   weight gearbox repeats); then the whole input is streamed through the line buffer
    (``input_cycles_per_word`` per word). The first window waits for ``kh - 1 - pad_t`` rows and
    ``kw - pad_l`` pixels (line-buffer fill); after that the PE array computes one tap vector per
    cycle for all of the group's oc tiles (a position costs at least ``oc_par / n_requant`` cycles
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from jacquard.sim.isa import DESCRIPTOR_BYTES, HardwareConfig, LayerDescriptor, Op, Program, conv_out_size
 
 __all__ = ["DEFAULT", "LayerEstimate", "PerfConstants", "ProgramEstimate", "estimate_descriptor",
-           "estimate_program", "group_tiles", "program_overhead"]
+           "estimate_program", "group_tiles", "program_overhead", "weight_word_cycles"]
 
 PROGRAM_HEADER_BYTES = 16
 
@@ -75,9 +75,9 @@ class PerfConstants:
     buffer_cycles_per_word : float
         Cycles per DMA word of channel parameters and LUT entries.
     weight_cycles_per_word : float
-        Cycles per DMA word of dense weights (read beat plus the weight-memory write).
+        Cycles per DMA word of dense weights (the weight gearbox passes one word per cycle).
     input_cycles_per_word : float
-        Cycles per DMA word of input pixels (the reader's output register and pixel gearbox).
+        Cycles per DMA word of input pixels (the pixel gearbox passes one word per cycle).
     weight_start : int
         Cycles between a group's start and its first weight word beyond the parameter/LUT reads.
     n_requant : int or None
@@ -108,14 +108,14 @@ class PerfConstants:
     group_overhead: int = 38
     group_switch: int = 52
     buffer_cycles_per_word: float = 1.0
-    weight_cycles_per_word: float = 2.0
-    input_cycles_per_word: float = 2.0
+    weight_cycles_per_word: float = 1.0
+    input_cycles_per_word: float = 1.0
     weight_start: int = 33
     n_requant: int | None = None
     avg_window_tail: int = 76
     scale_gap_cycles: int = 48
     scale_add_cycles: int = 95
-    gap_cycles_per_word: float = 2.0
+    gap_cycles_per_word: float = 1.0
     gap_tile_tail: int = 0
     add_lanes: int = 1
     add_beat_overhead: float = 0.72
@@ -182,6 +182,16 @@ def program_overhead(cfg: HardwareConfig, k: PerfConstants = DEFAULT) -> int:
     return k.program_overhead
 
 
+def weight_word_cycles(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstants = DEFAULT) -> float:
+    """Cycles per DMA word of a CONV's weight read into the PE array's weight memory."""
+    if not d.depthwise:
+        return k.weight_cycles_per_word
+    # The weight gearbox sends each row of n words oc_par times; the next row's first word is
+    # taken as the last copy leaves, its other n - 1 words after that.
+    n = max(1, cfg.c_par // cfg.dma_align)
+    return (n - 1 + cfg.oc_par) / n * k.weight_cycles_per_word
+
+
 def group_tiles(d: LayerDescriptor, cfg: HardwareConfig) -> list[int]:
     """The oc tiles of each output-channel group of a CONV, as the sequencer sizes them.
 
@@ -240,9 +250,7 @@ def estimate_descriptor(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstant
         per_tile = max(taps, _ceil(cfg.oc_par, k.requant_lanes(cfg)))
         requant = positions * sum(groups) * (per_tile - taps)
         w_tile_bytes = d.kh * d.kw * (cfg.c_par if d.depthwise else c_tiles * cfg.c_par * cfg.oc_par)
-        w_cost = k.weight_cycles_per_word
-        if d.depthwise:  # the weight gearbox sends each row oc_par times: one read beat + oc_par writes
-            w_cost = 1 + cfg.oc_par * (k.weight_cycles_per_word - 1)
+        w_cost = weight_word_cycles(d, cfg, k)
         cycles = 0.0
         compute = 0
         ch0 = 0

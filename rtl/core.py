@@ -237,7 +237,12 @@ class _Packer(wiring.Component):
 
 
 class _Gearbox(wiring.Component):
-    """Bus words to beats of ``n`` words, each beat sent ``repeat`` times (depthwise weight rows)."""
+    """Bus words to beats of ``n`` words, each beat sent ``repeat`` times (depthwise weight rows).
+
+    Full rate: in the cycle a beat leaves for the last time the first word of the next one is
+    already taken, so a stream of words passes at one word per cycle (the input pixels and the
+    weights of every layer go through one of these).
+    """
 
     def __init__(self, word_bits: int, n: int, max_repeat: int) -> None:
         self._wbits, self._n = word_bits, n
@@ -255,15 +260,18 @@ class _Gearbox(wiring.Component):
         cnt = Signal(range(n + 1))
         reps = Signal(range(256))
         full = cnt == n
-        m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(buf), self.i.ready.eq(~full),
-                     self.busy.eq(cnt != 0)]
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [buf.eq(Cat(buf[wbits:], self.i.payload) if n > 1 else self.i.payload),
-                         cnt.eq(cnt + 1)]
+        leaves = Signal()  # the beat goes out for the last time this cycle
+        m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(buf),
+                     leaves.eq(full & self.o.ready & (reps + 1 >= self.repeat)),
+                     self.i.ready.eq(~full | leaves), self.busy.eq(cnt != 0)]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += reps.eq(reps + 1)
-            with m.If(reps + 1 >= self.repeat):
+            with m.If(leaves):
                 m.d.sync += [cnt.eq(0), reps.eq(0)]
+        with m.If(self.i.valid & self.i.ready):
+            # The buffer shifts in from the top, so after a beat left the stale words fall out.
+            m.d.sync += [buf.eq(Cat(buf[wbits:], self.i.payload) if n > 1 else self.i.payload),
+                         cnt.eq(Mux(leaves, 1, cnt + 1))]
         return m
 
 

@@ -153,12 +153,14 @@ def test_batched_and_banded_fold_is_bit_exact(band_rows):
     run_and_compare(exe, m, random_feeds(b, 2, SEED + 5), f"batch of 2, band_rows={band_rows}, folded")
 
 
-def test_fold_pays_only_where_the_performance_model_says_so():
-    # On ulx3s-85f (c_par 8, 4-byte DMA words at 2 cycles each) a folded 3-channel layer with one
-    # oc tile is input-bound: 32 folded bytes per position cost 16 cycles, the 9 taps 9.
-    _, m = int8_model(lambda: single_conv(**CASES[0]))
+@pytest.mark.parametrize("cin, folded", [(3, True), (5, False)])
+def test_fold_pays_only_where_the_performance_model_says_so(cin, folded):
+    # On ulx3s-85f (c_par 8, 4-byte DMA words at one per cycle) a 3x3 layer with one oc tile reads
+    # its folded input at one word per cycle: 3 channels fold into 27 -> 32 bytes, 8 cycles per
+    # position against 9 taps (folded); 5 channels into 45 -> 48 bytes, 12 cycles (not folded).
+    _, m = int8_model(lambda: single_conv(**{**CASES[0], "cin": cin}))
     exe = compile_model(m, "ulx3s-85f", memory_bytes=1 << 24)
-    assert not folds(exe)
+    assert bool(folds(exe)) == folded
     assert estimate(exe).cycles <= estimate(compile_model(m, "ulx3s-85f", fold_taps=False)).cycles
 
 

@@ -34,7 +34,7 @@ from test_core import (
     run_case,
 )
 
-from jacquard.host.perf import DEFAULT, estimate_descriptor, group_tiles, program_overhead
+from jacquard.host.perf import DEFAULT, estimate_descriptor, group_tiles, program_overhead, weight_word_cycles
 from jacquard.sim.executor import execute
 from jacquard.sim.isa import LayerDescriptor, Op, Program
 
@@ -276,5 +276,5 @@ def first_group_load(d: LayerDescriptor, g: int) -> float:
     lut = (chans * 256 if d.lut_per_channel else 256) if d.lut else 0
     taps = d.kh * d.kw * (1 if d.depthwise else d.in_cp // CFG.c_par)
     wbytes = g * taps * CFG.c_par * (1 if d.depthwise else CFG.oc_par)
-    w_cost = 1 + CFG.oc_par * (k.weight_cycles_per_word - 1) if d.depthwise else k.weight_cycles_per_word
+    w_cost = weight_word_cycles(d, CFG, k)
     return (g * lanes * 8 + lut) / word * k.buffer_cycles_per_word + k.weight_start + wbytes / word * w_cost
