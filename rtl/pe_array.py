@@ -158,7 +158,8 @@ class PEArray(wiring.Component):
         Restarts the tap and load counters and clears a sticky error. Assert it between layers
         only (the pipeline is not flushed).
     error : Out(1)
-        Set while the configuration is invalid (taps are then not accepted) or after a sticky
+        Set while the configuration is invalid (taps are then not accepted; the check is
+        registered, so it follows a configuration change one cycle later) or after a sticky
         error; the array accepts nothing until the cause is fixed and ``clear`` pulsed.
     error_code : Out(PEError)
         The cause of ``error``.
