@@ -30,6 +30,10 @@ def markdown(title: str, rows: list[dict]) -> str:
     lines += ["", f"All layers: {total_rtl:,} RTL cycles, MAC utilization "
               f"{100 * total_macs / (CFG.macs * total_rtl):.1f} %, worst model error "
               f"{100 * max(abs(r['error']) for r in rows):.1f} %."]
+    wide = [r for r in rows if r["wide"]]
+    if wide and len(wide) < len(rows):
+        util = sum(r["macs"] for r in wide) / (CFG.macs * sum(r["rtl"] for r in wide))
+        lines[-1] += f" CONV/FC layers with C_in >= C_PAR ({CFG.c_par}): MAC utilization {100 * util:.1f} %."
     return "\n".join(lines)
 
 
