@@ -214,6 +214,11 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     for key, value in _lut_mapper_overrides(target.family, lut_mapper).items():
         overrides[key] = f"{overrides[key]} {value}" if key == "synth_opts" and key in overrides else value
     overrides["nextpnr_opts"] = opts
+    # Amaranth names both a wire `x` and the bits `x[0]`...; yosys' abc9 then asserts
+    # (`count_id(wire->name) == 0`, yosys issues 4349/4451) on designs such as the datapath chain.
+    # Purging the unused wires right after reading the design removes the clash.
+    after_read = overrides.get("script_after_read", "")
+    overrides["script_after_read"] = f"{after_read}\nproc\nopt_clean -purge".lstrip("\n")
     # amaranth's build system reads the tool names from os.environ.
     os.environ.update(toolchain_env())
     # An unrouted design makes no bitstream: the packer step of the script is skipped.
