@@ -1,11 +1,14 @@
 """The open flow end to end: YoWASP yosys + nextpnr build a bitstream and report nextpnr's own figures.
 
-The default tier builds a one-block smoke top for the iCEBreaker (seconds) and the whole board SoC
-(bridge + core + memory + PLL) of the small target: the ULX3S-25F with the CONV+MAXPOOL
-``ulx3s-25f`` config (the iCE40UP5K cannot hold the core). That build takes about 9 minutes
-(553 s at load ~3), so it is marked ``first``: under pytest-xdist it starts at once and the rest
-of the suite runs on the other worker around it. The ULX3S-85F reference SoC takes over an hour
-and is in the slow tier. docs/RESULTS.md (synth-* sections) has the numbers.
+The default tier builds a one-block smoke top for the iCEBreaker (seconds). The whole board SoC
+(bridge + core + memory + PLL) builds are the slow tier: the small target, the ULX3S-25F with the
+CONV+MAXPOOL ``ulx3s-25f`` config (the iCE40UP5K cannot hold the core), and the ULX3S-85F
+reference (over an hour). The 25F SoC fills 85 % of the die's LUTs, and router2 needs about 100
+iterations to resolve its congestion: 9-10 minutes when it converges (553 s and 598 s today),
+but one run under CI load was still at 8k overused wires after 58 iterations and 21 minutes.
+Until the core's logic shrinks (3.5k of its 20.6k LUTs are CCU2C carry chains), the build is too
+unpredictable for CI's 30 minutes. It is marked ``first`` so that, run with the slow tier under
+pytest-xdist, it starts at once. docs/RESULTS.md (synth-* sections) has the numbers.
 """
 
 import json
@@ -56,6 +59,7 @@ def _check_soc(report: dict, board: str) -> None:
     assert report["critical_path"] and report["critical_path"]["delay_ns"] > 0, report
 
 
+@pytest.mark.slow
 @pytest.mark.first
 def test_small_target_soc(tmp_path):
     report = _build("ulx3s-25f", tmp_path, "soc")
