@@ -168,16 +168,21 @@ def test_pe_array_full_rate():
     assert len(res["active"]) == n and res["active"][0] == acc_cycles[0] + 2, "mac_active miscounts"
 
 
+def _one_by_one_case(seed: int, h: int, w: int, par: int, oc_tiles: int) -> dict:
+    """A 1x1 layer with C_in = c_par = oc_par = ``par``: every tap finishes an accumulation."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(1, h, w, par), dtype=np.int8)
+    wts = rng.integers(-128, 128, size=(par * oc_tiles, 1, 1, par), dtype=np.int8)
+    taps, first, last = tap_stream(x, 0, 1, 1, 1, (0, 0, 0, 0), par, oc_tiles)
+    want = golden.conv2d_acc(x, 0, wts, np.zeros(par * oc_tiles, dtype=np.int32))
+    return {"taps": taps, "first": first, "last": last, "rows": pack_weights(wts, par, par).reshape(-1, par),
+            "cfg": {"taps": 1, "n_oc_tiles": oc_tiles, "depthwise": 0}, "want": want.reshape(-1, par)}
+
+
 def test_pe_array_full_rate_under_output_stalls():
-    # Output ready toggles every other cycle with 1-tap accumulations: the skid register absorbs the
-    # stalls and no output beat is lost, duplicated or reordered.
-    rng = np.random.default_rng(22)
-    x = rng.integers(-128, 128, size=(1, 3, 5, 2), dtype=np.int8)
-    wts = rng.integers(-128, 128, size=(6, 1, 1, 2), dtype=np.int8)
-    taps, first, last = tap_stream(x, 0, 1, 1, 1, (0, 0, 0, 0), 2, 3)
-    want = golden.conv2d_acc(x, 0, wts, np.zeros(6, dtype=np.int32))
-    case = {"taps": taps, "first": first, "last": last, "rows": pack_weights(wts, 2, 2).reshape(-1, 2),
-            "cfg": {"taps": 1, "n_oc_tiles": 3, "depthwise": 0}, "want": want.reshape(-1, 2)}
+    # Output ready toggles every other cycle with 1-tap accumulations: the output FIFOs' credit
+    # absorbs the stalls and no output beat is lost, duplicated or reordered.
+    case = _one_by_one_case(22, 3, 5, 2, 3)
     res = run_case(PEArray(2, 2, weight_depth=3), case, 22, gap=0.5)
     assert_same(res["got"], case["want"], 22, "1x1 under stalls")
 
@@ -185,17 +190,11 @@ def test_pe_array_full_rate_under_output_stalls():
 def test_pe_array_full_rate_one_tap():
     # 1x1 layer with C_in = c_par: every tap finishes an accumulation. With the output always
     # ready, the output FIFO's credit never runs out, so a tap is accepted on every cycle.
-    rng = np.random.default_rng(23)
-    x = rng.integers(-128, 128, size=(1, 4, 6, 4), dtype=np.int8)
-    wts = rng.integers(-128, 128, size=(8, 1, 1, 4), dtype=np.int8)
-    taps, first, last = tap_stream(x, 0, 1, 1, 1, (0, 0, 0, 0), 4, 2)
-    want = golden.conv2d_acc(x, 0, wts, np.zeros(8, dtype=np.int32))
-    case = {"taps": taps, "first": first, "last": last, "rows": pack_weights(wts, 4, 4).reshape(-1, 4),
-            "cfg": {"taps": 1, "n_oc_tiles": 2, "depthwise": 0}, "want": want.reshape(-1, 4)}
+    case = _one_by_one_case(23, 4, 6, 4, 2)
     res = run_case(PEArray(4, 4, weight_depth=2), case, 23, gap=0.0)
     assert_same(res["got"], case["want"], 23, "1x1 full rate")
     acc_cycles = res["accepted"]
-    assert acc_cycles[-1] - acc_cycles[0] == len(taps) - 1, "a gap in tap acceptance with 1-tap sums"
+    assert acc_cycles[-1] - acc_cycles[0] == len(case["taps"]) - 1, "a gap in tap acceptance with 1-tap sums"
 
 
 async def _settle_error(ctx, dut):
