@@ -485,11 +485,14 @@ def compile_plan(plan: Plan, config: str | HardwareConfig = "ulx3s-85f", *,
         raise TypeError(f"fold_taps must be a bool, not {fold_taps!r}")
     limit = memory_bytes if memory_bytes is not None else board_memory(cfg)
     no_fold: set[str] = set()
+    unfolded_fits = None  # whether the program fits the limit without any fold (compiled once)
     while True:
         exe, folded = _compile(plan, cfg, band_rows, fold_taps, no_fold)
         if limit is None or exe.memory_size <= limit or not folded:
             break
-        if _compile(plan, cfg, band_rows, False, no_fold)[0].memory_size > limit:
+        if unfolded_fits is None:
+            unfolded_fits = _compile(plan, cfg, band_rows, False, no_fold)[0].memory_size <= limit
+        if not unfolded_fits:
             break  # it does not fit unfolded either: folding does not decide where it can run
         # Folding is what makes the program too large: unfold the largest folded input and retry.
         no_fold.add(max(folded, key=lambda layer: folded[layer]))

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from jacquard.sim.isa import DESCRIPTOR_BYTES, HardwareConfig, LayerDescriptor, Op, Program, conv_out_size
 
 __all__ = ["DEFAULT", "LayerEstimate", "PerfConstants", "ProgramEstimate", "estimate_descriptor",
-           "estimate_program", "group_tiles", "program_overhead", "weight_word_cycles"]
+           "estimate_program", "group_reads", "group_tiles", "program_overhead", "weight_word_cycles"]
 
 PROGRAM_HEADER_BYTES = 16
 
@@ -192,6 +192,22 @@ def weight_word_cycles(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstants
     return (n - 1 + cfg.oc_par) / n * k.weight_cycles_per_word
 
 
+def group_reads(d: LayerDescriptor, cfg: HardwareConfig, g: int, ch0: int = 0,
+                k: PerfConstants = DEFAULT) -> tuple[float, float]:
+    """Cycles of the reads of a CONV group of ``g`` oc tiles whose first channel is ``ch0``.
+
+    Returns ``(parameters and LUT, weights)``; the weights' share includes ``weight_start``.
+    """
+    word = cfg.dma_align
+    lanes = cfg.c_par if d.depthwise else cfg.oc_par
+    chans = min(g * lanes, d.out_cp - ch0)
+    lut = (chans * 256 if d.lut_per_channel else 256) if d.lut else 0
+    c_tiles = _ceil(d.in_cp, cfg.c_par)
+    w_tile_bytes = d.kh * d.kw * (cfg.c_par if d.depthwise else c_tiles * cfg.c_par * cfg.oc_par)
+    return ((g * lanes * 8 + lut) / word * k.buffer_cycles_per_word,
+            k.weight_start + g * w_tile_bytes / word * weight_word_cycles(d, cfg, k))
+
+
 def group_tiles(d: LayerDescriptor, cfg: HardwareConfig) -> list[int]:
     """The oc tiles of each output-channel group of a CONV, as the sequencer sizes them.
 
@@ -250,24 +266,19 @@ def estimate_descriptor(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstant
         per_tile = max(taps, _ceil(cfg.oc_par, k.requant_lanes(cfg)))
         requant = positions * sum(groups) * (per_tile - taps)
         w_tile_bytes = d.kh * d.kw * (cfg.c_par if d.depthwise else c_tiles * cfg.c_par * cfg.oc_par)
-        w_cost = weight_word_cycles(d, cfg, k)
         cycles = 0.0
         compute = 0
         ch0 = 0
-
-        def weight_load(g: int) -> float:
-            return k.weight_start + g * w_tile_bytes / word * w_cost
-
         for i, g in enumerate(groups):
             chans = min(g * lanes, d.out_cp - ch0)
-            ch0 += g * lanes
             params = g * lanes * 8
             lut = (chans * 256 if d.lut_per_channel else 256) if d.lut else 0
             wbytes = g * w_tile_bytes
-            load = (params + lut) / word * k.buffer_cycles_per_word
+            load, weight_load = group_reads(d, cfg, g, ch0, k)
+            ch0 += g * lanes
             first = i == 0 or not k.overlap_groups
             if first:  # later groups' weights were read while the group before computed
-                load += weight_load(g)
+                load += weight_load
             loads += load
             # A depthwise group reads (and fills the line buffer with) only its own channels.
             share = chans / d.in_cp if d.depthwise else 1.0
@@ -275,7 +286,7 @@ def estimate_descriptor(d: LayerDescriptor, cfg: HardwareConfig, k: PerfConstant
             beats = positions * g * per_tile
             compute += positions * g * taps
             last = i + 1 == len(groups) or not k.overlap_groups
-            prefetch = 0.0 if last else weight_load(groups[i + 1])
+            prefetch = 0.0 if last else group_reads(d, cfg, groups[i + 1], ch0, k)[1]
             cycles += ((k.group_overhead if first else k.group_switch) + load
                        + max(fill * share + beats, in_cycles * share + prefetch))
         n_groups = len(groups)

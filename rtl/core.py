@@ -648,16 +648,10 @@ class JacquardCore(wiring.Component):
         lb_started = Signal()
         with m.If(lb.start):
             m.d.sync += lb_started.eq(1)
-        # Accumulations inside the PE array's pipeline (last taps in, sums not yet out): the next
-        # group starts as soon as the datapath is idle, while the previous group's write drains,
-        # so idle must cover the array's pipeline too (before, the write's done implied it).
-        pe_inflight = Signal(range(64))
-        pe_in = pe.i.valid & pe.i.ready & pe.i.payload.last
-        pe_out = pe.o.valid & pe.o.ready
-        m.d.sync += pe_inflight.eq(pe_inflight + pe_in - pe_out)
-        with m.If(flush):
-            m.d.sync += pe_inflight.eq(0)
-        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & (pe_inflight == 0) & ~pp.busy & ~mp.busy
+        # The next group starts as soon as the datapath is idle, while the previous group's write
+        # drains, so idle covers the accumulations inside the PE array's pipeline too (before,
+        # the write's done implied it).
+        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
                                          & ~packer.busy
                                          & ~mr.o.valid & ~lutpad.o.valid & ~pgear.o.valid & ~avg.o.valid
                                          & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid

@@ -165,6 +165,8 @@ class PEArray(wiring.Component):
         The cause of ``error``.
     mac_active : Out(1)
         High in each cycle the multipliers compute a useful tap (for the MAC-active perf counter).
+    busy : Out(1)
+        High while an accumulation whose last tap was accepted has not left on ``o`` yet.
 
     Raises
     ------
@@ -201,6 +203,7 @@ class PEArray(wiring.Component):
             "error": Out(1),
             "error_code": Out(PEError),
             "mac_active": Out(1),
+            "busy": Out(1),
         })
 
     @property
@@ -383,6 +386,7 @@ class PEArray(wiring.Component):
         # of 2 (inflight grows by at most 1 a cycle): the acceptance logic stays off its path.
         m.d.sync += [inflight.eq(inflight + (s0_good & tap.last) - (self.o.valid & self.o.ready)),
                      room.eq(inflight < self._fifo_depth - 2)]
+        m.d.comb += self.busy.eq(inflight != 0)
 
         # --- s1: tap and weight address registered (one address copy per row) ----------------
         s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()

@@ -84,8 +84,9 @@ def _run_network(tmp_path, img: Image, descs, seed: int, label: str) -> dict:
 def _pnet(size: int):
     from test_mtcnn_layers import quantized_mtcnn  # the same int8 P-Net the layer tests check
 
-    from jacquard.host import material
-    from jacquard.host.compiler import compile_model, pack_rows
+    from jacquard.host import ir, material
+    from jacquard.host.compiler import compile_model
+    from jacquard.host.driver import input_bytes
 
     try:
         path = quantized_mtcnn("pnet")
@@ -102,13 +103,14 @@ def _pnet(size: int):
     x = ((rgb - 127.5) / 128).astype(np.float32)
     name, addr = step.inputs[0]
     fold = step.folds.get(name)  # the first layer's taps folded into channels: the host im2cols it
-    t = exe.tensors[fold.source if fold else name]
+    src = fold.source if fold else name
+    t = exe.tensors[src]
     q = np.clip(np.rint(x / np.float32(t.scale)) + t.zero_point, -128, 127).astype(np.int8).reshape(t.shape)
-    if fold:
-        q = fold.apply(q, int(t.zero_point))
+    env = ir.TensorEnv(exe.tensors, {})
+    env.set_device(src, q)
     image = np.zeros(exe.memory_size, dtype=np.uint8)
     image[:len(exe.image)] = np.frombuffer(exe.image, dtype=np.uint8)
-    raw = pack_rows(q, exe.tensors[name], CFG)
+    raw = input_bytes(step, name, env, exe.tensors, CFG)  # as the driver writes it, folded or not
     image[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return exe.program(step), step.prog_addr, image
 

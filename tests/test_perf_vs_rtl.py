@@ -34,7 +34,7 @@ from test_core import (
     run_case,
 )
 
-from jacquard.host.perf import DEFAULT, estimate_descriptor, group_tiles, program_overhead, weight_word_cycles
+from jacquard.host.perf import DEFAULT, estimate_descriptor, group_reads, group_tiles, program_overhead
 from jacquard.sim.executor import execute
 from jacquard.sim.isa import LayerDescriptor, Op, Program
 
@@ -271,12 +271,5 @@ def test_perf_group_overlap_vs_rtl(tmp_path):
 
 
 def first_group_load(d: LayerDescriptor, g: int) -> float:
-    """Cycles of a group's parameter, LUT and weight reads at the model's rates."""
-    k, word = DEFAULT, CFG.dma_align
-    lanes = CFG.c_par if d.depthwise else CFG.oc_par
-    chans = min(g * lanes, d.out_cp)
-    lut = (chans * 256 if d.lut_per_channel else 256) if d.lut else 0
-    taps = d.kh * d.kw * (1 if d.depthwise else d.in_cp // CFG.c_par)
-    wbytes = g * taps * CFG.c_par * (1 if d.depthwise else CFG.oc_par)
-    w_cost = weight_word_cycles(d, CFG, k)
-    return (g * lanes * 8 + lut) / word * k.buffer_cycles_per_word + k.weight_start + wbytes / word * w_cost
+    """Cycles of a layer's first group's parameter, LUT and weight reads at the model's rates."""
+    return sum(group_reads(d, CFG, g))
