@@ -62,7 +62,7 @@ or, after a soft reset, with every status register back at reset. The core takes
 
 from contextlib import contextmanager
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -81,6 +81,7 @@ from jacquard.sim.isa import (
 )
 from jacquard.sim.isa_regs import HEADER_INDEX
 
+from .check_units import SIZE_BITS, RegionUnit, ShapeUnit, saturate
 from .dma import DmaCommand
 from .dma_writer import DmaDoneLayout
 from .fp32 import ScaleUnit
@@ -90,9 +91,14 @@ __all__ = ["LayerSetup", "ReadTarget", "Sequencer"]
 
 _ADDR = 32
 _TAG = 16
-_WIDE = 50  # products and region ends, exact
+_WIDE = 50  # the shift-and-add multiplier (its products are saturated to SIZE_BITS)
 #: ADD reads its two inputs in turn in chunks of this many bytes (the core buffers one chunk).
 ADD_CHUNK_WORDS = 16
+
+
+def _field_code(fld):
+    """``ERROR_FIELD`` of a field name, None (no field) or a value."""
+    return field_index(fld) if isinstance(fld, str) else NO_FIELD if fld is None else fld
 
 
 class ReadTarget(enum.Enum, shape=3):
@@ -153,11 +159,6 @@ class LayerSetup(data.StructLayout):
             "rb": 32,
             "k": 32,
         })
-
-
-def _mul3(x, s):
-    """``x * s`` for a 3-bit ``s``: shift-and-add, no DSP."""
-    return Mux(s[0], x, 0) + Mux(s[1], x << 1, 0) + Mux(s[2], x << 2, 0)
 
 
 class Sequencer(wiring.Component):
@@ -263,6 +264,9 @@ class Sequencer(wiring.Component):
         add_chunk = ADD_CHUNK_WORDS * cfg.dma_align
 
         d = Signal(descriptor_layout())
+
+        def is_op(o):
+            return self._is_op(d.op, o)
         hdr = Signal(4 * 32)
         words_left = Signal(5)
         index = Signal(16)
@@ -270,16 +274,16 @@ class Sequencer(wiring.Component):
         desc_addr = Signal(_ADDR)
 
         # -- products (MUL) -----------------------------------------------------------------
-        p_row = Signal(_WIDE)       # in_w * in_cp
-        p_in = Signal(_WIDE)        # in_h * in_w * in_cp
-        p_lb = Signal(_WIDE)        # (kh - 1) * in_w * in_cp
-        p_orow = Signal(_WIDE)      # out_w * out_cp
-        p_out = Signal(_WIDE)       # out_h * out_w * out_cp
-        p_khkw = Signal(_WIDE)
-        p_taps = Signal(_WIDE)      # blocks per oc tile
-        p_w = Signal(_WIDE)         # weight bytes of the layer
-        p_hw = Signal(_WIDE)        # in_h * in_w
-        p_zhw = Signal(_WIDE)       # |in_zp| * in_h * in_w
+        p_row = Signal(SIZE_BITS)       # in_w * in_cp
+        p_in = Signal(SIZE_BITS)        # in_h * in_w * in_cp
+        p_lb = Signal(SIZE_BITS)        # (kh - 1) * in_w * in_cp
+        p_orow = Signal(SIZE_BITS)      # out_w * out_cp
+        p_out = Signal(SIZE_BITS)       # out_h * out_w * out_cp
+        p_khkw = Signal(SIZE_BITS)
+        p_taps = Signal(SIZE_BITS)      # blocks per oc tile
+        p_w = Signal(SIZE_BITS)         # weight bytes of the layer
+        p_hw = Signal(SIZE_BITS)        # in_h * in_w
+        p_zhw = Signal(SIZE_BITS)       # |in_zp| * in_h * in_w
         mul_a = Signal(_WIDE)
         mul_b = Signal(16)
         mul_acc = Signal(_WIDE)
@@ -287,7 +291,7 @@ class Sequencer(wiring.Component):
         dw = d.depthwise
         n_ct = d.in_cp >> ct_shift
         lanes = Signal(8)
-        m.d.comb += lanes.eq(Mux(dw | (d.op != Op.CONV), c_par, oc_par))
+        m.d.comb += lanes.eq(Mux(dw | (~is_op(Op.CONV)), c_par, oc_par))
         n_tiles_total = Signal(17)
         m.d.comb += n_tiles_total.eq(Mux(dw, (d.out_c + c_par - 1) >> ct_shift,
                                          (d.out_c + oc_par - 1) >> exact_log2(oc_par)))
@@ -311,7 +315,7 @@ class Sequencer(wiring.Component):
 
         # -- region table (for MISALIGNED, WINDOW and OVERLAP) --------------------------------
         op = d.op
-        is_conv, is_add = op == Op.CONV, op == Op.ADD
+        is_conv, is_add = is_op(Op.CONV), is_op(Op.ADD)
         params_bytes = ((d.out_c + cfg.param_align - 1) >> param_shift) << (param_shift + 3)
         lut_bytes = Mux(d.lut_per_channel, d.out_cp << 8, 256)
         regions = [  # (field, used, addr, size)
@@ -323,27 +327,13 @@ class Sequencer(wiring.Component):
             ("out_addr", Const(1), d.out_addr, p_out),
         ]
 
-        # -- shape checks (small multiplies by the stride) ----------------------------------
-        def dim_ok(n, k, s, p0, p1, out, fused, ceil):
-            span = Signal(signed(20))
-            m.d.comb += span.eq(n + p0 + p1 - k)
-            q = out - 1
-            floor_lo = Mux(fused, 2 * out - 1, q)
-            floor_hi = Mux(fused, 2 * out + 1, out)
-            floor_ok = (span >= 0) & (_mul3(floor_lo, s) <= span) & (span < _mul3(floor_hi, s))
-            qs, q1s = _mul3(q, s), _mul3(out, s)
-            ceil_ok = (span >= 0) & (
-                ((qs - s < span) & (span <= qs) & (qs < n + p0))
-                | ((qs < span) & (span <= q1s) & (q1s >= n + p0)))
-            return Mux(ceil, ceil_ok, floor_ok)
-
-        lb_op = (op == Op.CONV) | (op == Op.MAXPOOL) | (op == Op.AVGPOOL)
+        lb_op = is_op(Op.CONV) | is_op(Op.MAXPOOL) | is_op(Op.AVGPOOL)
         # A whole-map AVGPOOL without padding is a global average (onnxruntime's path, the ISA's).
         whole = ((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0) & (d.pad_b == 0)
                  & (d.pad_r == 0))
-        is_gap = (op == Op.GLOBAL_AVGPOOL) | ((op == Op.AVGPOOL) & whole)
-        is_avg = (op == Op.AVGPOOL) & ~whole
-        lb_path = (op == Op.CONV) | (op == Op.MAXPOOL) | is_avg  # ops that run through the line buffer
+        is_gap = is_op(Op.GLOBAL_AVGPOOL) | (is_op(Op.AVGPOOL) & whole)
+        is_avg = is_op(Op.AVGPOOL) & ~whole
+        lb_path = is_op(Op.CONV) | is_op(Op.MAXPOOL) | is_avg  # ops that run through the line buffer
 
         if cfg.ops & {Op.ADD, Op.AVGPOOL, Op.GLOBAL_AVGPOOL}:
             m.submodules.scale = su = ScaleUnit()
@@ -352,24 +342,24 @@ class Sequencer(wiring.Component):
                                    if isinstance(a, wiring.Member)}).create()
         m.d.comb += [su.add.eq(is_add), su.sx.eq(d.in_scale), su.s2.eq(d.in2_scale), su.sy.eq(d.out_scale),
                      su.zx.eq(d.in_zp), su.z2.eq(d.in2_zp), su.zy.eq(d.out_zp), su.hw.eq(p_hw)]
-        pool_ceil = d.ceil_mode & ((op == Op.MAXPOOL) | (op == Op.AVGPOOL))
-        oh_ok = Signal()
-        ow_ok = Signal()
-        m.d.comb += [
-            oh_ok.eq(Mux(lb_op, dim_ok(d.in_h, d.kh, d.stride_h, d.pad_t, d.pad_b, d.out_h,
-                                       is_conv & d.fuse_maxpool, pool_ceil),
-                         Mux(op == Op.GLOBAL_AVGPOOL, d.out_h == 1, d.out_h == d.in_h))),
-            ow_ok.eq(Mux(lb_op, dim_ok(d.in_w, d.kw, d.stride_w, d.pad_l, d.pad_r, d.out_w,
-                                       is_conv & d.fuse_maxpool, pool_ceil),
-                         Mux(op == Op.GLOBAL_AVGPOOL, d.out_w == 1, d.out_w == d.in_w))),
-        ]
+        pool_ceil = d.ceil_mode & (is_op(Op.MAXPOOL) | is_op(Op.AVGPOOL))
+        # The checks' wide arithmetic, one region / dimension at a time (UNITS, before CHECK).
+        u_step = Signal(range(max(len(regions) + RegionUnit.latency, 2 + ShapeUnit.latency) + 1))
+        u_run = Signal()
+        ru = RegionUnit(m, [(used, addr, size) for _, used, addr, size in regions], u_step, u_run,
+                        align_bits=exact_log2(cfg.dma_align), window_base=self.window_base,
+                        window_limit=self.window_limit, out_addr=d.out_addr, out_size=p_out)
+        shu = ShapeUnit(m, [(d.in_h, d.kh, d.stride_h, d.pad_t, d.pad_b, d.out_h),
+                            (d.in_w, d.kw, d.stride_w, d.pad_l, d.pad_r, d.out_w)],
+                        u_step, u_run, fused=is_conv & d.fuse_maxpool, ceil=pool_ceil)
+        u_last = max(len(regions) + RegionUnit.latency, 2 + ShapeUnit.latency)
+        oh_ok = Mux(lb_op, shu.ok[0], Mux(is_op(Op.GLOBAL_AVGPOOL), d.out_h == 1, d.out_h == d.in_h))
+        ow_ok = Mux(lb_op, shu.ok[1], Mux(is_op(Op.GLOBAL_AVGPOOL), d.out_w == 1, d.out_w == d.in_w))
         # Bottom/right padding the line buffer runs with: a ceil-mode pool pads its last window.
-        pad_b_eff = Signal(signed(20))
-        pad_r_eff = Signal(signed(20))
-        m.d.comb += [
-            pad_b_eff.eq(Mux(pool_ceil, _mul3(d.out_h - 1, d.stride_h) + d.kh - d.in_h - d.pad_t, d.pad_b)),
-            pad_r_eff.eq(Mux(pool_ceil, _mul3(d.out_w - 1, d.stride_w) + d.kw - d.in_w - d.pad_l, d.pad_r)),
-        ]
+        pad_b_eff, pad_r_eff = shu.pad_end
+        prog_end = Signal(_ADDR + 1)
+        out_end = Signal(SIZE_BITS + 1)
+        m.d.sync += [prog_end.eq(self.prog_base + self.prog_len), out_end.eq(d.out_addr + p_out)]
 
         def scale_bad(bits):
             return bits[31] | (bits[23:31] == 0xFF) | (bits[:31] == 0)
@@ -383,7 +373,7 @@ class Sequencer(wiring.Component):
             return (c + c_par - 1) >> ct_shift << ct_shift
 
         P, S = ErrorCode.PARAM_RANGE, ErrorCode.SHAPE
-        checks = [  # (fails, code, field, address)
+        checks = [  # (fails, code, field, ERROR_ADDR: 0 or the name of the address field)
             # An op outside the config's op set is as unknown as an invalid code.
             (~Cat(*(op == o for o in sorted(cfg.ops))).any(), ErrorCode.BAD_OPCODE, "op", 0),
             (reserved != 0, P, None, 0),
@@ -394,8 +384,8 @@ class Sequencer(wiring.Component):
             (d.lut & ~(is_conv | is_add), P, "lut", 0),
             (d.fuse_maxpool & ~is_conv, P, "fuse_maxpool", 0),
             (d.depthwise & ~is_conv, P, "depthwise", 0),
-            (d.ceil_mode & ~((op == Op.MAXPOOL) | (op == Op.AVGPOOL)), P, "ceil_mode", 0),
-            (d.count_include_pad & (op != Op.AVGPOOL), P, "count_include_pad", 0),
+            (d.ceil_mode & ~(is_op(Op.MAXPOOL) | is_op(Op.AVGPOOL)), P, "ceil_mode", 0),
+            (d.count_include_pad & (~is_op(Op.AVGPOOL)), P, "count_include_pad", 0),
             ((is_conv | is_add) & (d.clamp_lo > d.clamp_hi), P, "clamp_lo", 0),
             (lb_op & ((d.kh < 1) | (d.kh > kh_max)), P, "kh", 0),
             (lb_op & ((d.kw < 1) | (d.kw > MAX_KERNEL)), P, "kw", 0),
@@ -413,21 +403,18 @@ class Sequencer(wiring.Component):
             (~is_conv & (d.out_c != d.in_c), S, "out_c", 0),
             (~oh_ok, S, "out_h", 0),
             (~ow_ok, S, "out_w", 0),
-            *[(((op == Op.AVGPOOL) | (op == Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d[n]), P, n, 0)
+            *[((is_op(Op.AVGPOOL) | is_op(Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d[n]), P, n, 0)
               for n in ("in_scale",)],
             (is_add & scale_bad(d.in2_scale), P, "in2_scale", 0),
-            (((op == Op.AVGPOOL) | (op == Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d.out_scale), P,
+            ((is_op(Op.AVGPOOL) | is_op(Op.GLOBAL_AVGPOOL) | is_add) & scale_bad(d.out_scale), P,
              "out_scale", 0),
             # The global average's multiplier in_scale / (out_scale * H * W), as onnxruntime refuses it.
             (is_gap & ((p_hw >= 1 << 24) | ~su.m_ok), P, "in_scale", 0),
-            *[(used & (addr[:exact_log2(cfg.dma_align)] != 0) if cfg.dma_align > 1 else Const(0),
-               ErrorCode.MISALIGNED, name, addr) for name, used, addr, _ in regions],
-            *[(used & ((addr < self.window_base) | (addr + size > self.window_limit)), ErrorCode.WINDOW,
-               name, addr) for name, used, addr, size in regions],
-            *[(used & (size != 0) & (p_out != 0) & (d.out_addr < addr + size) & (addr < d.out_addr + p_out),
-               ErrorCode.OVERLAP, "out_addr", d.out_addr) for name, used, addr, size in regions[:-1]],
-            ((d.out_addr < self.prog_base + self.prog_len) & (self.prog_base < d.out_addr + p_out),
-             ErrorCode.OVERLAP, "out_addr", d.out_addr),
+            *[(ru.misaligned[k], ErrorCode.MISALIGNED, name, name)
+              for k, (name, _, _, _) in enumerate(regions)],
+            *[(ru.outside[k], ErrorCode.WINDOW, name, name) for k, (name, _, _, _) in enumerate(regions)],
+            *[(ru.overlaps[k], ErrorCode.OVERLAP, "out_addr", "out_addr") for k in range(len(regions) - 1)],
+            ((d.out_addr < prog_end) & (self.prog_base < out_end), ErrorCode.OVERLAP, "out_addr", "out_addr"),
             # This core's own limits.
             (lb_path & (d.stride_h != d.stride_w), P, "stride_w", 0),
             (lb_path & (p_row > self._lb_row_bytes), P, "in_w", 0),
@@ -450,6 +437,14 @@ class Sequencer(wiring.Component):
         # before CHECK reads the first verdict: MUL's last step and SCALES come in between.
         check_bad = Signal(len(checks))
         m.d.sync += check_bad.eq(Cat(*(bad for bad, _, _, _ in checks)))
+        # What a failing check reports comes from tables indexed by the step (one multiplexer per
+        # status register instead of one per check).
+        check_code = Array(Const(code, ErrorCode) for _, code, _, _ in checks)
+        check_field = Array(Const(_field_code(fld), 8) for _, _, fld, _ in checks)
+        addr_names = sorted({a for _, _, _, a in checks if isinstance(a, str)})
+        check_addr = Array([Const(0, _ADDR), *(d[a] for a in addr_names)])
+        check_addr_sel = Array(Const(addr_names.index(a) + 1 if isinstance(a, str) else 0,
+                                     range(len(addr_names) + 1)) for _, _, _, a in checks)
 
         # -- status -------------------------------------------------------------------------
         stop_code = Signal(ErrorCode)
@@ -457,8 +452,7 @@ class Sequencer(wiring.Component):
         m.d.comb += self.current_desc.eq(index)
 
         def fail(code, fld, addr, idx=None):
-            return [self.error_code.eq(code), self.error_field.eq(field_index(fld) if isinstance(fld, str)
-                                                                   else NO_FIELD if fld is None else fld),
+            return [self.error_code.eq(code), self.error_field.eq(_field_code(fld)),
                     self.error_addr.eq(addr), self.desc_index.eq(index if idx is None else idx),
                     stop_code.eq(code)]
 
@@ -611,7 +605,7 @@ class Sequencer(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += [mul_a.eq(a), mul_b.eq(b), mul_acc.eq(0), mul_busy.eq(1)]
                         with m.Default():
-                            m.d.sync += check_step.eq(0)
+                            m.d.sync += [check_step.eq(0), u_step.eq(0)]
                             m.d.comb += su.start.eq(is_add | is_gap)
                             m.next = "SCALES"
                 with m.Elif(mul_b != 0):
@@ -621,20 +615,25 @@ class Sequencer(wiring.Component):
                     with m.Switch(mul_step):
                         for k, (dst, _, _) in enumerate(mul_steps):
                             with m.Case(k):
-                                m.d.sync += dst.eq(mul_acc)
+                                m.d.sync += dst.eq(saturate(mul_acc))
                     m.d.sync += [mul_step.eq(mul_step + 1), mul_busy.eq(0)]
             with state("SCALES"):
                 # ADD's and the global average's float32 constants (a few dozen cycles).
                 with m.If(~su.busy & ~su.start):
+                    m.next = "UNITS"
+            with state("UNITS"):
+                # The region and shape units' verdicts (a few cycles).
+                m.d.comb += u_run.eq(1)
+                m.d.sync += u_step.eq(u_step + 1)
+                with m.If(u_step == u_last):
                     m.next = "CHECK"
             with state("CHECK"):
-                with m.Switch(check_step):
-                    for k, (_, code, fld, addr) in enumerate(checks):
-                        with m.Case(k):
-                            with m.If(check_bad[k]):
-                                m.d.sync += fail(code, fld, addr)
-                                m.next = "STOP"
-                    with m.Default():
+                with m.If(check_step < len(checks)):
+                    with m.If(check_bad.bit_select(check_step, 1)):
+                        m.d.sync += fail(check_code[check_step], check_field[check_step],
+                                         check_addr[check_addr_sel[check_step]])
+                        m.next = "STOP"
+                with m.Else():
                         m.d.sync += [tile0.eq(0), g_tiles.eq(0), g_wbytes.eq(0), w_ptr.eq(d.weights_addr),
                                      bank.eq(0), g_blocks.eq(0), g_pool.eq(0), setup.taps.eq(p_taps),
                                      setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
@@ -642,7 +641,7 @@ class Sequencer(wiring.Component):
                                      setup.gap_bias.eq(Mux(d.in_zp < 0, p_zhw, -p_zhw)),
                                      setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k), add_ch0.eq(0),
                                      pre.eq(0)]
-                        m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff)
+                        m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff, shu.conv_extra[1])
                         m.next = "GROUP_SIZE"
                 m.d.sync += check_step.eq(check_step + 1)
             with state("GROUP_SIZE"):
@@ -663,7 +662,7 @@ class Sequencer(wiring.Component):
                 # other group once the layer's DMA and every write before it are done.
                 ready = Mux(pre, self.weights_loaded, ~self.dma_busy & (wr_out == 0))
                 with m.If(self.datapath_idle & ready & cmd_free & ~wr.valid):
-                    m.d.sync += [setup.n_tiles.eq(Mux(d.op == Op.CONV, g_tiles,
+                    m.d.sync += [setup.n_tiles.eq(Mux(is_op(Op.CONV), g_tiles,
                                                       Mux(is_add, add_gch >> ct_shift, n_ct))),
                                  setup.lb.oc_tiles.eq(Mux(is_conv & ~dw, g_tiles, 1)),
                                  setup.lb.channels.eq(Mux(is_conv & dw, g_ch, d.in_cp)),
@@ -672,7 +671,7 @@ class Sequencer(wiring.Component):
             with state("GROUP_START"):
                 m.d.comb += self.group_start.eq(1)
                 m.d.sync += [chunk.eq(0), add_rest.eq(p_in), gtile.eq(0), second.eq(0)]
-                with m.If(d.op == Op.CONV):
+                with m.If(is_op(Op.CONV)):
                     m.next = "ISSUE_PARAMS"
                 with m.Elif(is_add):
                     m.next = "ISSUE_LUT"
@@ -725,7 +724,7 @@ class Sequencer(wiring.Component):
             with state("ISSUE_OUTPUT"):
                 with m.If(~wr.valid):
                     m.d.sync += [wr.valid.eq(1), wr.payload.addr.eq(d.out_addr + Mux(is_add, add_ch0, ch0)),
-                                 wr.payload.inner_bytes.eq(Mux(d.op == Op.CONV, g_ch,
+                                 wr.payload.inner_bytes.eq(Mux(is_op(Op.CONV), g_ch,
                                                                Mux(is_add, add_gch, d.out_cp))),
                                  wr.payload.count1.eq(d.out_w), wr.payload.stride1.eq(d.out_cp),
                                  wr.payload.count2.eq(d.out_h), wr.payload.stride2.eq(p_orow)]
@@ -759,7 +758,7 @@ class Sequencer(wiring.Component):
                             m.next = "GROUP_END"
             with state("GROUP_END"):
                 # Every command of the group is out; the group computes and writes on its own.
-                with m.If((d.op == Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
+                with m.If(is_op(Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
                     m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0), w_ptr.eq(w_ptr + g_wbytes),
                                  g_wbytes.eq(0), bank.eq(~bank), g_blocks.eq(0), g_pool.eq(0), pre.eq(1)]
                     m.next = "GROUP_SIZE"
@@ -796,14 +795,23 @@ class Sequencer(wiring.Component):
             m.d.comb += self.clear_status.eq(1)
         return m
 
-    def _layer_setup(self, d, setup, pad_b_eff, pad_r_eff):
+    def _is_op(self, op, o):
+        """``op == o``; constant 0 for an op outside the config's op set. The first check refuses
+        those ops (BAD_OPCODE), so no later logic needs to tell them apart: the logic of the ops a
+        small config leaves out (ADD, the averages) is not built."""
+        return (op == o) if o in self._cfg.ops else Const(0)
+
+    def _layer_setup(self, d, setup, pad_b_eff, pad_r_eff, conv_w_extra):
         cfg = self._cfg
-        pool = d.op == Op.MAXPOOL
+
+        def is_op(o):
+            return self._is_op(d.op, o)
+
+        pool = is_op(Op.MAXPOOL)
         whole = ((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0) & (d.pad_b == 0)
                  & (d.pad_r == 0))
         # The conv's width before a fused 2x2 pool: 2*out_w, or 2*out_w + 1 when one more fits.
-        span = d.in_w + d.pad_l + d.pad_r - d.kw
-        conv_w = 2 * d.out_w + (_mul3(2 * d.out_w, d.stride_w) <= span)
+        conv_w = 2 * d.out_w + conv_w_extra
         return [
             setup.pool.eq(pool),
             setup.lb.width.eq(d.in_w), setup.lb.height.eq(d.in_h), setup.lb.channels.eq(d.in_cp),
@@ -811,13 +819,13 @@ class Sequencer(wiring.Component):
             setup.lb.pad_top.eq(d.pad_t), setup.lb.pad_left.eq(d.pad_l),
             setup.lb.pad_bottom.eq(pad_b_eff), setup.lb.pad_right.eq(pad_r_eff),
             setup.lb.zero_point.eq(Mux(pool, -128, d.in_zp)),
-            setup.lb.depthwise.eq(d.depthwise | (d.op != Op.CONV)),
+            setup.lb.depthwise.eq(d.depthwise | (~is_op(Op.CONV))),
             setup.depthwise.eq(d.depthwise),
             setup.zero_point.eq(d.out_zp), setup.lo.eq(d.clamp_lo), setup.hi.eq(d.clamp_hi),
             setup.lut.eq(d.lut), setup.lut_per_channel.eq(d.lut_per_channel),
-            setup.fuse_maxpool.eq(d.fuse_maxpool & (d.op == Op.CONV)),
+            setup.fuse_maxpool.eq(d.fuse_maxpool & is_op(Op.CONV)),
             setup.conv_w.eq(conv_w),
-            setup.lanes.eq(Mux(d.depthwise | (d.op != Op.CONV), cfg.c_par, cfg.oc_par)),
+            setup.lanes.eq(Mux(d.depthwise | (~is_op(Op.CONV)), cfg.c_par, cfg.oc_par)),
             setup.out_c.eq(d.out_c), setup.out_cp.eq(d.out_cp),
             setup.out_h.eq(d.out_h), setup.out_w.eq(d.out_w),
             setup.count_include_pad.eq(d.count_include_pad & ~whole),
