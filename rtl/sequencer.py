@@ -16,6 +16,11 @@ are checked. Then for each descriptor ``i``:
     ADD and the global average (GLOBAL_AVGPOOL, or an AVGPOOL whose window is the whole unpadded
     map) compute their float32 constants in :class:`~jacquard.rtl.fp32.ScaleUnit` (ADD's ``ra``,
     ``rb``, ``k``; the global average's multiplier and onnxruntime's range check on it).
+``UNITS``
+    The checks' wide arithmetic: :class:`~jacquard.rtl.check_units.RegionUnit` walks the six
+    regions (alignment, window, overlap with the output) and
+    :class:`~jacquard.rtl.check_units.ShapeUnit` the two dimensions (output size, ceil-mode
+    padding), one per cycle through registered stages, leaving one verdict bit each.
 ``CHECK``
     The checks of ``docs/ISA.md`` run in the executor's order, one per cycle, and the first that
     fails stops the core with its ErrorCode, the descriptor index, the field (``ERROR_FIELD``) and
@@ -252,6 +257,16 @@ class Sequencer(wiring.Component):
             "weights_loaded": In(1),
         })
 
+    @classmethod
+    def for_config(cls, config: HardwareConfig) -> "Sequencer":
+        """The sequencer of :class:`~jacquard.rtl.core.JacquardCore` for ``config``, with its limits."""
+        lb_channels = max(config.c_par, -(-config.line_buffer_bytes // config.max_width // config.c_par)
+                          * config.c_par)
+        return cls(config, lb_row_bytes=config.max_width * lb_channels,
+                   lut_channels=min(config.param_buffer_entries, 64),
+                   pool_depth=max(config.max_width // 2, config.line_buffer_bytes // config.oc_par),
+                   pp_tiles=config.param_buffer_entries // config.oc_par)
+
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self._cfg
@@ -295,8 +310,8 @@ class Sequencer(wiring.Component):
         n_tiles_total = Signal(17)
         m.d.comb += n_tiles_total.eq(Mux(dw, (d.out_c + c_par - 1) >> ct_shift,
                                          (d.out_c + oc_par - 1) >> exact_log2(oc_par)))
-        w_tile_bytes = Signal(_WIDE)  # weight bytes in memory per oc tile
-        m.d.comb += w_tile_bytes.eq(Mux(dw, p_khkw << ct_shift, p_taps << blk_shift))
+        w_tile_bytes = Signal(SIZE_BITS)  # weight bytes in memory per oc tile
+        m.d.comb += w_tile_bytes.eq(saturate(Mux(dw, p_khkw << ct_shift, p_taps << blk_shift)))
 
         mul_steps = [
             (p_row, d.in_cp, d.in_w),
@@ -459,7 +474,8 @@ class Sequencer(wiring.Component):
         # -- group state --------------------------------------------------------------------
         tile0 = Signal(17)
         g_tiles = Signal(17)
-        g_wbytes = Signal(_WIDE)
+        # A group fits one weight bank (CHECK refused a tile that does not): narrow counters.
+        g_wbytes = Signal(range(cfg.weight_buffer_bytes + 1))
         w_ptr = Signal(_ADDR)
         bank = Signal()
         # The group being sized had its weights prefetched (every CONV group after the layer's first).
@@ -476,24 +492,28 @@ class Sequencer(wiring.Component):
             g_ch.eq(Mux(d.out_cp - ch0 < g_lanes_all, d.out_cp - ch0, g_lanes_all)),
         ]
         lut_cap = self._lut_channels
-        chunk = Signal(_WIDE)   # ADD: bytes of each input read so far
-        # ADD: p_in - chunk, kept next to chunk: computing it, the step and chunk + step >= p_in in
+        # ADD: offset of the next chunk in each input (bytes read so far, plus the channel group's
+        # first channel), kept as a register so a read's address is one adder.
+        add_off = Signal(SIZE_BITS)
+        # ADD: p_in - bytes read so far: computing it, the step and chunk + step >= p_in in
         # the cycle that issues the read put four 50-bit carry chains in series.
-        add_rest = Signal(_WIDE)
+        add_rest = Signal(SIZE_BITS)
         second = Signal()       # ADD: the next read is the second input's chunk
         gtile = Signal(16)      # global average: channel tiles read so far
         # ADD with a per-channel LUT larger than the LUT buffer runs in channel groups of lut_cap.
         add_ch0 = Signal(16)
+        # Registered: add_ch0 moves only in GROUP_END, and add_gch is first used in GROUP_READY.
         add_gch = Signal(17)
-        m.d.comb += add_gch.eq(Mux(d.lut_per_channel & (d.out_cp - add_ch0 > lut_cap), lut_cap,
+        m.d.sync += add_gch.eq(Mux(d.lut_per_channel & (d.out_cp - add_ch0 > lut_cap), lut_cap,
                                    d.out_cp - add_ch0))
         nxt = g_tiles + 1
-        g_blocks = Signal(_WIDE)   # running g_tiles * taps
-        g_pool = Signal(_WIDE)     # running g_tiles * (conv_w // 2)
+        g_blocks = Signal(range(bank_blocks + 1))   # running g_tiles * taps
+        g_pool = Signal(range(self._pool_depth + 1))     # running g_tiles * (conv_w // 2)
         can_grow = Signal()
         m.d.comb += can_grow.eq(
             is_conv & (tile0 + nxt <= n_tiles_total)
-            & (g_blocks + p_taps <= bank_blocks)
+            # CHECK refused a CONV with p_taps > bank_blocks: its low bits are all of it.
+            & (g_blocks + p_taps[:len(g_blocks)] <= bank_blocks)
             & (nxt <= self._pp_tiles)
             & (~d.lut_per_channel | (Mux(dw, nxt << ct_shift, nxt << exact_log2(oc_par)) <= lut_cap))
             & (~d.fuse_maxpool | (g_pool + (setup.conv_w >> 1) <= self._pool_depth)))
@@ -648,7 +668,8 @@ class Sequencer(wiring.Component):
                 # Grow the group one oc tile per cycle while it fits every buffer.
                 with m.If(can_grow):
                     m.d.sync += [g_tiles.eq(nxt), g_wbytes.eq(g_wbytes + w_tile_bytes),
-                                 g_blocks.eq(g_blocks + p_taps), g_pool.eq(g_pool + (setup.conv_w >> 1))]
+                                 g_blocks.eq(g_blocks + p_taps[:len(g_blocks)]),
+                                 g_pool.eq(g_pool + (setup.conv_w >> 1))]
                 with m.Elif(misfit):
                     m.d.sync += [g_tiles.eq(g_tiles - 1), g_wbytes.eq(g_wbytes - w_tile_bytes)]
                 with m.Elif(pre):
@@ -670,7 +691,8 @@ class Sequencer(wiring.Component):
                     m.next = "GROUP_START"
             with state("GROUP_START"):
                 m.d.comb += self.group_start.eq(1)
-                m.d.sync += [chunk.eq(0), add_rest.eq(p_in), gtile.eq(0), second.eq(0)]
+                m.d.sync += [add_off.eq(Mux(add_gch != d.in_cp, add_ch0, 0)), add_rest.eq(p_in), gtile.eq(0),
+                             second.eq(0)]
                 with m.If(is_op(Op.CONV)):
                     m.next = "ISSUE_PARAMS"
                 with m.Elif(is_add):
@@ -748,12 +770,11 @@ class Sequencer(wiring.Component):
                 with m.If(cmd_free):
                     size = Mux(grouped, add_gch, Mux(add_rest < add_chunk, add_rest, add_chunk))
                     step = Mux(grouped, d.in_cp, size)
-                    off = chunk + Mux(grouped, add_ch0, 0)
                     with m.If(~second):
-                        m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + off, size), second.eq(1)]
+                        m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + add_off, size), second.eq(1)]
                     with m.Else():
-                        m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + off, size), second.eq(0),
-                                     chunk.eq(chunk + step), add_rest.eq(add_rest - step)]
+                        m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + add_off, size), second.eq(0),
+                                     add_off.eq(add_off + step), add_rest.eq(add_rest - step)]
                         with m.If(step >= add_rest):  # chunk + step >= p_in
                             m.next = "GROUP_END"
             with state("GROUP_END"):
