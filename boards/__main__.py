@@ -64,6 +64,10 @@ def _results_markdown(report: dict, block: str) -> str:
     for key, label in (("cells", "logic cells"), ("dsps", "DSPs"), ("brams", "block RAMs")):
         used, avail = report[key]["used"], report[key]["available"]
         rows.append(f"| {label} | {used} / {avail} ({100 * used / max(avail, 1):.1f} %) |")
+        if key == "cells" and len(report.get("cells_by_type", {})) > 1:
+            rows += [f"| {label}: {cell} | {u['used']} / {u['available']} "
+                     f"({100 * u['used'] / max(u['available'], 1):.1f} %) |"
+                     for cell, u in report["cells_by_type"].items()]
     rows += [f"| MACs | {report['macs']} |", f"| peak GOPS (2 x MACs x Fmax) | {report['peak_gops']} |",
              f"| build time | {report['build_seconds']} s |"]
     crit = (f"Critical path ({path.get('clock')}): {path.get('delay_ns')} ns from `{path.get('from')}` to "
@@ -116,7 +120,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             result["report"] = synthesize(args.board, top, build_dir, macs=macs, lut_mapper=lut_mapper,
                                           config_hash=cfg.config_hash() if args.block == "soc" else None,
                                           router=args.router, place_only=args.place_only,
-                                          allow_fail=allow_fail)
+                                          allow_fail=allow_fail, nextpnr_args=tuple(args.nextpnr_arg))
         except (RuntimeError, ValueError) as exc:  # shown by the main thread
             result["error"] = exc
         except BaseException as exc:  # a bug: re-raised by the main thread with its traceback
@@ -211,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="stop after placement: nextpnr's Fmax estimate and critical paths, no bitstream")
     synth.add_argument("--timing-allow-fail", action=argparse.BooleanOptionalAction, default=None,
                        help="complete a build that misses the clock (default: on for blocks, not the SoC)")
+    synth.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
+                       help="pass ARG to nextpnr (repeat for each word), e.g. "
+                            "--nextpnr-arg=--placer-heap-beta --nextpnr-arg=0.6")
     flash = sub.add_parser("flash", help="program the board with the last bitstream built for it")
     flash.add_argument("board", choices=sorted(TARGETS))
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ LUT_MAPPERS = ("abc9", "abc")
 ROUTERS = ("router1", "router2")
 
 
-def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_fail: bool = False) -> str:
+def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_fail: bool = False,
+                    extra: tuple[str, ...] = ()) -> str:
     """The extra nextpnr command line of a build (the report JSON is always written).
 
     Parameters
@@ -54,6 +56,9 @@ def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_
     allow_fail : bool
         ``--timing-allow-fail``: a design that misses its clock constraint still completes, so its
         achieved Fmax is reported (smoke builds of single blocks).
+    extra : tuple of str
+        More nextpnr arguments, as given (e.g. ``("--placer-heap-beta", "0.6")``: a lower
+        maximum placement density spreads the logic around the DSP rows of a DSP-dense design).
 
     Raises
     ------
@@ -69,6 +74,7 @@ def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_
         opts.append("--no-route")
     if allow_fail:
         opts.append("--timing-allow-fail")
+    opts += [shlex.quote(a) for a in extra]
     return " ".join(opts)
 
 
@@ -184,7 +190,8 @@ def report_paths(report: dict) -> list[dict]:
 
 def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top", *,
                macs: int = 0, config_hash: int | None = None, lut_mapper: str = "abc9",
-               router: str = "router2", place_only: bool = False, allow_fail: bool = False) -> dict:
+               router: str = "router2", place_only: bool = False, allow_fail: bool = False,
+               nextpnr_args: tuple[str, ...] = ()) -> dict:
     """Build a bitstream of ``top`` for ``board`` into ``build_dir`` and return the report dict.
 
     Parameters
@@ -192,9 +199,10 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     lut_mapper : str
         One of :data:`LUT_MAPPERS`: ``"abc9"`` (default) or ``"abc"`` (ECP5 only; for builds
         that abc9 cannot take).
-    router, place_only, allow_fail
-        nextpnr options, see :func:`nextpnr_options`. With ``place_only`` no bitstream is
-        written and ``fmax_mhz`` is the post-placement estimate (``"placed": true`` in the report).
+    router, place_only, allow_fail, nextpnr_args
+        nextpnr options, see :func:`nextpnr_options` (``nextpnr_args`` is its ``extra``). With
+        ``place_only`` no bitstream is written and ``fmax_mhz`` is the post-placement estimate
+        (``"placed": true`` in the report).
 
     Raises
     ------
@@ -209,7 +217,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     target = TARGETS[board]
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    opts = nextpnr_options(router, place_only=place_only, allow_fail=allow_fail)
+    opts = nextpnr_options(router, place_only=place_only, allow_fail=allow_fail, extra=tuple(nextpnr_args))
     overrides = dict(target.build_overrides)
     for key, value in _lut_mapper_overrides(target.family, lut_mapper).items():
         overrides[key] = f"{overrides[key]} {value}" if key == "synth_opts" and key in overrides else value
@@ -260,6 +268,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         "meets_timing": meets_timing,
         "lut_mapper": lut_mapper,
         "router": router,
+        "nextpnr_args": list(nextpnr_args),
         "placed": place_only,
         "fmax_mhz": fmax,
         "fmax_constraint_mhz": {clk: round(v["constraint"], 2) for clk, v in nextpnr.get("fmax", {}).items()},
@@ -269,6 +278,8 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         "critical_path": critical_path(log.read_text(errors="replace")) if log.exists() else None,
         "critical_paths": report_paths(nextpnr),
         "cells": _utilization(nextpnr, target.logic_cells),
+        # Per type: on ECP5 the LUTs (TRELLIS_COMB) are what fills up and congests first.
+        "cells_by_type": {c: _utilization(nextpnr, (c,)) for c in target.logic_cells},
         "dsps": _utilization(nextpnr, target.dsp_cells),
         "brams": _utilization(nextpnr, target.bram_cells),
         "build_seconds": round(seconds, 1),

@@ -96,14 +96,14 @@ def synth_row(name: str) -> dict | None:
     }
 
 
-def synthesize_block(name: str) -> None:
+def synthesize_block(name: str, nextpnr_args: tuple[str, ...] = ()) -> None:
     from jacquard.boards.smoke import SmokeTop, block_macs
     from jacquard.boards.synth import synthesize
 
     try:
         # router2 and --timing-allow-fail: a block below the target still routes and reports its Fmax.
         synthesize(CONFIG, SmokeTop(name), BUILD / name / CONFIG, macs=block_macs(name), router="router2",
-                   allow_fail=True)
+                   allow_fail=True, nextpnr_args=nextpnr_args)
     except RuntimeError as exc:  # the flow failed; whatever nextpnr wrote remains
         print(f"{name}: {exc}", flush=True)
 
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="28x28 maps instead of 56x56 (quicker)")
     parser.add_argument("--synth", nargs="*", choices=BLOCK_NAMES, default=None,
                         help="(re)build these blocks first (all if none named)")
+    parser.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
+                        help="pass ARG to nextpnr for --synth builds (repeat per word)")
     parser.add_argument("--no-sim", action="store_true",
                         help="no simulation: the utilization table of the last run (build/blocks)")
     parser.add_argument("--only", metavar="TEXT", default=None,
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     size = 28 if args.small else 56
     if args.synth is not None:
         for name in args.synth or BLOCK_NAMES:
-            synthesize_block(name)
+            synthesize_block(name, tuple(args.nextpnr_arg))
     cached = BUILD / f"utilization-{size}.json"
     last = json.loads(cached.read_text()) if cached.exists() else []
     if args.no_sim:  # the last simulation's figures
