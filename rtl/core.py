@@ -46,6 +46,8 @@ post-processor, and ``STALL_REQUANT`` the cycles a tap waited on the PE array's 
 writer side was ready (the requantizers were busy).
 """
 
+import math
+
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -182,11 +184,26 @@ def _log2_of(value, limit):
 
 
 class _Packer(wiring.Component):
-    """Output beats (``lanes`` channels of which the group's first ``out_cp - ch`` exist) to bus words."""
+    """Output beats (``lanes`` channels of which the group's first ``out_cp - ch`` exist) to bus words.
 
-    def __init__(self, width: int, word_bytes: int) -> None:
+    ``gran`` is the byte granularity of every beat's length (``gcd(c_par, oc_par)`` capped at the
+    word size; a beat is always whole channel tiles): with whole words the buffer shifts by words,
+    a much smaller multiplexer than a byte shifter.
+
+    Timing: the per-tile lengths and pad masks are registers, computed when the tile before is
+    taken, and ``i.ready`` is a function of registers only (it does not count the word leaving in
+    the same cycle). It was the head of the core's longest path: ``out_cp - ch`` -> length ->
+    ready -> every ready upstream (18 levels). Streams still pass at one word per cycle: a beat
+    of ``n`` words fits again once ``n`` words have left.
+    """
+
+    def __init__(self, width: int, word_bytes: int, gran: int = 1) -> None:
+        if gran < 1 or word_bytes % gran or width % gran:
+            self._MustUse__silence = True  # refused, never elaborated
+            raise ValueError(f"gran must divide word_bytes ({word_bytes}) and width ({width}), not {gran!r}")
         self._width = width
         self._wb = word_bytes
+        self._gran = gran
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(8), width))),
             "o": Out(stream.Signature(8 * word_bytes)),
@@ -197,42 +214,64 @@ class _Packer(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        wb, width = self._wb, self._width
-        cap = width + wb
+        wb, width, g = self._wb, self._width, self._gran
+        ubits = 8 * g                 # one unit: g bytes
+        beat_units, word_units = width // g, wb // g
+        cap = beat_units + word_units
         s = self.setup
-        buf = Signal(8 * cap)
-        cnt = Signal(range(cap + 1))
-        tile = Signal(16)
-        ch = Signal(17)
-        nbytes = Signal(range(width + 1))
-        left = s.out_cp - ch
-        m.d.comb += nbytes.eq(Mux(left < s.lanes, left, s.lanes))
+        buf = Signal(ubits * cap)
+        cnt = Signal(range(cap + 1))  # units in buf
+
+        # -- per tile, one beat ahead: length, which bytes exist, which lanes are padding ----------
+        t_left = Signal(16)           # tiles of this pixel after the current one
+        left = Signal(signed(18))     # out_cp - ch: bytes of the group that exist from this tile on
+        real = Signal(signed(18))     # out_c - ch: lanes before the output zero point
+        units = Signal(range(beat_units + 1))
+        keep = Signal(width)          # byte j exists (j < min(left, lanes))
+        pad = Signal(width)           # lane j is past out_c
+
+        def load_tile(n_left, n_real):
+            return [units.eq(Mux(n_left < s.lanes, n_left, s.lanes) >> exact_log2(g)),
+                    keep.eq(Cat(*[(n_left > j) & (s.lanes > j) for j in range(width)])),
+                    pad.eq(Cat(*[n_real <= j for j in range(width)])),
+                    left.eq(n_left), real.eq(n_real)]
+
+        first_left = Signal(signed(18))
+        first_real = Signal(signed(18))
+        m.d.comb += [first_left.eq(s.out_cp - s.ch0), first_real.eq(s.out_c - s.ch0)]
+
         emit = Signal()
+        leave = Signal()
         m.d.comb += [
-            emit.eq(cnt >= wb),
+            emit.eq(cnt >= word_units),
+            leave.eq(emit & self.o.ready),
             self.o.payload.eq(buf[:8 * wb]),
             self.o.valid.eq(emit),
             self.busy.eq(cnt != 0),
+            self.i.ready.eq(cnt + units <= cap),
         ]
         after = Signal(range(cap + 1))
-        m.d.comb += after.eq(Mux(emit & self.o.ready, cnt - wb, cnt))
-        m.d.comb += self.i.ready.eq(after + nbytes <= cap)
-        shifted = Mux(emit & self.o.ready, buf >> (8 * wb), buf)
-        mask = Signal(8 * width)
-        m.d.comb += mask.eq(Const((1 << (8 * width)) - 1, 8 * width) >> ((width - nbytes).as_unsigned() << 3))
-        # Channels past out_c carry the output zero point (pools pass the input's padding through).
-        beat = Signal(data.ArrayLayout(signed(8), width))
+        m.d.comb += after.eq(Mux(leave, cnt - word_units, cnt))
+        shifted = Mux(leave, buf >> (8 * wb), buf)
+        beat = Signal(8 * width)
         for j in range(width):
-            m.d.comb += beat[j].eq(Mux(ch + j >= s.out_c, s.zero_point, self.i.payload[j]))
+            byte = Mux(pad[j], s.zero_point, self.i.payload[j])
+            m.d.comb += beat[8 * j:8 * j + 8].eq(Mux(keep[j], byte, 0))
+        placed = Signal(len(buf))
+        with m.Switch(after):
+            for k in range(cap):
+                with m.Case(k):
+                    m.d.comb += placed.eq(beat << (k * ubits))
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [buf.eq(shifted | ((beat.as_value() & mask) << (after * 8))),
-                         cnt.eq(after + nbytes), tile.eq(tile + 1), ch.eq(ch + s.lanes)]
-            with m.If(tile == s.n_tiles - 1):
-                m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
+            m.d.sync += [buf.eq(shifted | placed), cnt.eq(after + units)]
+            with m.If(t_left == 0):
+                m.d.sync += [t_left.eq(s.n_tiles - 1), *load_tile(first_left, first_real)]
+            with m.Else():
+                m.d.sync += [t_left.eq(t_left - 1), *load_tile(left - s.lanes, real - s.lanes)]
         with m.Else():
             m.d.sync += [buf.eq(shifted), cnt.eq(after)]
         with m.If(self.start):
-            m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
+            m.d.sync += [t_left.eq(s.n_tiles - 1), *load_tile(first_left, first_real)]
         return m
 
 
@@ -382,7 +421,9 @@ class JacquardCore(wiring.Component):
         lutpad = _LutPad(oc_par, lut_tiles)
         mp = MaxPool2x2(oc_par, max(2, cfg.max_width), pp_tiles, pool_depth)
         mr = _MaxReduce(c_par)
-        packer = _Packer(width, wb)
+        # Every beat is whole channel tiles (of c_par, oc_par or the LUT group), so its length is a
+        # multiple of this many bytes, and the packer shifts by that unit.
+        packer = _Packer(width, wb, math.gcd(c_par, oc_par, wb, lut_channels))
         route = fifo.SyncFIFOBuffered(width=3, depth=8)
         pgear = _Gearbox(wbits, c_par // wb, 1)
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
