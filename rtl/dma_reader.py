@@ -5,11 +5,12 @@ splits it into bursts. Each burst goes out on AR as soon as fewer than ``max_out
 are in flight, so AR for the next bursts is issued while R data of earlier ones streams in: with
 ``max_outstanding * max_burst`` beats in flight, a memory latency of up to that many cycles is
 hidden. A small FIFO of burst records (one per outstanding burst) says which R beat ends a
-command. R beats go through one output register (``rready`` follows the output's ``ready``), so
-a stalled consumer stalls the memory, never loses a beat.
+command. R beats go through an output register with a skid register (``rready`` is low while
+the skid register is full), so a stalled consumer stalls the memory, never loses a beat, and
+no combinational path runs from the consumer's ``ready`` to R.
 
 Abort: no new bursts are issued; bursts already on AR are completed (AXI requires it) and their
-data discarded; a beat waiting in the output register is withdrawn. Then the reader is idle and
+data discarded; beats waiting in the output and skid registers are withdrawn. Then the reader is idle and
 takes new commands. ``abort`` is a flush of the whole transfer, so the consumer must be flushed
 with it.
 """
@@ -73,7 +74,7 @@ class DmaReader(wiring.Component):
     error_tag : Out(tag_width)
         Tag of the command that caused ``error``.
     busy : Out(1)
-        Commands or bursts in flight, or a word waiting in the output register.
+        Commands or bursts in flight, or a word waiting in the output or skid register.
     bytes_read : Out(range(data_width // 8 + 1))
         Bytes that arrived on R this cycle (0 or a full beat, also for beats an abort discards),
         for the DMA-read perf counter.
@@ -148,30 +149,37 @@ class DmaReader(wiring.Component):
         m.d.comb += [w_meta.last.eq(burst.last), w_meta.tag.eq(burst.tag)]
         r_meta = meta_layout(meta.r_data)
 
-        # R: into the output register, or into the void while draining.
+        # R: into the output register (or its skid register while the output is stalled), or into
+        # the void while draining. rready depends on the skid register only, not on o.ready: the
+        # consumers' ready chains (the core's read router) ended on AR/R before, the SoC's longest
+        # path (18 levels from the packer through the router to the DMA slice).
         take = Signal()
+        skid_valid = Signal()
+        skid = Signal(ReadWordLayout(self._data_width))
+        word = Signal(ReadWordLayout(self._data_width))
         m.d.comb += [
-            axi.rready.eq(meta.r_rdy & (draining | ~self.o.valid | self.o.ready)),
+            axi.rready.eq(meta.r_rdy & (draining | ~skid_valid)),
             take.eq(axi.rvalid & axi.rready),
             meta.r_en.eq(take & axi.rlast),
             self.bytes_read.eq(Mux(take, self._data_width // 8, 0)),
             burster.bus_error.eq(take & axi.rresp[1]),
             burster.bus_error_tag.eq(r_meta.tag),
+            word.data.eq(axi.rdata),
+            word.last.eq(axi.rlast & r_meta.last),
         ]
-        with m.If(take & ~draining):
-            m.d.sync += [
-                self.o.valid.eq(1),
-                self.o.payload.data.eq(axi.rdata),
-                self.o.payload.last.eq(axi.rlast & r_meta.last),
-            ]
-        with m.Elif(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.valid.eq(take & ~draining), self.o.payload.eq(word)]
+        with m.Elif(take & ~draining):
+            m.d.sync += [skid_valid.eq(1), skid.eq(word)]
 
         with m.If(self.abort):
-            m.d.sync += [draining.eq(1), self.o.valid.eq(0)]
+            m.d.sync += [draining.eq(1), self.o.valid.eq(0), skid_valid.eq(0)]
         with m.Elif(draining & ~burster.busy & (meta.level == 0)):
             m.d.sync += draining.eq(0)
 
-        m.d.comb += self.busy.eq(burster.busy | (meta.level != 0) | self.o.valid | draining)
+        m.d.comb += self.busy.eq(burster.busy | (meta.level != 0) | self.o.valid | skid_valid | draining)
         return m
 
