@@ -19,9 +19,9 @@ Each row is split into INCR bursts of at most ``max_burst`` beats that never cro
 boundary (AXI's rule). :func:`plan_bursts` and :func:`check_command` are the reference models.
 
 :class:`DmaBurster` does both in hardware, in two stages that overlap with the previous
-command's bursts: a checker (one cycle for a 1D command, else two plus one per significant bit of the larger
-of ``count1-1`` and ``count2-1``: the two multiplies are shift-and-add, so they cost no DSPs) and
-the burst generator (one burst per cycle).
+command's bursts: a checker (two cycles for a 1D command, else three plus one per significant bit
+of the larger of ``count1-1`` and ``count2-1``: the two multiplies are shift-and-add, so they cost
+no DSPs; the window compare has a cycle of its own) and the burst generator (one burst per cycle).
 """
 
 from amaranth.hdl import Module, Mux, Signal
@@ -201,7 +201,9 @@ class DmaBurster(wiring.Component):
         # -- c_: the checker. One command: latch, multiply by shift-and-add, decide. ----------------
         c_cmd = Signal(DmaCommand(aw, self._tag_width))
         c_busy = Signal()     # multiplying
+        c_fin = Signal()      # c_end is final; the window compare is registered this cycle
         c_done = Signal()     # verdict ready, waiting to hand over (or to refuse)
+        c_outside = Signal()  # registered: the footprint leaves the window
         c_m1 = Signal(COUNT_BITS)
         c_m2 = Signal(COUNT_BITS)
         c_s1 = Signal(wide)
@@ -211,14 +213,14 @@ class DmaBurster(wiring.Component):
         c_align = Signal()
 
         cmd = self.cmd.payload
-        m.d.comb += self.cmd.ready.eq(~c_busy & ~c_done & ~self.error & ~self.abort & ~self.hold)
+        m.d.comb += self.cmd.ready.eq(~c_busy & ~c_fin & ~c_done & ~self.error & ~self.abort & ~self.hold)
         with m.If(self.cmd.valid & self.cmd.ready):
             low = (1 << shift) - 1
             m.d.sync += [
                 c_cmd.eq(cmd),
-                # A 1D command needs no multiply: its verdict is ready next cycle.
+                # A 1D command needs no multiply: its end is final next cycle.
                 c_busy.eq((cmd.count1 > 1) | (cmd.count2 > 1)),
-                c_done.eq((cmd.count1 <= 1) & (cmd.count2 <= 1)),
+                c_fin.eq((cmd.count1 <= 1) & (cmd.count2 <= 1)),
                 c_m1.eq(Mux(cmd.count1 == 0, 0, cmd.count1 - 1)),
                 c_m2.eq(Mux(cmd.count2 == 0, 0, cmd.count2 - 1)),
                 c_s1.eq(cmd.stride1),
@@ -229,7 +231,7 @@ class DmaBurster(wiring.Component):
             ]
         with m.If(c_busy):
             with m.If((c_m1 == 0) & (c_m2 == 0)):
-                m.d.sync += [c_busy.eq(0), c_done.eq(1)]
+                m.d.sync += [c_busy.eq(0), c_fin.eq(1)]
             with m.Else():
                 m.d.sync += [
                     c_end.eq(c_end + Mux(c_m1[0], c_s1, 0) + Mux(c_m2[0], c_s2, 0)),
@@ -237,12 +239,18 @@ class DmaBurster(wiring.Component):
                     c_s1.eq(c_s1 << 1), c_s2.eq(c_s2 << 1),
                 ]
 
+        # The window compare (a 50-bit compare after the multiply's adds) gets its own cycle: in
+        # the verdict's cycle it was in series with the hand-over and the first burst's 4 KiB
+        # distance (13 levels).
+        m.d.sync += c_outside.eq((c_cmd.addr < self.window_base) | (c_end > self.window_limit))
+        with m.If(c_fin):
+            m.d.sync += [c_fin.eq(0), c_done.eq(1)]
         verdict = Signal(ErrorCode)
         with m.If(c_param):
             m.d.comb += verdict.eq(ErrorCode.PARAM_RANGE)
         with m.Elif(c_align):
             m.d.comb += verdict.eq(ErrorCode.MISALIGNED)
-        with m.Elif((c_cmd.addr < self.window_base) | (c_end > self.window_limit)):
+        with m.Elif(c_outside):
             m.d.comb += verdict.eq(ErrorCode.WINDOW)
 
         # -- a_: the burst generator, walking the rows of the command handed over by the checker. ---
@@ -327,7 +335,7 @@ class DmaBurster(wiring.Component):
             m.d.sync += self.burst.valid.eq(0)
 
         with m.If(self.abort):
-            m.d.sync += [c_busy.eq(0), c_done.eq(0), a_valid.eq(0)]
+            m.d.sync += [c_busy.eq(0), c_fin.eq(0), c_done.eq(0), a_valid.eq(0)]
 
         # -- error register: the first cause is kept until clear. ------------------------------------
         with m.If(self.clear):
@@ -341,5 +349,5 @@ class DmaBurster(wiring.Component):
         with m.If((new_code != ErrorCode.NONE) & (~self.error | self.clear)):
             m.d.sync += [self.error.eq(1), self.error_code.eq(new_code), self.error_tag.eq(new_tag)]
 
-        m.d.comb += self.busy.eq(c_busy | c_done | a_valid | self.burst.valid)
+        m.d.comb += self.busy.eq(c_busy | c_fin | c_done | a_valid | self.burst.valid)
         return m
