@@ -66,7 +66,9 @@ class EltwiseAdd(wiring.Component):
         beats are in flight.
     error : Out(1)
         ``ra`` or ``rb`` is not a normal float in ``[2^-64, 2^64)``, ``k`` is neither zero nor in
-        that range, or ``lo > hi``. No beat is accepted while it is set.
+        that range, or ``lo > hi`` (registered: it follows a configuration change a cycle later,
+        so the configuration is set at least a cycle before the first beat). No beat is accepted
+        while it is set.
 
     Raises
     ------
@@ -103,7 +105,7 @@ class EltwiseAdd(wiring.Component):
 
     #: Cycles from an accepted pair to its output (never stalled) when ``lanes == c_par``; each
     #: further slice adds one.
-    latency = 2 * FMA_STAGES + 3
+    latency = 2 * FMA_STAGES + 4
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -111,7 +113,10 @@ class EltwiseAdd(wiring.Component):
         ra, ra_ok, _ = _decode(m, self.ra, "ra")
         rb, rb_ok, _ = _decode(m, self.rb, "rb")
         k, k_ok, k_zero = _decode(m, self.k, "k")
-        m.d.comb += self.error.eq(~ra_ok | ~rb_ok | ~(k_ok | k_zero) | (self.lo > self.hi))
+        # Registered: the decode and range compares were in front of a.ready/b.ready, and from
+        # there of the core's read router. It follows a configuration change a cycle later (the
+        # configuration is set before the group's first beat).
+        m.d.sync += self.error.eq(~ra_ok | ~rb_ok | ~(k_ok | k_zero) | (self.lo > self.hi))
 
         # Every stage advances together unless the last slice of a beat is at the end of the pipe
         # while the output register is still full.
@@ -159,7 +164,12 @@ class EltwiseAdd(wiring.Component):
             valid = p.reg(f"v{s}", 1, valid)
             tag = p.reg(f"slot{s}", slot_bits, tag)
         last = valid & (tag == n_slices - 1)
-        m.d.comb += adv.eq(~(last & self.o.valid & ~self.o.ready))
+        # The output has a skid register, so the pipeline stalls on registers only: with
+        # ``o.ready`` in ``adv`` the consumer's ready drove every pipeline enable and, through
+        # a.ready/b.ready, the input gearboxes and the core's read router (the SoC's longest path).
+        skid_valid = Signal()
+        skid = Signal(pixel_layout(self._c_par))
+        m.d.comb += adv.eq(~(last & skid_valid))
         result = Signal(pixel_layout(self._lanes))
 
         for lane in range(self._lanes):
@@ -190,10 +200,11 @@ class EltwiseAdd(wiring.Component):
             r1_flush = p.reg(f"l{lane}_r1_flush", 1, r0_flush)
             r1_sign = p.reg(f"l{lane}_r1_sign", 1, r0_sign)
 
-            # r2: round half to even, saturate like cvtps2dq + packs, clamp to [lo, hi].
+            # r2: round half to even; r3: saturate like cvtps2dq + packs, clamp to [lo, hi] (split:
+            # in one stage, with the output's skid multiplexer behind, 14 levels).
             mag = Signal(10, name=f"l{lane}_r2_mag")
             m.d.comb += mag.eq(r1_whole + (r1_guard & (r1_sticky | r1_whole[0])))
-            val = Signal(signed(11), name=f"l{lane}_r2_val")
+            val = Signal(signed(11), name=f"l{lane}_r2_val_next")
             with m.If(r1_big):
                 m.d.comb += val.eq(-128)
             with m.Elif(r1_sat):
@@ -202,21 +213,28 @@ class EltwiseAdd(wiring.Component):
                 m.d.comb += val.eq(0)
             with m.Else():
                 m.d.comb += val.eq(Mux(r1_sign, -mag, mag))
-            sat8 = Mux(val < -128, -128, Mux(val > 127, 127, val))
+            r2_val = p.reg(f"l{lane}_r2_val", signed(11), val)
+            sat8 = Mux(r2_val < -128, -128, Mux(r2_val > 127, 127, r2_val))
             clamped = Mux(sat8 < self.lo, self.lo, Mux(sat8 > self.hi, self.hi, sat8))
             m.d.comb += result[lane].eq(clamped)
-        # Collect the slices of a beat; the last one completes the output.
+        # Collect the slices of a beat; the last one completes the output (or waits in the skid
+        # register while the output is stalled; adv holds the next one back until it has left).
         collect = Signal(pixel_layout(self._c_par))
-        with m.If(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(adv & valid):
-            if n_slices == 1:
-                m.d.sync += [self.o.payload.eq(result), self.o.valid.eq(1)]
-            else:
+        done = Signal()
+        beat = Signal(pixel_layout(self._c_par))
+        m.d.comb += done.eq(adv & last)
+        if n_slices == 1:
+            m.d.comb += beat.eq(result)
+        else:
+            with m.If(adv & valid):
                 m.d.sync += collect.as_value().word_select(tag, 8 * self._lanes).eq(result)
-                with m.If(last):
-                    m.d.sync += [self.o.payload.eq(Cat(collect.as_value()[:8 * (self._c_par - self._lanes)],
-                                                       result)),
-                                 self.o.valid.eq(1)]
+            m.d.comb += beat.eq(Cat(collect.as_value()[:8 * (self._c_par - self._lanes)], result))
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(beat), self.o.valid.eq(done)]
+        with m.Elif(done):
+            m.d.sync += [skid.eq(beat), skid_valid.eq(1)]
         return m
 
