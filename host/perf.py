@@ -112,7 +112,7 @@ class PerfConstants:
     input_cycles_per_word: float = 1.0
     weight_start: int = 33
     n_requant: int | None = None
-    avg_window_tail: int = 76
+    avg_window_tail: int = 78
     scale_gap_cycles: int = 48
     scale_add_cycles: int = 95
     gap_cycles_per_word: float = 1.0

@@ -227,22 +227,37 @@ class AvgPool(wiring.Component):
         tags = d2_tags
         for s in range(FMA_STAGES):
             tags = {k: p.reg(f"zp_{k}{s}", len(v_), v_) for k, v_ in tags.items()}
+        # Three stages, as in EltwiseAdd (in one, the exponent compare, the shift, the rounding add
+        # and the clamp were the core's longest path, 21 levels): rt0 the exponent's range and
+        # the shift, rt1 fixed point with 24 fraction bits, then round, saturate and collect.
         elead = r.elsb + 23
         shift = Signal(range(9), name="rt_shift")
         with m.If((elead >= -1) & (elead <= 7)):
             m.d.comb += shift.eq(elead + 1)
+        rt0_flush = p.reg("rt0_flush", 1, r.zero | (elead <= -2))
+        rt0_sat = p.reg("rt0_sat", 1, elead >= 8)
+        rt0_shift = p.reg("rt0_shift", range(9), shift)
+        rt0_mant = p.reg("rt0_mant", 24, r.mant)
+        rt0_sign = p.reg("rt0_sign", 1, r.sign)
         fixed = Signal(32, name="rt_fixed")
-        m.d.comb += fixed.eq(r.mant << shift)
-        whole_ = fixed[24:]
+        m.d.comb += fixed.eq(rt0_mant << rt0_shift)
+        rt1_whole = p.reg("rt1_whole", 9, fixed[24:])
+        rt1_guard = p.reg("rt1_guard", 1, fixed[23])
+        rt1_sticky = p.reg("rt1_sticky", 1, fixed[:23].any())
+        rt1_flush = p.reg("rt1_flush", 1, rt0_flush)
+        rt1_sat = p.reg("rt1_sat", 1, rt0_sat)
+        rt1_sign = p.reg("rt1_sign", 1, rt0_sign)
+        for s in range(2):
+            tags = {k: p.reg(f"rt{s}_{k}", len(v_), v_) for k, v_ in tags.items()}
         mag = Signal(10, name="rt_mag")
-        m.d.comb += mag.eq(whole_ + (fixed[23] & (fixed[:23].any() | whole_[0])))
+        m.d.comb += mag.eq(rt1_whole + (rt1_guard & (rt1_sticky | rt1_whole[0])))
         val = Signal(signed(11), name="rt_val")
-        with m.If(r.zero | (elead <= -2)):
+        with m.If(rt1_flush):
             m.d.comb += val.eq(0)
-        with m.Elif(elead >= 8):
-            m.d.comb += val.eq(Mux(r.sign, -128, 127))
+        with m.Elif(rt1_sat):
+            m.d.comb += val.eq(Mux(rt1_sign, -128, 127))
         with m.Else():
-            m.d.comb += val.eq(Mux(r.sign, -mag, mag))
+            m.d.comb += val.eq(Mux(rt1_sign, -mag, mag))
         y = Mux(val < -128, -128, Mux(val > 127, 127, val))
 
         # --- collect the lanes into one output beat ------------------------------------------------
