@@ -294,10 +294,12 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     # f0: exact product |n| * M (shift-adds, no DSP) and the sign; the addend waits.
     nabs = Signal(8, name=f"{name}_f0_nabs")
     m.d.comb += nabs.eq(Mux(n < 0, -n, n))
-    prod = 0
-    for i in range(8):
-        prod = prod + Mux(nabs[i], mul.mant << i, 0)
-    f0_pm = reg(f"{name}_f0_pm", 32, prod)
+    # A balanced tree of adds (three deep, not a chain of eight): the chain was a long path of
+    # every float unit.
+    terms = [Mux(nabs[i], mul.mant << i, 0) for i in range(8)]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
+    f0_pm = reg(f"{name}_f0_pm", 32, terms[0])
     f0_psign = reg(f"{name}_f0_psign", 1, (n < 0) ^ mul.sign)
     f0_pzero = reg(f"{name}_f0_pzero", 1, (n == 0) | mul.zero)
     f0_pelsb = reg(f"{name}_f0_pelsb", _EXP, mul.elsb)
@@ -490,7 +492,7 @@ class ScaleUnit(wiring.Component):
         f_n = Signal(signed(9))
         f_mul, f_add = freg("su_fmul"), freg("su_fadd")
         f_out = _fma(_Pipe(m, Const(1)), f_n, f_mul, f_add, "su_fma")
-        wait = Signal(range(FMA_STAGES + 2))
+        wait = Signal(range(FMA_STAGES + 3))
 
         # -- the divider: a / b, one quotient bit per cycle ----------------------------------------
         d_a, d_b = freg("su_da"), freg("su_db")
@@ -523,10 +525,12 @@ class ScaleUnit(wiring.Component):
         p_over = Signal()
 
         def fma_state(name, n, mul, add, dst, nxt):
+            # The operands are registered (the state decode and operand multiplexer in front of
+            # the multiply were a long path), so the result is there a cycle later.
             with m.State(name):
-                m.d.comb += [f_n.eq(n), *assign(f_mul, mul), *assign(f_add, add)]
+                m.d.sync += [f_n.eq(n), *assign(f_mul, mul), *assign(f_add, add)]
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == FMA_STAGES + 1):
+                with m.If(wait == FMA_STAGES + 2):
                     m.d.sync += [*assign(dst, f_out), wait.eq(0)]
                     m.next = nxt
 
