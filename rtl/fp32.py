@@ -342,17 +342,31 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     f3_w = reg(f"{name}_f3_w", signed(66), lw + sw)
     f3_e = reg(f"{name}_f3_e", _EXP, f2_e)
 
-    # f4: sign and magnitude, leading zeros.
+    # f4: sign and magnitude; the leading-zero count is taken from W itself, in parallel with the
+    # negation (a leading-zero count of |W| after it, then the shift, was the fma's longest stage).
+    # t = W, or ~W = |W| - 1 for W < 0, has lz(|W|) or lz(|W|) + 1 leading zeros: the magnitude
+    # is shifted by one less (coarse), and a final one-bit shift (fine) finishes the normalization.
+    neg = f3_w < 0
     mag = Signal(64, name=f"{name}_f4_mag_next")
-    m.d.comb += mag.eq(Mux(f3_w < 0, -f3_w, f3_w))
+    m.d.comb += mag.eq(Mux(neg, -f3_w, f3_w))
+    t = Signal(64, name=f"{name}_f4_t")
+    m.d.comb += t.eq(f3_w[:64] ^ neg.replicate(64))
+    t_zero, t_lz = _leading_zeros(m, t, f"{name}_f4_t")
+    coarse = Mux(t_zero, 63, Mux(t_lz == 0, 0, t_lz - 1))
     f4_mag = reg(f"{name}_f4_mag", 64, mag)
-    f4_sign = reg(f"{name}_f4_sign", 1, f3_w < 0)
+    f4_coarse = reg(f"{name}_f4_coarse", 6, coarse)
+    f4_zero = reg(f"{name}_f4_zero", 1, f3_w == 0)
+    f4_sign = reg(f"{name}_f4_sign", 1, neg)
     f4_e = reg(f"{name}_f4_e", _EXP, f3_e)
-    zero, lz = _leading_zeros(m, f4_mag, f"{name}_f5_w")
 
     # f5: normalize, keep 24 bits plus guard and sticky.
+    rough = Signal(64, name=f"{name}_f5_rough")
+    m.d.comb += rough.eq(f4_mag << f4_coarse)
+    fine = ~rough[63]
+    zero = f4_zero
+    lz = f4_coarse + fine
     norm = Signal(64, name=f"{name}_f5_norm")
-    m.d.comb += norm.eq(f4_mag << lz)
+    m.d.comb += norm.eq(Mux(fine, rough << 1, rough))
     f5_mant = reg(f"{name}_f5_mant", 24, norm[40:])
     f5_guard = reg(f"{name}_f5_guard", 1, norm[39])
     f5_sticky = reg(f"{name}_f5_sticky", 1, norm[:39].any())
