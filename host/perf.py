@@ -113,7 +113,7 @@ class PerfConstants:
     weight_start: int = 33
     n_requant: int | None = None
     avg_window_tail: int = 78
-    scale_gap_cycles: int = 48
+    scale_gap_cycles: int = 49
     scale_add_cycles: int = 99
     gap_cycles_per_word: float = 1.0
     gap_tile_tail: int = 0

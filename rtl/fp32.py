@@ -528,9 +528,9 @@ class ScaleUnit(wiring.Component):
         mul_b = Signal(24)
         prod = Signal(64)
         p_zero_c, lz_c = _leading_zeros(m, prod, "su_p")
-        # The normalization is registered (state NORM_P) before the rounding reads it: the leading
-        # zero count, the 64-bit shift, the rounding add and the exponent compare in one cycle
-        # were the longest path of the SoC's sequencer.
+        # The normalization is registered (states LZ_P, NORM_P) before the rounding reads it: the
+        # leading zero count, the 64-bit shift, the rounding add and the exponent compare in one
+        # cycle were the longest path of the SoC's sequencer.
         p_zero = Signal()
         lz = Signal.like(lz_c)
         norm = Signal(64)
@@ -584,9 +584,14 @@ class ScaleUnit(wiring.Component):
                     m.d.sync += [prod.eq(Mux(mul_b[0], prod + mul_a, prod)), mul_a.eq(mul_a << 1),
                                  mul_b.eq(mul_b >> 1)]
                 with m.Else():
-                    m.next = "NORM_P"
+                    m.next = "LZ_P"
+            # The leading-zero count and the 64-bit shift by it take a state each (together
+            # 14 levels).
+            with m.State("LZ_P"):
+                m.d.sync += [p_zero.eq(p_zero_c), lz.eq(lz_c)]
+                m.next = "NORM_P"
             with m.State("NORM_P"):
-                m.d.sync += [p_zero.eq(p_zero_c), lz.eq(lz_c), norm.eq(prod << lz_c)]
+                m.d.sync += norm.eq(prod << lz)
                 m.next = "ROUND_P"
             with m.State("ROUND_P"):
                 lead = sy.elsb + 63 - lz + p_round[24]  # exponent of f32(sy * hw)'s leading bit
