@@ -24,6 +24,7 @@ That, and register copies of every broadcast placed next to its consumers, is wh
     s4  operands in the fabric: tap copied per row, depthwise mask         -> s4_tap_<o>, s4_w
     s5  multiplier input registers                                        -> s5_a, s5_b
     s6  oc_par x c_par products (multiplier output registers)             -> s6_prod
+    s7  products copied into the fabric (placed between a DSP and its adder) -> s7_prod
     st<k> adder tree per output channel, one level per stage              -> st<k>_sum
     acc int32 accumulators (``first`` restarts them)                      -> acc_<o>, acc_done_<o>
     out one SyncFIFOBuffered per row, written on acc_done, read by ``o``  -> out_fifo_<o>
@@ -221,7 +222,7 @@ class PEArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Clock edges from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
-        return 8 + self._tree_stages()
+        return 9 + self._tree_stages()
 
     def _tree_levels(self) -> list[int]:
         """Adder levels per tree register stage: 1 each (``ceil_log2(c_par)`` in all).
@@ -236,17 +237,23 @@ class PEArray(wiring.Component):
 
     @staticmethod
     def _multiplier(m: Module, platform, a, b, name: str) -> Signal:
-        """``a * b`` (int8 x int8) with registered operands and a registered product.
+        """``a * b`` (int8 x int8) with registered operands and a registered product, copied.
 
-        Two clock edges from ``a``/``b`` to the returned product. On ECP5 the registers are the
-        ones inside a ``MULT18X18D``; elsewhere they are fabric registers with the same timing.
+        Three clock edges from ``a``/``b`` to the returned product. On ECP5 the first two
+        registers are the ones inside a ``MULT18X18D``; elsewhere they are fabric registers with
+        the same timing. The third (``s7_prod``) is a fabric register: the eight DSPs of one
+        adder tree can sit far apart in the DSP rows, and a DSP output routed straight into its
+        adder was the PE array's critical path (8.3 of 9.5 ns routing, 60 columns); the copy
+        lets the placer put a register halfway.
         """
         prod = Signal(signed(16), name=f"s6_prod_{name}")
+        copy = Signal(signed(16), name=f"s7_prod_{name}")
+        m.d.sync += copy.eq(prod)
         if getattr(platform, "family", None) != "ecp5":
             s5_a = Signal(signed(8), name=f"s5_a_{name}")
             s5_b = Signal(signed(8), name=f"s5_b_{name}")
             m.d.sync += [s5_a.eq(a), s5_b.eq(b), prod.eq(s5_a * s5_b)]
-            return prod
+            return copy
         p = Signal(36, name=f"dsp_p_{name}")
         ports = {}
         for port, value in (("A", a), ("B", b), ("C", Const(0, 18))):
@@ -268,7 +275,7 @@ class PEArray(wiring.Component):
             i_CE0=1, i_CE1=1, i_CE2=1, i_CE3=1, i_RST0=0, i_RST1=0, i_RST2=0, i_RST3=0,
             **ports)
         m.d.comb += prod.eq(p[:16])
-        return prod
+        return copy
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -422,17 +429,17 @@ class PEArray(wiring.Component):
                 if o != c:
                     w = Mux(dw[o], 0, w)  # depthwise keeps the diagonal only
                 m.d.sync += s4_w[o][c].eq(w)
-        # --- s5: multiplier input registers; s6: products (multiplier output registers) -------
-        s6_prod = [[self._multiplier(m, platform, s4_tap[o][c], s4_w[o][c], f"{o}_{c}")
+        # --- s5: multiplier input registers; s6: products (multiplier output registers); s7 ------
+        s7_prod = [[self._multiplier(m, platform, s4_tap[o][c], s4_w[o][c], f"{o}_{c}")
                     for c in range(c_par)] for o in range(oc_par)]
         ctl = s4_ctl
-        for stage in ("s5", "s6"):
+        for stage in ("s5", "s6", "s7"):
             nxt = [Signal(3, name=f"{stage}_ctl_{o}") for o in range(oc_par)]
             m.d.sync += [n.eq(c) for n, c in zip(nxt, ctl, strict=True)]
             ctl = nxt
 
         # --- adder trees: 1 level in the first stage, then 2 per register stage ---------------
-        sums = [list(row) for row in s6_prod]
+        sums = [list(row) for row in s7_prod]
         for k, n_levels in enumerate(self._tree_levels()):
             nxt = [Signal(3, name=f"st{k}_ctl_{o}") for o in range(oc_par)]
             m.d.sync += [n.eq(c) for n, c in zip(nxt, ctl, strict=True)]
