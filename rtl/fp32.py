@@ -300,16 +300,32 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     while len(terms) > 1:
         terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
     f0_pm = reg(f"{name}_f0_pm", 32, terms[0])
+    # M has its leading one at bit 23, so |n| * M has it at bit 23 + k or 24 + k, where k is the
+    # position of |n|'s leading one: the product's normalization needs no leading-zero count
+    # (which, with the shift by it, was the stage's long path).
+    k = 0
+    for i in range(1, 8):
+        k = Mux(nabs[i], i, k)
+    f0_k = reg(f"{name}_f0_k", 3, k)
     f0_psign = reg(f"{name}_f0_psign", 1, (n < 0) ^ mul.sign)
     f0_pzero = reg(f"{name}_f0_pzero", 1, (n == 0) | mul.zero)
     f0_pelsb = reg(f"{name}_f0_pelsb", _EXP, mul.elsb)
+    f0_dpc = reg(f"{name}_f0_dpc", _EXP, mul.elsb - add.elsb + 8)  # f1_pe - f1_ce before the shift
     f0_c = _Float(reg(f"{name}_f0_csign", 1, add.sign), reg(f"{name}_f0_celsb", _EXP, add.elsb),
                   reg(f"{name}_f0_cmant", 24, add.mant), reg(f"{name}_f0_czero", 1, add.zero))
 
-    # f1: normalize both to a leading one at bit 31.
-    _, lz = _leading_zeros(m, f0_pm, f"{name}_f1_p")
-    f1_pm = reg(f"{name}_f1_pm", 32, f0_pm << lz)
+    # f1: normalize both to a leading one at bit 31; the exponent difference for f2.
+    rough = Signal(32, name=f"{name}_f1_rough")
+    m.d.comb += rough.eq(f0_pm << ~f0_k)  # ~k = 7 - k
+    fine = ~rough[31]
+    lz = ~f0_k + fine
+    dpc = Signal(_EXP, name=f"{name}_f1_dpc")
+    m.d.comb += dpc.eq(f0_dpc - lz)
+    f1_pm = reg(f"{name}_f1_pm", 32, Mux(fine, rough << 1, rough))
     f1_pe = reg(f"{name}_f1_pe", _EXP, f0_pelsb - lz)
+    f1_dpc = reg(f"{name}_f1_dpc", _EXP, dpc)
+    f1_dcp = reg(f"{name}_f1_dcp", _EXP, -dpc)
+    f1_pge = reg(f"{name}_f1_pge", 1, dpc >= 0)
     f1_psign = reg(f"{name}_f1_psign", 1, f0_psign)
     f1_pzero = reg(f"{name}_f1_pzero", 1, f0_pzero)
     f1_cm = reg(f"{name}_f1_cm", 32, f0_c.mant << 8)
@@ -319,13 +335,13 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
 
     # f2: L = the operand with the larger exponent; S shifted into L's frame (or a sticky 1).
     p_is_l = Signal(name=f"{name}_f2_p_is_l")
-    m.d.comb += p_is_l.eq(~f1_pzero & (f1_czero | (f1_pe >= f1_ce)))
+    m.d.comb += p_is_l.eq(~f1_pzero & (f1_czero | f1_pge))
     l_m, l_e, l_s, l_z = (Mux(p_is_l, a, b) for a, b in ((f1_pm, f1_cm), (f1_pe, f1_ce),
                                                           (f1_psign, f1_csign), (f1_pzero, f1_czero)))
-    s_m, s_e, s_s, s_z = (Mux(p_is_l, b, a) for a, b in ((f1_pm, f1_cm), (f1_pe, f1_ce),
-                                                          (f1_psign, f1_csign), (f1_pzero, f1_czero)))
+    s_m, s_s, s_z = (Mux(p_is_l, b, a) for a, b in ((f1_pm, f1_cm), (f1_psign, f1_csign),
+                                                     (f1_pzero, f1_czero)))
     d = Signal(_EXP, name=f"{name}_f2_d")
-    m.d.comb += d.eq(l_e - s_e)
+    m.d.comb += d.eq(Mux(p_is_l, f1_dpc, f1_dcp))
     near = Signal(unsigned(63), name=f"{name}_f2_near")
     m.d.comb += near.eq(s_m << ~d[:5])  # 31 - d for d in 0..31
     s_term = Mux(s_z, 0, Mux(d <= 31, near, 1))
