@@ -105,7 +105,7 @@ class EltwiseAdd(wiring.Component):
 
     #: Cycles from an accepted pair to its output (never stalled) when ``lanes == c_par``; each
     #: further slice adds one.
-    latency = 2 * FMA_STAGES + 4
+    latency = 2 * FMA_STAGES + 5
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -159,6 +159,10 @@ class EltwiseAdd(wiring.Component):
                 m.d.sync += held.eq(0)
             with m.If(take):
                 m.d.sync += [held.eq(1), slot.eq(0), hold_a.eq(self.a.payload), hold_b.eq(self.b.payload)]
+        # The operands are registered before the multiply (the slice select, |n| and the product
+        # tree in one stage were 13 levels); valid and slot follow in the chain below.
+        in_a = p.reg("i0_a", pixel_layout(self._lanes), in_a)
+        in_b = p.reg("i0_b", pixel_layout(self._lanes), in_b)
         valid, tag = in_valid, in_slot
         for s in range(self.latency - 1):
             valid = p.reg(f"v{s}", 1, valid)
