@@ -112,7 +112,7 @@ class PerfConstants:
     input_cycles_per_word: float = 1.0
     weight_start: int = 33
     n_requant: int | None = None
-    avg_window_tail: int = 78
+    avg_window_tail: int = 79
     scale_gap_cycles: int = 49
     scale_add_cycles: int = 99
     gap_cycles_per_word: float = 1.0

@@ -183,13 +183,16 @@ class AvgPool(wiring.Component):
         m.d.comb += n.eq(x - self.zx)
 
         # --- v = fma(x - zx, sx, 0) -------------------------------------------------------------
+        # x - zx is registered first (the lane select, the subtraction, |n| and the product in
+        # one stage were 13 levels); its tag takes the same stage.
         zero_f = _Float(Const(0), Const(0, signed(12)), Const(0, 24), Const(1))
-        v = _fma(p, n, sx, zero_f, "dq")
+        n_r = p.reg("dq_n", signed(9), n)
+        v = _fma(p, n_r, sx, zero_f, "dq")
         tag_w = lane_bits + 3
         a_tag = Signal(tag_w)
         m.d.comb += a_tag.eq(Mux(issue, (lane | (tap.first << lane_bits) | (tap.last << (lane_bits + 1))
                                           | (1 << (lane_bits + 2))), 0))
-        a_tags = [a_tag]
+        a_tags = [p.reg("dq_tag_in", tag_w, a_tag)]
         for s in range(FMA_STAGES):
             a_tags.append(p.reg(f"dq_tag{s}", tag_w, a_tags[-1]))
         v_tag = a_tags[-1]
