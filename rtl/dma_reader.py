@@ -10,9 +10,9 @@ the skid register is full), so a stalled consumer stalls the memory, never loses
 no combinational path runs from the consumer's ``ready`` to R.
 
 Abort: no new bursts are issued; bursts already on AR are completed (AXI requires it) and their
-data discarded; beats waiting in the output and skid registers are withdrawn. Then the reader is idle and
-takes new commands. ``abort`` is a flush of the whole transfer, so the consumer must be flushed
-with it.
+data discarded; beats waiting in the output and skid registers are withdrawn. Then the reader is
+idle and takes new commands. ``abort`` is a flush of the whole transfer, so the consumer must be
+flushed with it.
 """
 
 from amaranth.hdl import Module, Mux, Signal
