@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -96,6 +97,24 @@ def synth_row(name: str) -> dict | None:
     }
 
 
+def unrouted_row(name: str) -> dict | None:
+    """What nextpnr's log of an unfinished build says: the post-placement estimate and cell counts."""
+    from jacquard.boards.synth import device_utilization, placed_fmax
+
+    try:
+        log = (BUILD / name / CONFIG / "top.tim").read_text(errors="replace")
+    except OSError:
+        return None
+    est, util = placed_fmax(log), device_utilization(log)
+    if not est or not util:
+        return None
+    overused = [int(n) for n in re.findall(r"iter=\d+ wires=\d+ overused=(\d+)", log)]
+    return {"block": name, "estimate": min(est.values()), "iterations": len(overused),
+            "overused": overused[-1] if overused else None,
+            **{k: util.get(c, {}).get("used", 0) for k, c in (("luts", "TRELLIS_COMB"), ("ffs", "TRELLIS_FF"),
+                                                               ("dsps", "MULT18X18D"), ("ebrs", "DP16KD"))}}
+
+
 def synthesize_block(name: str, nextpnr_args: tuple[str, ...] = ()) -> None:
     from jacquard.boards.smoke import SmokeTop, block_macs
     from jacquard.boards.synth import synthesize
@@ -143,9 +162,15 @@ def markdown(size: int, util_rows: list[dict], synth_rows: list[dict]) -> str:
                   "every output is XOR-reduced through registers onto an LED), at the ULX3S-85F sizes; "
                   "`nox -s synthesize -- ulx3s-85f --block NAME` builds one."]
         missing = [n for n in BLOCK_NAMES if n not in {r["block"] for r in synth_rows}]
+        for r in filter(None, map(unrouted_row, missing)):
+            lines += ["", f"{r['block']}: routing unfinished when stopped (router2 at {r['overused']:,} "
+                      f"overused wires after {r['iterations']} iterations); nextpnr's estimate after "
+                      f"placement {r['estimate']:.1f} MHz with {r['luts']:,} LUT4, {r['ffs']:,} FF, "
+                      f"{r['dsps']} MULT18X18D, {r['ebrs']} DP16KD."]
+            missing.remove(r["block"])
         if missing:
             lines += ["", f"Not measured in this run: {', '.join(missing)} (no finished place-and-route "
-                      "under `build/blocks`; the PE array's takes about an hour: "
+                      "under `build/blocks`; one block: "
                       "`python tests/bench/bench_datapath.py --no-sim --synth pe_array`)."]
     return "\n".join(lines) + "\n"
 
