@@ -314,6 +314,32 @@ class _Gearbox(wiring.Component):
         return m
 
 
+class _Skid(wiring.Component):
+    """A full-rate register stage whose ``i.ready`` comes from a register: an output register plus a
+    skid register that takes the beat accepted while the output is stalled.
+
+    It cuts a stream's payload and its ready chain in one cycle of latency.
+    """
+
+    def __init__(self, shape) -> None:
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
+                          "busy": Out(1)})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        skid_valid = Signal()
+        skid = Signal.like(self.i.payload)
+        m.d.comb += [self.i.ready.eq(~skid_valid), self.busy.eq(self.o.valid | skid_valid)]
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(skid_valid):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(skid), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        with m.Elif(self.i.valid & ~skid_valid):
+            m.d.sync += [skid_valid.eq(1), skid.eq(self.i.payload)]
+        return m
+
+
 def _stand_in(unit: wiring.Component, name: str):
     """Ports like ``unit``'s, for a unit the config does not build (its outputs stay at reset)."""
     unit._MustUse__silence = True  # built only for its signature, never elaborated
@@ -419,6 +445,11 @@ class JacquardCore(wiring.Component):
         pe = PEArray(c_par, oc_par, 2 * bank_blocks)
         pp = PostProcessor(oc_par, self._n_requant, pp_tiles, lut=False)
         lutpad = _LutPad(oc_par, lut_tiles)
+        # Register stages on both sides of the LUT/pad unit: the ready chain from the packer ran
+        # through the 2x2 pool, the LUT/pad unit and the post-processor into the PE array's output
+        # FIFOs (13 levels), and the LUT memory's output through the pad and the packer's shift
+        # into its buffer (11 levels). One cycle each per group, none per beat.
+        lut_in, lut_out = _Skid(out_layout(oc_par)), _Skid(out_layout(oc_par))
         mp = MaxPool2x2(oc_par, max(2, cfg.max_width), pp_tiles, pool_depth)
         mr = _MaxReduce(c_par)
         # Every beat is whole channel tiles (of c_par, oc_par or the LUT group), so its length is a
@@ -436,7 +467,8 @@ class JacquardCore(wiring.Component):
         # The units of the ops the config leaves out are not built: the sequencer refuses those ops
         # (BAD_OPCODE), so their stand-in ports stay idle and synthesis removes what they feed.
         gap = bool(cfg.ops & {Op.AVGPOOL, Op.GLOBAL_AVGPOOL})  # a whole-map AVGPOOL runs as one
-        units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lutpad": lutpad, "maxpool": mp,
+        units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lut_in": lut_in, "lutpad": lutpad,
+                 "lut_out": lut_out, "maxpool": mp,
                  "maxreduce": mr, "packer": packer, "route": route, "pixel_gear": pgear,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
@@ -657,13 +689,15 @@ class JacquardCore(wiring.Component):
         wiring.connect(m, pe.o, pp.i)
         with m.If(s.add):
             if add_via_lut:
-                m.d.comb += [lutpad.i.payload.eq(eadd.o.payload.as_value()), lutpad.i.valid.eq(eadd.o.valid),
-                             eadd.o.ready.eq(lutpad.i.ready)]
+                m.d.comb += [lut_in.i.payload.eq(eadd.o.payload.as_value()), lut_in.i.valid.eq(eadd.o.valid),
+                             eadd.o.ready.eq(lut_in.i.ready)]
         with m.Else():
-            m.d.comb += [lutpad.i.payload.eq(pp.o.payload), lutpad.i.valid.eq(pp.o.valid),
-                         pp.o.ready.eq(lutpad.i.ready)]
+            m.d.comb += [lut_in.i.payload.eq(pp.o.payload), lut_in.i.valid.eq(pp.o.valid),
+                         pp.o.ready.eq(lut_in.i.ready)]
+        wiring.connect(m, lut_in.o, lutpad.i)
+        wiring.connect(m, lutpad.o, lut_out.i)
         # LutPad -> (MaxPool2x2) -> packer, or MaxReduce / AvgPool / the global average -> packer.
-        m.d.comb += [mp.i.payload.eq(lutpad.o.payload), mp.i.valid.eq(lutpad.o.valid & s.fuse_maxpool)]
+        m.d.comb += [mp.i.payload.eq(lut_out.o.payload), mp.i.valid.eq(lut_out.o.valid & s.fuse_maxpool)]
         with m.If(s.pool):
             m.d.comb += [packer.i.payload.eq(mr.o.payload.as_value()), packer.i.valid.eq(mr.o.valid),
                          mr.o.ready.eq(packer.i.ready)]
@@ -679,10 +713,10 @@ class JacquardCore(wiring.Component):
                          eadd.o.ready.eq(packer.i.ready)]
         with m.Elif(s.fuse_maxpool):
             m.d.comb += [packer.i.payload.eq(mp.o.payload.as_value()), packer.i.valid.eq(mp.o.valid),
-                         mp.o.ready.eq(packer.i.ready), lutpad.o.ready.eq(mp.i.ready)]
+                         mp.o.ready.eq(packer.i.ready), lut_out.o.ready.eq(mp.i.ready)]
         with m.Else():
-            m.d.comb += [packer.i.payload.eq(lutpad.o.payload.as_value()), packer.i.valid.eq(lutpad.o.valid),
-                         lutpad.o.ready.eq(packer.i.ready)]
+            m.d.comb += [packer.i.payload.eq(lut_out.o.payload.as_value()),
+                         packer.i.valid.eq(lut_out.o.valid), lut_out.o.ready.eq(packer.i.ready)]
         wiring.connect(m, packer.o, writer.i)
         # Icarus leaves the line buffer's ``busy`` (a case on its FSM state) at X until that state
         # first changes, so the line buffer counts as idle until it has been started once.
@@ -694,7 +728,8 @@ class JacquardCore(wiring.Component):
         # the write's done implied it).
         m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
                                          & ~packer.busy
-                                         & ~mr.o.valid & ~lutpad.o.valid & ~pgear.o.valid & ~avg.o.valid
+                                         & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
+                                         & ~pgear.o.valid & ~avg.o.valid
                                          & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
                                          & ~afifo.r_rdy)
 
