@@ -367,8 +367,9 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     m.d.comb += mag.eq(Mux(neg, -f3_w, f3_w))
     t = Signal(64, name=f"{name}_f4_t")
     m.d.comb += t.eq(f3_w[:64] ^ neg.replicate(64))
-    t_zero, t_lz = _leading_zeros(m, t, f"{name}_f4_t")
-    coarse = Mux(t_zero, 63, Mux(t_lz == 0, 0, t_lz - 1))
+    # max(lz(t) - 1, 0), and 63 for t == 0, is the leading-zero count of t | (t << 1) (the tree
+    # gives 63 for all zeros): no compare or subtract after the count.
+    _, coarse = _leading_zeros(m, t | (t << 1)[:64], f"{name}_f4_t")
     f4_mag = reg(f"{name}_f4_mag", 64, mag)
     f4_coarse = reg(f"{name}_f4_coarse", 6, coarse)
     f4_zero = reg(f"{name}_f4_zero", 1, f3_w == 0)
