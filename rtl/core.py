@@ -432,8 +432,7 @@ class JacquardCore(wiring.Component):
 
         m.submodules.csr = csr = Csr(cfg)
         wiring.connect(m, wiring.flipped(self.s_axil), csr.s_axil)
-        seq = Sequencer(cfg, lb_row_bytes=cfg.max_width * lb_channels, lut_channels=lut_channels,
-                        pool_depth=pool_depth, pp_tiles=pp_tiles)
+        seq = Sequencer.for_config(cfg)
         m.submodules.sequencer = seq
         reader = DmaReader(32, wbits, _MAX_BURST, _OUTSTANDING, 16)
         writer = DmaWriter(32, wbits, _MAX_BURST, _OUTSTANDING, 16)
