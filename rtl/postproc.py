@@ -34,6 +34,7 @@ beat ``k`` of a layer uses the parameters of tile ``k mod n_oc_tiles``.
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from jacquard.rtl.layouts import ChannelParamsLayout, acc_layout, out_layout
@@ -134,6 +135,20 @@ class PostProcessor(wiring.Component):
         """Steady-state cycles per accumulator beat: ``oc_par // n_requant``."""
         return self._oc_par // self._n_requant
 
+    @property
+    def latency(self) -> int:
+        """Cycles from a beat's first group issued to the beat written into the output FIFO."""
+        return 3 + RequantPipe.LATENCY + 2 + self.cycles_per_beat
+
+    @property
+    def out_fifo_depth(self) -> int:
+        """Output FIFO depth: every beat in flight at full rate plus the margin of ``room``.
+
+        One LUT-RAM is 16 entries deep and the FIFO's output register holds one more.
+        """
+        need = -(-(self.latency + 3) // self.cycles_per_beat) + 3
+        return 16 * -(-(need - 1) // 16) + 1
+
     def elaborate(self, platform) -> Module:
         m = Module()
         n_r, groups = self._n_requant, self.cycles_per_beat
@@ -157,9 +172,14 @@ class PostProcessor(wiring.Component):
             lut_wr = lut_mem.write_port()
             lut_rd = [lut_mem.read_port() for _ in range(n_r)]
 
-        # -- pipeline bookkeeping: one enable for every stage --------------------------------
-        en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        # -- pipeline bookkeeping ----------------------------------------------------------------
+        # The pipeline never stalls: every stage advances on every cycle and finished beats wait
+        # in the output FIFO. A group is issued only while that FIFO has room for every beat in
+        # flight (``room``, a register), so neither ``o.ready`` nor an enable fans out over the
+        # thousands of pipeline flops, and ``i.ready`` depends on registers only.
+        m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=8 * self._oc_par, depth=self.out_fifo_depth)
+        inflight = Signal(range(self.out_fifo_depth + 1))  # beats issued and not yet sent
+        room = Signal(init=1)
         f_valid = Signal()
         f_acc = Signal(acc_layout(self._oc_par))
         f_group = Signal(range(groups))
@@ -176,7 +196,7 @@ class PostProcessor(wiring.Component):
             (state == ERROR)
 
         m.d.comb += [
-            self.busy.eq(f_valid | v_valid.any() | self.o.valid),
+            self.busy.eq(f_valid | (inflight != 0)),
             self.running.eq(run),
             self.error.eq(err),
         ]
@@ -231,8 +251,8 @@ class PostProcessor(wiring.Component):
         issue = Signal()
         take = Signal()
         m.d.comb += [
-            issue.eq(en & f_valid),
-            self.i.ready.eq(run & en & (~f_valid | (f_group == groups - 1))),
+            issue.eq(room & f_valid),
+            self.i.ready.eq(run & (~f_valid | (room & (f_group == groups - 1)))),
             take.eq(self.i.valid & self.i.ready),
         ]
         with m.If(issue):
@@ -243,7 +263,7 @@ class PostProcessor(wiring.Component):
             m.d.sync += [f_valid.eq(1), f_acc.eq(self.i.payload), f_group.eq(0)]
 
         # The oc-tile (row) counter of the run; it shares `row` with the loader, which is done.
-        m.d.comb += [p_rd.addr.eq(row), p_rd.en.eq(en)]
+        m.d.comb += [p_rd.addr.eq(row), p_rd.en.eq(1)]
         with m.If(issue & run):
             m.d.sync += row.eq(Mux(row == last_row, 0, row + 1))
 
@@ -251,25 +271,23 @@ class PostProcessor(wiring.Component):
         for k, g in enumerate(groups_acc):
             m.d.comb += g.eq(Cat(f_acc[k * n_r + j] for j in range(n_r)))
         x_acc = Signal(data.ArrayLayout(signed(32), n_r))
-        with m.If(en):
-            m.d.sync += [
-                x_acc.eq(_select(f_group, groups_acc)),
-                v_valid.eq(Cat(issue, v_valid[:-1])),
-                v_last.eq(Cat(f_group == groups - 1, v_last[:-1])),
-            ]
+        m.d.sync += [
+            x_acc.eq(_select(f_group, groups_acc)),
+            v_valid.eq(Cat(issue, v_valid[:-1])),
+            v_last.eq(Cat(f_group == groups - 1, v_last[:-1])),
+        ]
 
         # p: registered memory output; b: bias add (int32, wrapping like the accumulators).
         p_acc = Signal.like(x_acc)
         p_params = Signal(data.ArrayLayout(ChannelParamsLayout(), n_r))
         b_acc = Signal(data.ArrayLayout(signed(32), n_r))
         b_mult = Signal(data.ArrayLayout(32, n_r))
-        with m.If(en):
-            m.d.sync += [p_acc.eq(x_acc), p_params.eq(p_rd.data)]
-            for j in range(n_r):
-                m.d.sync += [
-                    b_acc[j].eq(p_acc[j] + p_params[j].bias),
-                    b_mult[j].eq(p_params[j].multiplier),
-                ]
+        m.d.sync += [p_acc.eq(x_acc), p_params.eq(p_rd.data)]
+        for j in range(n_r):
+            m.d.sync += [
+                b_acc[j].eq(p_acc[j] + p_params[j].bias),
+                b_mult[j].eq(p_params[j].multiplier),
+            ]
 
         # s1..s14: requantizer lanes in lock step; then l: the LUT (one read port per lane), q.
         l_y = Signal(data.ArrayLayout(signed(8), n_r))
@@ -279,39 +297,38 @@ class PostProcessor(wiring.Component):
             pipe = RequantPipe()
             m.submodules[f"requant{j}"] = pipe
             m.d.comb += [
-                pipe.en.eq(en), pipe.i_acc.eq(b_acc[j]), pipe.i_multiplier.eq(b_mult[j]),
+                pipe.en.eq(1), pipe.i_acc.eq(b_acc[j]), pipe.i_multiplier.eq(b_mult[j]),
                 pipe.zero_point.eq(zero_point), pipe.lo.eq(lo), pipe.hi.eq(hi),
             ]
             with m.If(pipe.o_invalid & v_valid[s14_index]):
                 m.d.comb += invalid.eq(1)
-            with m.If(en):
-                m.d.sync += l_y[j].eq(pipe.o_y)
+            m.d.sync += l_y[j].eq(pipe.o_y)
             if self._lut:
                 rp = lut_rd[j]
-                m.d.comb += [rp.addr.eq(pipe.o_y.as_unsigned() ^ 0x80), rp.en.eq(en)]
-                with m.If(en):
-                    m.d.sync += group_y[j].eq(Mux(lut_enable, rp.data, l_y[j]))
+                m.d.comb += [rp.addr.eq(pipe.o_y.as_unsigned() ^ 0x80), rp.en.eq(1)]
+                m.d.sync += group_y[j].eq(Mux(lut_enable, rp.data, l_y[j]))
             else:
-                with m.If(en):
-                    m.d.sync += group_y[j].eq(l_y[j])
+                m.d.sync += group_y[j].eq(l_y[j])
         # Defense in depth: the loader already refuses such multipliers.
         with m.If(invalid):
             m.d.sync += state.eq(ERROR)
 
         # -- assembly: groups shift in at the top; the last one completes the output beat --------
         q_valid, q_last = v_valid[-1], v_last[-1]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        if groups == 1:
-            with m.If(en & q_valid):
-                m.d.sync += [self.o.payload.eq(group_y), self.o.valid.eq(1)]
-        else:
+        beat = group_y.as_value()
+        if groups > 1:
             a_buf = Signal(8 * n_r * (groups - 1))
-            with m.If(en & q_valid):
-                with m.If(q_last):
-                    m.d.sync += [self.o.payload.eq(Cat(a_buf, group_y)), self.o.valid.eq(1)]
-                with m.Else():
-                    m.d.sync += a_buf.eq(Cat(a_buf[8 * n_r:], group_y))
+            with m.If(q_valid & ~q_last):
+                m.d.sync += a_buf.eq(Cat(a_buf[8 * n_r:], group_y))
+            beat = Cat(a_buf, group_y)
+        m.d.comb += [out_fifo.w_en.eq(q_valid & q_last), out_fifo.w_data.eq(beat),
+                     self.o.valid.eq(out_fifo.r_rdy), self.o.payload.eq(out_fifo.r_data),
+                     out_fifo.r_en.eq(self.o.ready)]
+        # ``room`` is computed from ``inflight`` a cycle before it is used, so it keeps a margin
+        # of 2 (inflight grows by at most 1 a cycle).
+        issued = issue & (f_group == groups - 1)
+        m.d.sync += [inflight.eq(inflight + issued - (self.o.valid & self.o.ready)),
+                     room.eq(inflight < self.out_fifo_depth - 2)]
         return m
 
 
