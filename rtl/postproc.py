@@ -186,8 +186,6 @@ class PostProcessor(wiring.Component):
         m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=8 * self._oc_par, depth=self.out_fifo_depth)
         inflight = Signal(range(self.out_fifo_depth + 1))  # beats issued and not yet sent
         room = Signal(init=1)
-        f_valid = Signal()
-        f_acc = Signal(acc_layout(self._oc_par))
         f_group = Signal(range(groups))
         # Valid and "last group of the beat" flags, one bit per stage: x (param read issued),
         # p (param memory output registered: a DP16KD's clock-to-out is about 5.6 ns), b (bias),
@@ -202,7 +200,7 @@ class PostProcessor(wiring.Component):
             (state == ERROR)
 
         m.d.comb += [
-            self.busy.eq(f_valid | (inflight != 0)),
+            self.busy.eq((f_group != 0) | (inflight != 0)),
             self.running.eq(run),
             self.error.eq(err),
         ]
@@ -253,20 +251,19 @@ class PostProcessor(wiring.Component):
                 bad |= self.lut_enable
             m.d.sync += state.eq(Mux(bad, ERROR, LOAD_PARAMS))
 
-        # -- issue: one group of n_r channels per enabled cycle ---------------------------------
+        # -- issue: one group of n_r channels a cycle, straight from the input beat --------------
+        # The beat waits on ``i`` (valid, payload stable) while its groups are issued, and is
+        # taken with the last one: no copy of the oc_par x int32 beat, and ``i.ready`` depends on
+        # registers only.
         issue = Signal()
-        take = Signal()
         m.d.comb += [
-            issue.eq(room & f_valid),
-            self.i.ready.eq(run & (~f_valid | (room & (f_group == groups - 1)))),
-            take.eq(self.i.valid & self.i.ready),
+            issue.eq(run & room & self.i.valid),
+            self.i.ready.eq(run & room & (f_group == groups - 1)),
         ]
         with m.If(issue):
-            m.d.sync += f_group.eq(f_group + 1)
-            with m.If(f_group == groups - 1):
-                m.d.sync += [f_group.eq(0), f_valid.eq(0)]
-        with m.If(take):
-            m.d.sync += [f_valid.eq(1), f_acc.eq(self.i.payload), f_group.eq(0)]
+            m.d.sync += f_group.eq(Mux(f_group == groups - 1, 0, f_group + 1))
+        with m.If(self.start):
+            m.d.sync += f_group.eq(0)
 
         # The oc-tile (row) counter of the run; it shares `row` with the loader, which is done.
         m.d.comb += [p_rd.addr.eq(row), p_rd.en.eq(1)]
@@ -275,7 +272,7 @@ class PostProcessor(wiring.Component):
 
         groups_acc = [Signal(data.ArrayLayout(signed(32), n_r), name=f"f_group{k}") for k in range(groups)]
         for k, g in enumerate(groups_acc):
-            m.d.comb += g.eq(Cat(f_acc[k * n_r + j] for j in range(n_r)))
+            m.d.comb += g.eq(Cat(self.i.payload[k * n_r + j] for j in range(n_r)))
         x_acc = Signal(data.ArrayLayout(signed(32), n_r))
         m.d.sync += [
             x_acc.eq(_select(f_group, groups_acc)),
