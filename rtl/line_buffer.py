@@ -50,7 +50,10 @@ Configuration
     input rows down to its window's bottom row.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+import functools
+import operator
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -448,13 +451,15 @@ class LineBuffer(wiring.Component):
         s3_pad = Signal()
         s3_first = Signal()
         s3_last = Signal()
-        s3_slot = Signal(slot_bits)
         s3_data = [ram.r_data for ram in banks]  # registered in the RAMs
         s4_valid = Signal()
-        s4_pad = Signal()
         s4_first = Signal()
         s4_last = Signal()
-        s4_slot = Signal(slot_bits)
+        # The select is an AND-OR: each bank's s4 copy is cleared (a synchronous reset, no LUT)
+        # unless that bank is the tap's slot, by a select flag registered next to the bank, and
+        # s5 ORs the banks. A slot index decoded at s5 fanned out over every bit of the mux.
+        s3_sel = [Signal(name=f"s3_sel_{b}") for b in range(rows)]
+        s4_zp = Signal(pixel_layout(self._c_par))  # the zero point for a padding tap, else 0
         s4_data = [Signal(pixel_layout(self._c_par), name=f"s4_data_{b}") for b in range(rows)]
         s5_valid = Signal()
         s5_tap = Signal(tap_layout(self._c_par))
@@ -469,15 +474,14 @@ class LineBuffer(wiring.Component):
             s3_pad.eq(s2_pad),
             s3_first.eq(s2_first),
             s3_last.eq(s2_last),
-            s3_slot.eq(s2_slot),
             s4_valid.eq(s3_valid),
-            s4_pad.eq(s3_pad),
             s4_first.eq(s3_first),
             s4_last.eq(s3_last),
-            s4_slot.eq(s3_slot),
-            *(d4.eq(d3) for d4, d3 in zip(s4_data, s3_data, strict=True)),  # bits -> pixel_layout
+            *(sel.eq(~s2_pad & (s2_slot == b)) for b, sel in enumerate(s3_sel)),
+            *(d4.eq(Mux(sel, d3, 0)) for d4, d3, sel in zip(s4_data, s3_data, s3_sel, strict=True)),
+            s4_zp.eq(Mux(s3_pad, zero_pixel, 0)),
             s5_valid.eq(s4_valid),
-            s5_tap.data.eq(Mux(s4_pad, zero_pixel, Array(s4_data)[s4_slot])),
+            s5_tap.data.eq(functools.reduce(operator.or_, (d.as_value() for d in (s4_zp, *s4_data)))),
             s5_tap.first.eq(s4_first),
             s5_tap.last.eq(s4_last),
             inflight.eq(inflight + issue - pop),
