@@ -40,8 +40,7 @@ def _line_buffer() -> LineBuffer:
 
 def _postproc() -> PostProcessor:
     s = block_sizes()
-    return PostProcessor(s["oc_par"], s["n_requant"], s["pp_tiles"], lut=False,
-                         cross_in_dsp=s["requant_cross_in_dsp"])
+    return PostProcessor(s["oc_par"], s["n_requant"], s["pp_tiles"], lut=False)
 
 
 def _maxpool2x2() -> MaxPool2x2:

@@ -442,8 +442,7 @@ class JacquardCore(wiring.Component):
         lb = LineBuffer(c_par=c_par, max_width=cfg.max_width, max_channels=lb_channels,
                         max_kh=cfg.max_kernel_h)
         pe = PEArray(c_par, oc_par, 2 * bank_blocks)
-        pp = PostProcessor(oc_par, self._n_requant, pp_tiles, lut=False,
-                           cross_in_dsp=cfg.requant_cross_in_dsp)
+        pp = PostProcessor(oc_par, self._n_requant, pp_tiles, lut=False)
         lutpad = _LutPad(oc_par, lut_tiles)
         # Register stages on both sides of the LUT/pad unit: the ready chain from the packer ran
         # through the 2x2 pool, the LUT/pad unit and the post-processor into the PE array's output

@@ -28,7 +28,6 @@ def block_sizes(config: str = "ulx3s-85f") -> dict[str, int]:
         "lb_channels": max(c_par, -(-cfg.line_buffer_bytes // cfg.max_width // c_par) * c_par),
         "weight_depth": 2 * (cfg.weight_buffer_bytes // macs),
         "n_requant": cfg.n_requant,
-        "requant_cross_in_dsp": cfg.requant_cross_in_dsp,
         "pp_tiles": cfg.param_buffer_entries // oc_par,
         "pool_depth": max(cfg.max_width // 2, cfg.line_buffer_bytes // oc_par),
         "macs": macs,
@@ -60,8 +59,7 @@ class Datapath(wiring.Component):
             "lb": LineBuffer(c_par=s["c_par"], max_width=s["max_width"], max_channels=s["lb_channels"],
                              max_kh=s["max_kh"]),
             "pe": PEArray(s["c_par"], s["oc_par"], s["weight_depth"]),
-            "pp": PostProcessor(s["oc_par"], s["n_requant"], s["pp_tiles"], lut=False,
-                                cross_in_dsp=s["requant_cross_in_dsp"]),
+            "pp": PostProcessor(s["oc_par"], s["n_requant"], s["pp_tiles"], lut=False),
         }
         members = {}
         for unit, block in self.units.items():

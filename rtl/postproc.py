@@ -11,8 +11,7 @@ PE array delivers one beat per accumulation, i.e. every ``KH * KW * c_tiles`` cy
 never limits a layer whose accumulation is at least ``oc_par / n_requant`` taps long. A 1x1 layer
 with ``C_in == c_par`` (one tap per accumulation) needs ``n_requant == oc_par``.
 
-Where it bottlenecks (reference config c_par = 8, oc_par = 16; each lane costs 3 MULT18X18D, or 1
-with ``cross_in_dsp=False`` as built for the ULX3S-85F):
+Where it bottlenecks (reference config c_par = 8, oc_par = 16; each lane costs 3 MULT18X18D):
 
 ==========  =====  ==================  ===============================================================
 n_requant   DSPs   cycles per beat     PE array slowed down when taps per accumulation T < cycles
@@ -56,14 +55,11 @@ class PostProcessor(wiring.Component):
         Channels per beat (the PE array's output parallelism).
     n_requant : int
         Requantizer lanes; must divide ``oc_par``. Each lane is one :class:`RequantPipe`
-        (three MULT18X18D on ECP5, one without ``cross_in_dsp``). The unit takes a beat every
-        ``oc_par // n_requant`` cycles.
+        (three MULT18X18D on ECP5). The unit takes a beat every ``oc_par // n_requant`` cycles.
     max_oc_tiles : int
         Depth of the parameter memory in oc tiles (``max_oc_tiles * oc_par`` output channels).
     lut : bool
         Build the activation LUT (256 x int8, one read port per lane).
-    cross_in_dsp : bool
-        The lanes' 18x6-bit cross products in DSP multipliers (see :class:`RequantPipe`).
 
     Members
     -------
@@ -99,8 +95,7 @@ class PostProcessor(wiring.Component):
         If ``oc_par`` or ``max_oc_tiles`` is not positive, or ``n_requant`` does not divide ``oc_par``.
     """
 
-    def __init__(self, oc_par: int = 16, n_requant: int = 16, max_oc_tiles: int = 64, lut: bool = True,
-                 cross_in_dsp: bool = True):
+    def __init__(self, oc_par: int = 16, n_requant: int = 16, max_oc_tiles: int = 64, lut: bool = True):
         if not isinstance(oc_par, int) or oc_par < 1:
             raise ValueError(f"oc_par must be a positive integer, not {oc_par!r}")
         if not isinstance(n_requant, int) or n_requant < 1 or oc_par % n_requant:
@@ -111,7 +106,6 @@ class PostProcessor(wiring.Component):
         self._n_requant = n_requant
         self._max_oc_tiles = max_oc_tiles
         self._lut = bool(lut)
-        self._cross_in_dsp = bool(cross_in_dsp)
         super().__init__({
             "i": In(stream.Signature(acc_layout(oc_par))),
             "o": Out(stream.Signature(out_layout(oc_par))),
@@ -297,7 +291,7 @@ class PostProcessor(wiring.Component):
         group_y = Signal(data.ArrayLayout(signed(8), n_r))
         invalid = Signal()
         for j in range(n_r):
-            pipe = RequantPipe(self._cross_in_dsp)
+            pipe = RequantPipe()
             m.submodules[f"requant{j}"] = pipe
             m.d.comb += [
                 pipe.en.eq(1), pipe.i_acc.eq(b_acc[j]), pipe.i_multiplier.eq(b_mult[j]),

@@ -13,9 +13,8 @@ s1    sign and magnitude of ``acc``; decode ``M``'s fields
 s2    leading-zero count of the magnitude (tree)
 s3    normalize (barrel shift)
 s4    round to a 24-bit significand (RNE): ``f32(acc)``
-s5    four partial products (18/6-bit split): 18x18 in a DSP multiplier, 6x6 in LUTs, the
-      18x6 cross terms in DSPs or (``cross_in_dsp=False``) as shift-and-add in LUTs
-s6    sum of the cross terms (two or four)
+s5    four partial products (18/6-bit split): three 18x18 DSP multipliers, the 6x6 one in LUTs
+s6    sum of the cross terms
 s7    48-bit significand product
 s8    normalize the product, guard and sticky bits
 s9    round to 24 bits (RNE): ``f32(f32(acc) * M)``
@@ -49,13 +48,6 @@ class RequantPipe(wiring.Component):
     Stream wrappers (:class:`Requantizer`, the post-processor) track which stages hold valid
     data; this keeps several lanes in lock step with one enable.
 
-    Parameters
-    ----------
-    cross_in_dsp : bool
-        Compute the two 18x6-bit cross products with multipliers (one MULT18X18D each on ECP5).
-        False: shift-and-add in LUTs, so a lane spends one DSP block instead of three (for a device
-        whose DSP rows the PE array already fills).
-
     Members
     -------
     en : In(1)
@@ -83,15 +75,6 @@ class RequantPipe(wiring.Component):
     hi: In(signed(8))
     o_y: Out(signed(8))
     o_invalid: Out(1)
-
-    def __init__(self, cross_in_dsp: bool = True) -> None:
-        self._cross_in_dsp = bool(cross_in_dsp)
-        super().__init__()
-
-    @property
-    def dsp_multipliers(self) -> int:
-        """Multipliers of 18x18 bits or less this lane builds (one MULT18X18D each on ECP5)."""
-        return 3 if self._cross_in_dsp else 1
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -148,24 +131,17 @@ class RequantPipe(wiring.Component):
         a_lo, a_hi = s4_mant_a[:18], s4_mant_a[18:]
         m_lo, m_hi = s4_mant_m[:18], s4_mant_m[18:]
         s5_ll = reg("s5_ll", 36, a_lo * m_lo)
+        s5_lh = reg("s5_lh", 24, a_lo * m_hi)
+        s5_hl = reg("s5_hl", 24, a_hi * m_lo)
         # 6x6 bits: shift-and-add in LUTs (about 40) rather than a whole 18x18 DSP block.
         s5_hh = reg("s5_hh", 12, sum(Mux(a_hi[k], m_hi << k, 0) for k in range(6)))
-        if self._cross_in_dsp:
-            s5_cross = [reg("s5_lh", 24, a_lo * m_hi), reg("s5_hl", 24, a_hi * m_lo)]
-        else:
-            # 18x6 bits as shift-and-add, each in two halves of three terms (two adder levels a
-            # stage): about 250 LUTs a product instead of a DSP block in a crowded DSP row.
-            s5_cross = [reg(f"s5_{name}{h}", 24,
-                            sum(Mux(six[k], eighteen << k, 0) for k in range(3 * h, 3 * h + 3)))
-                        for name, six, eighteen in (("lh", m_hi, a_lo), ("hl", a_hi, m_lo))
-                        for h in range(2)]
         s5_exp = reg("s5_exp", signed(10), s4_exp)
         s5_zero = reg("s5_zero", 1, s4_zero)
         s5_sign = reg("s5_sign", 1, s4_sign)
         s5_invalid = reg("s5_invalid", 1, s4_invalid)
 
         # s6: cross terms.
-        s6_mid = reg("s6_mid", 25, sum(s5_cross))
+        s6_mid = reg("s6_mid", 25, s5_lh + s5_hl)
         s6_low_high = reg("s6_low_high", 48, Cat(s5_ll, s5_hh))
         s6_exp = reg("s6_exp", signed(10), s5_exp)
         s6_zero = reg("s6_zero", 1, s5_zero)
@@ -255,11 +231,6 @@ class Requantizer(wiring.Component):
     The whole pipeline stalls together while the output waits (a single enable, so the ready path
     is one gate deep); bubbles are not squeezed out while stalled.
 
-    Parameters
-    ----------
-    cross_in_dsp : bool
-        As for :class:`RequantPipe`.
-
     Members
     -------
     i : In(stream.Signature(RequantInLayout()))
@@ -279,13 +250,9 @@ class Requantizer(wiring.Component):
     hi: In(signed(8))
     error: Out(1)
 
-    def __init__(self, cross_in_dsp: bool = True) -> None:
-        self._cross_in_dsp = bool(cross_in_dsp)
-        super().__init__()
-
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.pipe = pipe = RequantPipe(self._cross_in_dsp)
+        m.submodules.pipe = pipe = RequantPipe()
         en = Signal()
         valid = Signal(RequantPipe.LATENCY)
         m.d.comb += [

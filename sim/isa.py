@@ -129,10 +129,6 @@ class HardwareConfig:
         Requantizer lanes of the post-processor (outputs requantized per cycle); 0 (default) means
         ``oc_par`` for configs of at most 16 MACs, else ``oc_par // 4`` (see :attr:`n_requant`).
         Timing only: not part of :meth:`config_hash`.
-    requant_cross_in_dsp : bool
-        Each requantizer lane computes its two 18x6-bit cross products with DSP multipliers
-        (three MULT18X18D a lane); False: shift-and-add in LUTs (one a lane), for a device whose
-        DSP rows the PE array already fills. Implementation only: not part of :meth:`config_hash`.
 
     Raises
     ------
@@ -152,7 +148,6 @@ class HardwareConfig:
     dma_align: int = 4
     ops: frozenset[Op] = field(default_factory=lambda: frozenset(Op))
     requant_lanes: int = 0
-    requant_cross_in_dsp: bool = True
 
     def __post_init__(self) -> None:
         ops = self.ops
@@ -221,8 +216,7 @@ class HardwareConfig:
     def hash_fields(self) -> dict[str, int]:
         """The fields that decide whether a program runs on this config (all but name and clock)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name not in ("name", "clock_mhz", "ops", "requant_lanes",
-                                    "requant_cross_in_dsp")}
+                  if f.name not in ("name", "clock_mhz", "ops", "requant_lanes")}
         return {**fields, "ops": self.ops_mask}
 
     def config_hash(self) -> int:
@@ -306,11 +300,9 @@ CONFIGS: dict[str, HardwareConfig] = {
     c.name: c for c in (
         # line_buffer_bytes: the line buffer keeps one row slot of this size per kernel row (8), so
         # 8 KiB is 0.5 Mibit of the 85F's 3.7 Mibit of block RAM (32 KiB did not fit: 297/208 EBR).
-        # The PE array's 128 MULT18X18D fill 82 % of the DSP rows, whose routing was the datapath's
-        # congestion: the requantizers' cross products go to LUTs (140 -> 132 DSPs).
         HardwareConfig("ulx3s-85f", c_par=8, oc_par=16, max_width=512, line_buffer_rows=6,
                        line_buffer_bytes=8192, weight_buffer_bytes=65536, param_buffer_entries=512,
-                       clock_mhz=100.0, requant_cross_in_dsp=False),
+                       clock_mhz=100.0),
         # 4x2 = 8 MACs fill the iCE40UP5K's 8 DSPs; buffers live in its SPRAM. Only the ops of a
         # plain CNN (conv with fused pool and LUT, max pool) and one requantizer lane: the others'
         # units do not fit (docs/RESULTS.md, synth-icebreaker).

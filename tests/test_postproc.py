@@ -112,24 +112,21 @@ def check(layers, outputs, seed):
                                f"{tuple(bad[0])}: expected {want[tuple(bad[0])]}, got {got[tuple(bad[0])]}")
 
 
-# (oc_par, n_requant, max_oc_tiles, lut, cross_in_dsp): full rate, serialized 2:1 and 4:1, one lane,
-# no LUT, and the 4:1 ULX3S-85F shape with the cross products in LUTs.
-CONFIGS = [(4, 4, 4, True, True), (8, 4, 4, True, True), (8, 2, 3, False, True), (4, 1, 2, True, True),
-           (16, 4, 2, False, False)]
+# (oc_par, n_requant, max_oc_tiles, lut): full rate, serialized 2:1 and 4:1, one lane, no LUT.
+CONFIGS = [(4, 4, 4, True), (8, 4, 4, True), (8, 2, 3, False), (4, 1, 2, True)]
 
 
 @pytest.mark.parametrize(("seed", "config"), list(enumerate(CONFIGS, start=1)),
-                         ids=["oc{}-r{}-t{}-lut{}-dsp{}".format(*c) for c in CONFIGS])
+                         ids=["oc{}-r{}-t{}-lut{}".format(*c) for c in CONFIGS])
 def test_postproc_random_layers(seed, config):
-    oc_par, n_requant, max_tiles, lut, cross_in_dsp = config
+    oc_par, n_requant, max_tiles, lut = config
     rng = np.random.default_rng(seed)
     layers = []
     for _ in range(2):
         n_tiles = int(rng.integers(1, max_tiles + 1))
         use_lut = lut and bool(rng.random() < 0.7)
         layers.append(make_layer(rng, oc_par, n_tiles, int(rng.integers(3, 9)), use_lut))
-    dut = PostProcessor(oc_par=oc_par, n_requant=n_requant, max_oc_tiles=max_tiles, lut=lut,
-                        cross_in_dsp=cross_in_dsp)
+    dut = PostProcessor(oc_par=oc_par, n_requant=n_requant, max_oc_tiles=max_tiles, lut=lut)
     check(layers, run_layers(dut, layers, seed), seed)
 
 

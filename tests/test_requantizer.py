@@ -90,8 +90,8 @@ def test_model_edge_cases():
     assert not (msg := first_mismatch(ref, y, acc, mbits, 0, "edge cases vs float32")), msg
 
 
-def run_requantizer(acc, mbits, zy, lo, hi, seed, gap=0.3, cross_in_dsp=True):
-    dut = Requantizer(cross_in_dsp)
+def run_requantizer(acc, mbits, zy, lo, hi, seed, gap=0.3):
+    dut = Requantizer()
     beats = [{"acc": int(a), "multiplier": int(mb)} for a, mb in zip(acc, mbits, strict=True)]
     got = []
 
@@ -116,14 +116,12 @@ def run_requantizer(acc, mbits, zy, lo, hi, seed, gap=0.3, cross_in_dsp=True):
     return np.array(got, dtype=np.int64)
 
 
-@pytest.mark.parametrize(("seed", "clamp", "cross_in_dsp"),
-                         [(1, CLAMPS[0], True), (2, CLAMPS[4], True), (3, CLAMPS[3], True),
-                          (4, CLAMPS[0], False), (5, CLAMPS[3], False)])
-def test_requantizer_rtl_random(seed, clamp, cross_in_dsp):
+@pytest.mark.parametrize(("seed", "clamp"), [(1, CLAMPS[0]), (2, CLAMPS[4]), (3, CLAMPS[3])])
+def test_requantizer_rtl_random(seed, clamp):
     rng = np.random.default_rng(seed)
     acc, mbits = requant_vectors(rng, 600)
     zy, lo, hi = clamp
-    got = run_requantizer(acc, mbits, zy, lo, hi, seed, cross_in_dsp=cross_in_dsp)
+    got = run_requantizer(acc, mbits, zy, lo, hi, seed)
     want = requantize_f32(acc, mbits, zy, lo, hi)
     assert not (msg := first_mismatch(want, got, acc, mbits, seed, "RTL vs float32")), msg
     # Against the golden model where it is defined (M > 0).
