@@ -52,13 +52,14 @@ multipliers do useful work, so depthwise utilization is ``1/oc_par`` (6.25% for 
 
 
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .bram import RegisteredRam
+from .dsp import registered_product
 from .layouts import acc_layout, pixel_layout, tap_layout
 
 __all__ = ["PEArray", "PEError", "weight_block_layout", "weight_row_layout"]
@@ -246,35 +247,10 @@ class PEArray(wiring.Component):
         adder was the PE array's critical path (8.3 of 9.5 ns routing, 60 columns); the copy
         lets the placer put a register halfway.
         """
-        prod = Signal(signed(16), name=f"s6_prod_{name}")
+        prod = registered_product(m, platform, Value.cast(a).as_signed(), Value.cast(b).as_signed(),
+                                  f"dsp_{name}")
         copy = Signal(signed(16), name=f"s7_prod_{name}")
         m.d.sync += copy.eq(prod)
-        if getattr(platform, "family", None) != "ecp5":
-            s5_a = Signal(signed(8), name=f"s5_a_{name}")
-            s5_b = Signal(signed(8), name=f"s5_b_{name}")
-            m.d.sync += [s5_a.eq(a), s5_b.eq(b), prod.eq(s5_a * s5_b)]
-            return copy
-        p = Signal(36, name=f"dsp_p_{name}")
-        ports = {}
-        for port, value in (("A", a), ("B", b), ("C", Const(0, 18))):
-            ext = value.as_signed() if port != "C" else value
-            for bit in range(18):
-                ports[f"i_{port}{bit}"] = ext[min(bit, len(ext) - 1)]
-        for bit in range(36):
-            ports[f"o_P{bit}"] = p[bit]
-        regs = {f"p_REG_{r}_{k}": v for r in ("INPUTA", "INPUTB", "OUTPUT")
-                for k, v in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
-        m.submodules[f"dsp_{name}"] = Instance(
-            "MULT18X18D", **regs,
-            p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE", p_GSR="DISABLED",
-            p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
-            p_CAS_MATCH_REG="FALSE", p_HIGHSPEED_CLK="NONE",
-            p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED", p_CLK3_DIV="ENABLED",
-            i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
-            i_CLK0=ClockSignal("sync"), i_CLK1=0, i_CLK2=0, i_CLK3=0,
-            i_CE0=1, i_CE1=1, i_CE2=1, i_CE3=1, i_RST0=0, i_RST1=0, i_RST2=0, i_RST3=0,
-            **ports)
-        m.d.comb += prod.eq(p[:16])
         return copy
 
     def elaborate(self, platform) -> Module:

@@ -6,14 +6,15 @@ zero, denormal (exactly zero output, see :mod:`jacquard.rtl.fp32`), negative, ti
 multipliers. ``M`` = inf or NaN is refused with ``o_invalid``. The stages mirror the NumPy model in
 :mod:`jacquard.rtl.fp32` one for one; the reasoning for exactness is written there.
 
-Pipeline, 14 registered stages (``LATENCY``), one result per cycle:
+Pipeline, 15 registered stages (``LATENCY``), one result per cycle:
 
 ====  ==========================================================================
 s1    sign and magnitude of ``acc``; decode ``M``'s fields
 s2    leading-zero count of the magnitude (tree)
 s3    normalize (barrel shift)
 s4    round to a 24-bit significand (RNE): ``f32(acc)``
-s5    four partial products (18/6-bit split): three 18x18 DSP multipliers, the 6x6 one in LUTs
+s5    four partial products (18/6-bit split), two cycles: three 18x18 DSP multipliers with their
+      own operand and product registers, the 6x6 one in LUTs
 s6    sum of the cross terms
 s7    48-bit significand product
 s8    normalize the product, guard and sticky bits
@@ -30,6 +31,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from jacquard.rtl.dsp import registered_product
 from jacquard.rtl.fp32 import SAT_MAGNITUDE, _leading_zeros
 
 __all__ = ["RequantInLayout", "RequantPipe", "Requantizer"]
@@ -65,7 +67,7 @@ class RequantPipe(wiring.Component):
         The result's ``M`` was inf or NaN: ``o_y`` is meaningless.
     """
 
-    LATENCY = 14
+    LATENCY = 15
 
     en: In(1)
     i_acc: In(signed(32))
@@ -127,18 +129,21 @@ class RequantPipe(wiring.Component):
         s4_mant_m = reg("s4_mant_m", 24, s3_mant_m)
         s4_invalid = reg("s4_invalid", 1, s3_invalid)
 
-        # s5: partial products; each operand splits into 18 low and 6 high bits (18x18 DSPs).
+        # s5 (two cycles): partial products; each operand splits into 18 low and 6 high bits. The
+        # three DSP multiplies register their operands and their product inside the DSP block
+        # (the routing to a DSP row and the multiply each get a cycle); the rest waits in s4b.
         a_lo, a_hi = s4_mant_a[:18], s4_mant_a[18:]
         m_lo, m_hi = s4_mant_m[:18], s4_mant_m[18:]
-        s5_ll = reg("s5_ll", 36, a_lo * m_lo)
-        s5_lh = reg("s5_lh", 24, a_lo * m_hi)
-        s5_hl = reg("s5_hl", 24, a_hi * m_lo)
+        s5_ll = registered_product(m, platform, a_lo, m_lo, "s5_ll", en=self.en)
+        s5_lh = registered_product(m, platform, a_lo, m_hi, "s5_lh", en=self.en)
+        s5_hl = registered_product(m, platform, a_hi, m_lo, "s5_hl", en=self.en)
         # 6x6 bits: shift-and-add in LUTs (about 40) rather than a whole 18x18 DSP block.
-        s5_hh = reg("s5_hh", 12, sum(Mux(a_hi[k], m_hi << k, 0) for k in range(6)))
-        s5_exp = reg("s5_exp", signed(10), s4_exp)
-        s5_zero = reg("s5_zero", 1, s4_zero)
-        s5_sign = reg("s5_sign", 1, s4_sign)
-        s5_invalid = reg("s5_invalid", 1, s4_invalid)
+        s4b_hh = reg("s4b_hh", 12, sum(Mux(a_hi[k], m_hi << k, 0) for k in range(6)))
+        s5_hh = reg("s5_hh", 12, s4b_hh)
+        s5_exp = reg("s5_exp", signed(10), reg("s4b_exp", signed(10), s4_exp))
+        s5_zero = reg("s5_zero", 1, reg("s4b_zero", 1, s4_zero))
+        s5_sign = reg("s5_sign", 1, reg("s4b_sign", 1, s4_sign))
+        s5_invalid = reg("s5_invalid", 1, reg("s4b_invalid", 1, s4_invalid))
 
         # s6: cross terms.
         s6_mid = reg("s6_mid", 25, s5_lh + s5_hl)
@@ -226,7 +231,7 @@ class RequantPipe(wiring.Component):
 
 
 class Requantizer(wiring.Component):
-    """One exact requantizer lane with stream handshakes: one result per cycle, 14 cycles latency.
+    """One exact requantizer lane with stream handshakes: one result per cycle, 15 cycles latency.
 
     The whole pipeline stalls together while the output waits (a single enable, so the ready path
     is one gate deep); bubbles are not squeezed out while stalled.
