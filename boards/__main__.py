@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from jacquard.boards.smoke import BLOCKS, SmokeTop, block_macs
-from jacquard.boards.synth import LUT_MAPPERS, ROUTERS, TARGETS, SynthesisError, synthesize
+from jacquard.boards.synth import LUT_MAPPERS, PLACERS, ROUTERS, TARGETS, SynthesisError, synthesize
 
 
 def build_dir_of(root: str | Path, board: str, block: str = "soc") -> Path:
@@ -74,7 +74,8 @@ def _results_markdown(report: dict, block: str) -> str:
             f"`{path.get('to')}`." if path else "nextpnr reported no critical path.")
     levels = [p["logic_levels"] for p in report.get("critical_paths", [])[:1]]
     if path and levels:
-        crit += f" {levels[0]} logic levels (nextpnr router `{report.get('router')}`)."
+        crit += (f" {levels[0]} logic levels (nextpnr placer `{report.get('placer')}`, "
+                 f"router `{report.get('router')}`).")
     return (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`)\n\n"
             "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n{crit}\n")
 
@@ -119,7 +120,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         try:
             result["report"] = synthesize(args.board, top, build_dir, macs=macs, lut_mapper=lut_mapper,
                                           config_hash=cfg.config_hash() if args.block == "soc" else None,
-                                          router=args.router, place_only=args.place_only,
+                                          router=args.router, placer=args.placer, place_only=args.place_only,
                                           allow_fail=allow_fail, nextpnr_args=tuple(args.nextpnr_arg))
         except (RuntimeError, ValueError) as exc:  # shown by the main thread
             result["error"] = exc
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="do not write the figures into docs/RESULTS.md")
     synth.add_argument("--router", choices=ROUTERS, default="router2",
                        help="nextpnr router (default router2: far faster on congested ECP5 designs)")
+    synth.add_argument("--placer", choices=PLACERS, default=None,
+                       help="nextpnr placer (default: the board's, `static` for ulx3s-85f, else `heap`)")
     synth.add_argument("--place-only", action="store_true",
                        help="stop after placement: nextpnr's Fmax estimate and critical paths, no bitstream")
     synth.add_argument("--timing-allow-fail", action=argparse.BooleanOptionalAction, default=None,

@@ -47,6 +47,9 @@ class BoardConfig:
         nextpnr cell types counted as logic, DSP and block RAM in the report.
     build_overrides : dict
         Extra arguments to ``platform.build`` (e.g. yosys options).
+    placer : str
+        nextpnr's placer for this board's builds, one of :data:`jacquard.boards.synth.PLACERS`
+        (``nox -s synthesize -- BOARD --placer ...`` overrides it).
     programmer : tuple
         (command, Debian package, bitstream suffix) used by ``flash``.
 
@@ -70,12 +73,15 @@ class BoardConfig:
     bram_cells: tuple[str, ...] = ()
     build_overrides: dict[str, str] = field(default_factory=dict)
     programmer: tuple = ()
+    placer: str = "heap"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, not {self.family!r}")
         if not isinstance(self.memory_bytes, int) or self.memory_bytes < 1024 or self.memory_bytes % 1024:
             raise ValueError(f"memory_bytes must be a positive multiple of 1024, not {self.memory_bytes!r}")
+        if self.placer not in ("heap", "static", "sa"):
+            raise ValueError(f"placer must be one of ('heap', 'static', 'sa'), not {self.placer!r}")
         if len(self.leds) != 3:
             raise ValueError(f"leds must name 3 LEDs (heartbeat, busy, error), not {self.leds!r}")
 

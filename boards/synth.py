@@ -19,8 +19,9 @@ from amaranth.hdl import Elaboratable
 from jacquard.boards.configs import BOARDS, BoardConfig
 from jacquard.host.toolchain import toolchain_env
 
-__all__ = ["LUT_MAPPERS", "ROUTERS", "TARGETS", "SynthesisError", "critical_path", "device_utilization",
-           "memory_bits", "nextpnr_options", "placed_fmax", "report_paths", "synthesize"]
+__all__ = ["LUT_MAPPERS", "PLACERS", "ROUTERS", "TARGETS", "SynthesisError", "critical_path",
+           "device_utilization", "memory_bits", "nextpnr_options", "placed_fmax", "report_paths",
+           "synthesize"]
 
 
 #: The boards the flow can build for: one file per board (:mod:`jacquard.boards.configs`).
@@ -40,15 +41,21 @@ LUT_MAPPERS = ("abc9", "abc")
 #: nextpnr's own default ``router1``.
 ROUTERS = ("router1", "router2")
 
+#: nextpnr's placers: ``heap`` (nextpnr's default, analytic then annealing), ``static`` (an
+#: electrostatic analytic placer that spreads dense DSP/EBR regions better), ``sa`` (annealing only).
+PLACERS = ("heap", "static", "sa")
 
-def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_fail: bool = False,
-                    extra: tuple[str, ...] = ()) -> str:
+
+def nextpnr_options(router: str = "router2", *, placer: str = "heap", place_only: bool = False,
+                    allow_fail: bool = False, extra: tuple[str, ...] = ()) -> str:
     """The extra nextpnr command line of a build (the report JSON is always written).
 
     Parameters
     ----------
     router : str
         One of :data:`ROUTERS`.
+    placer : str
+        One of :data:`PLACERS`.
     place_only : bool
         Stop after placement (``--no-route``): nextpnr's post-placement Fmax estimate (from its
         log), in a fraction of a full build's time. nextpnr 0.11 fills the report's critical paths
@@ -63,13 +70,16 @@ def nextpnr_options(router: str = "router2", *, place_only: bool = False, allow_
     Raises
     ------
     ValueError
-        If ``router`` is not in :data:`ROUTERS`.
+        If ``router`` is not in :data:`ROUTERS` or ``placer`` not in :data:`PLACERS`.
     """
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    if placer not in PLACERS:
+        raise ValueError(f"placer must be one of {PLACERS}, not {placer!r}")
     # Relative to the build dir the script runs in: YoWASP maps /tmp to a private folder, so an
     # absolute path under /tmp would be written where we cannot read it.
-    opts = ["--report nextpnr-report.json", "--detailed-timing-report", f"--router {router}"]
+    opts = ["--report nextpnr-report.json", "--detailed-timing-report", f"--placer {placer}",
+            f"--router {router}"]
     if place_only:
         opts.append("--no-route")
     if allow_fail:
@@ -190,8 +200,8 @@ def report_paths(report: dict) -> list[dict]:
 
 def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top", *,
                macs: int = 0, config_hash: int | None = None, lut_mapper: str = "abc9",
-               router: str = "router2", place_only: bool = False, allow_fail: bool = False,
-               nextpnr_args: tuple[str, ...] = ()) -> dict:
+               router: str = "router2", placer: str | None = None, place_only: bool = False,
+               allow_fail: bool = False, nextpnr_args: tuple[str, ...] = ()) -> dict:
     """Build a bitstream of ``top`` for ``board`` into ``build_dir`` and return the report dict.
 
     Parameters
@@ -199,8 +209,9 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     lut_mapper : str
         One of :data:`LUT_MAPPERS`: ``"abc9"`` (default) or ``"abc"`` (ECP5 only; for builds
         that abc9 cannot take).
-    router, place_only, allow_fail, nextpnr_args
-        nextpnr options, see :func:`nextpnr_options` (``nextpnr_args`` is its ``extra``). With
+    router, placer, place_only, allow_fail, nextpnr_args
+        nextpnr options, see :func:`nextpnr_options` (``nextpnr_args`` is its ``extra``;
+        ``placer`` None: the board's :attr:`~jacquard.boards.configs.BoardConfig.placer`). With
         ``place_only`` no bitstream is written and ``fmax_mhz`` is the post-placement estimate
         (``"placed": true`` in the report).
 
@@ -217,7 +228,9 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     target = TARGETS[board]
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    opts = nextpnr_options(router, place_only=place_only, allow_fail=allow_fail, extra=tuple(nextpnr_args))
+    placer = target.placer if placer is None else placer
+    opts = nextpnr_options(router, placer=placer, place_only=place_only, allow_fail=allow_fail,
+                           extra=tuple(nextpnr_args))
     overrides = dict(target.build_overrides)
     for key, value in _lut_mapper_overrides(target.family, lut_mapper).items():
         overrides[key] = f"{overrides[key]} {value}" if key == "synth_opts" and key in overrides else value
@@ -268,6 +281,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         "meets_timing": meets_timing,
         "lut_mapper": lut_mapper,
         "router": router,
+        "placer": placer,
         "nextpnr_args": list(nextpnr_args),
         "placed": place_only,
         "fmax_mhz": fmax,

@@ -120,6 +120,13 @@ def test_nextpnr_options():
     assert "--no-route" in opts and "--timing-allow-fail" in opts and "--report" in opts
     with pytest.raises(ValueError, match="'router3'"):
         nextpnr_options("router3")
+    assert "--placer heap" in nextpnr_options()
+    opts = nextpnr_options(placer="static").split()
+    assert opts[opts.index("--placer") + 1] == "static"
+    with pytest.raises(ValueError, match="'annealing'"):
+        nextpnr_options(placer="annealing")
+    # The 85F's builds use the static placer (HeAP left the datapath chain unroutable).
+    assert BOARDS["ulx3s-85f"].placer == "static" and BOARDS["ulx3s-25f"].placer == "heap"
     # Extra arguments go last, one shell word each.
     assert nextpnr_options(extra=("--placer-heap-beta", "0.6")).endswith(" --placer-heap-beta 0.6")
 
