@@ -280,7 +280,9 @@ class FormalResult:
     failed : list of (str, str)
         The failing assertions, as (message, source location).
     step : int or None
-        The cycle at which the first assertion failed.
+        The cycle (from 0, the first after reset) at which an assertion failed.
+    cycles_checked : int or None
+        For ``bmc``: the cycles ABC checked without a failure (cycles 0 to this less one).
     log_tail : str
         The last lines of sby's log.
     """
@@ -295,6 +297,7 @@ class FormalResult:
     trace: Path | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     step: int | None = None
+    cycles_checked: int | None = None
     log_tail: str = ""
 
     @property
@@ -302,7 +305,8 @@ class FormalResult:
         return self.status == "PASS"
 
     def summary(self) -> str:
-        bound = f" depth {self.depth}" if self.mode == "bmc" else " (unbounded)"
+        bound = (f" depth {self.depth}, {self.cycles_checked} cycles checked" if self.mode == "bmc"
+                 else " (unbounded)")
         text = f"{self.name}: {self.status} [{self.mode}, {self.engine}{bound}] in {self.seconds:.1f} s"
         if self.status == "FAIL":
             text += f"\n  counterexample: {self.trace} (failing at cycle {self.step})"
@@ -396,7 +400,13 @@ def run_sby(top: Elaboratable, ports: Sequence[Value], workdir: Path | str, *, n
     status = status_file.read_text().split()[0] if status_file.exists() else "ERROR"
     result = FormalResult(name=name, status=status, mode=mode, engine=engine,
                           depth=depth if mode == "bmc" else None, seconds=seconds, workdir=task,
-                          log_tail="\n".join(log.splitlines()[-15:]))
+                          log_tail="\n".join([line for line in log.splitlines()
+                                               if "Warning:" not in line][-15:]))
+    engine_log = task / "engine_0" / "logfile.txt"
+    engine_text = engine_log.read_text() if engine_log.exists() else ""
+    verdict = re.search(r"^ABC verdict: snl_\w+ (-?[0-9]+)", engine_text, re.M)
+    if mode == "bmc" and verdict is not None:
+        result.cycles_checked = int(verdict[1]) + 1
     if status == "FAIL":
         trace = task / "engine_0" / "trace.yw"
         result.trace = trace if trace.exists() else None
@@ -493,7 +503,8 @@ def _abc_shim(argv: list[str]) -> int:
         frame = verdict[4] if len(verdict) > 4 else verdict[1]
         print(f"Output {output} of miter \"top\" was asserted in frame {frame}.")
     elif any(c.startswith("bmc3") for c in commands) and int(verdict[1]) >= 0:
-        print(f"No output asserted in {verdict[1]} frames.")
+        # The bug-free depth is the last frame checked, counted from 0.
+        print(f"No output asserted in {int(verdict[1]) + 1} frames.")
     return 0
 
 

@@ -18,9 +18,11 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from jacquard.rtl import line_buffer as line_buffer_module
+from jacquard.rtl import postproc as postproc_module
 from jacquard.rtl.core import _Skid
 from jacquard.rtl.layouts import out_layout, tap_layout
 from jacquard.rtl.line_buffer import LineBuffer
+from jacquard.rtl.postproc import PostProcessor
 from jacquard.sim.formal import FormalResult, StreamHarness, no_overflow, run_sby
 
 
@@ -197,19 +199,24 @@ def _line_buffer_harness(lb: LineBuffer) -> StreamHarness:
     return StreamHarness(lb, causal=("i", "o"), restart=lambda dut: dut.start & ~dut.busy, checks=checks)
 
 
-# The smallest line buffer (two row slots of two beats) in the default tier; three row slots of
-# eight beats, where every kernel height up to 3 and strides wrap the circular buffer, in `slow`.
+# The smallest line buffer (two row slots of two beats); three row slots of eight beats, where
+# kernel heights up to 3 and strides wrap the circular buffer. Unbounded proofs (abc pdr) take
+# 25 s to minutes on a loaded machine, so the default tier checks the tiny one to 20 cycles (its
+# first tap can be offered at cycle 12, see test_line_buffer_reaches_taps); bmc3 slows down
+# steeply past that (5 s at 20 cycles, 13 s at 24, 55 s at 28).
 LB_TINY = dict(c_par=1, max_width=2, max_channels=1, max_kh=1)
 LB_SMALL = dict(c_par=1, max_width=4, max_channels=2, max_kh=3)
 
 
-@pytest.mark.parametrize("params", [
-    LB_TINY,
-    pytest.param(LB_SMALL, marks=pytest.mark.slow),
-], ids=["tiny", "small"])
-def test_line_buffer(tmp_path, params):
+@pytest.mark.parametrize("params, mode, depth", [
+    (LB_TINY, "bmc", 20),
+    pytest.param(LB_TINY, "prove", None, marks=pytest.mark.slow),
+    pytest.param(LB_SMALL, "prove", None, marks=pytest.mark.slow),
+], ids=["tiny-bmc20", "tiny-prove", "small-prove"])
+def test_line_buffer(tmp_path, params, mode, depth):
     lb = LineBuffer(**params)
-    _expect_pass(_run(_line_buffer_harness(lb), tmp_path, "lb", f"LineBuffer({params})"))
+    _expect_pass(_run(_line_buffer_harness(lb), tmp_path, "lb", f"LineBuffer({params})", mode=mode,
+                      depth=depth))
 
 
 def test_line_buffer_negative_fifo_too_small(tmp_path, monkeypatch):
@@ -232,3 +239,55 @@ def test_line_buffer_reaches_taps(tmp_path):
     harness = StreamHarness(LineBuffer(**LB_TINY), checks=checks)
     _expect_fail(_run(harness, tmp_path, "lb_reach", "LineBuffer reachability", mode="bmc", depth=30),
                  "a tap is offered")
+
+
+# ---- post-processor ----------------------------------------------------------------------------
+
+PP_TINY = dict(oc_par=2, n_requant=1, max_oc_tiles=1, lut=False)
+
+
+def _postproc_harness(pp: PostProcessor) -> StreamHarness:
+    # Every input stream (accumulators, parameters, LUT entries) follows the protocol; start and
+    # the layer configuration are free at every cycle (the unit samples them at `start` and
+    # refuses a start while busy with `error`, which documents no precondition). Each accumulator
+    # beat gives one output beat; inside the unit are at most the beat being issued and the
+    # FIFO's depth of issued beats (the registered credit `room`). The pipeline never stalls and
+    # writes the output FIFO without a full check, so no beat may find it full.
+    def checks(m, dut, dut_module):
+        m.d.comb += no_overflow(dut_module.submodules.out_fifo, "post-processor out_fifo")
+
+    return StreamHarness(pp, inputs=("i", "params", "lut"), conserve=("i", "o"),
+                         capacity=pp.out_fifo_depth + 1, checks=checks)
+
+
+# Depths: the first output beat can be offered at cycle 25 at the earliest (start, 2 parameter
+# beats, the beat's two groups, 21 cycles of latency, the FIFO; see test_postproc_reaches_output),
+# so 30 cycles see it offered and stalled; 64 fill the 17-deep FIFO behind a stalled consumer at
+# one beat per 2 cycles, past the credit's limit.
+@pytest.mark.parametrize("depth", [30, pytest.param(64, marks=pytest.mark.slow)])
+def test_postproc(tmp_path, depth):
+    pp = PostProcessor(**PP_TINY)
+    _expect_pass(_run(_postproc_harness(pp), tmp_path, "pp", f"PostProcessor({PP_TINY})", mode="bmc",
+                      depth=depth))
+
+
+@pytest.mark.slow
+def test_postproc_negative_fifo_too_small(tmp_path, monkeypatch):
+    # Injected bug: the output FIFO four entries shallower than the credit assumes.
+    monkeypatch.setattr(postproc_module, "SyncFIFOBuffered",
+                        lambda width, depth: fifo.SyncFIFOBuffered(width=width, depth=depth - 4))
+    pp = PostProcessor(**PP_TINY)
+    _expect_fail(_run(_postproc_harness(pp), tmp_path, "pp_small_fifo", "PostProcessor with a short FIFO",
+                      mode="bmc", depth=64), "written while full")
+
+
+@pytest.mark.slow
+def test_postproc_reaches_output(tmp_path):
+    # Not vacuous: an output beat is offered, first at cycle 25, under the harness' assumptions.
+    def checks(m, dut, dut_module):
+        m.d.comb += Assert(~dut.o.valid, "an output beat is offered")
+
+    harness = StreamHarness(PostProcessor(**PP_TINY), inputs=("i", "params", "lut"), checks=checks)
+    result = _run(harness, tmp_path, "pp_reach", "PostProcessor reachability", mode="bmc", depth=30)
+    _expect_fail(result, "an output beat is offered")
+    assert result.step == 25, result.summary()
