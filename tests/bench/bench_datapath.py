@@ -37,6 +37,11 @@ CONFIG = "ulx3s-85f"
 BLOCK_NAMES = ("pe_array", "line_buffer", "maxpool2x2", "requantizer", "postproc", "datapath")
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "blocks"
+# nextpnr's placer per block. `static` (the ULX3S-85F board default) is what routes the DSP-dense
+# builds: the chain did not route with HeAP (router2 stuck near 5k overused wires) and the PE array
+# reached 127.5 MHz with it against 102.5. On the small blocks it placed worse than HeAP
+# (2026-11-28: line buffer 93.9 vs 105.2 MHz, 2x2 max pool 74.1 vs 101.9), so they keep HeAP.
+BLOCK_PLACERS = {"pe_array": "static", "datapath": "static"}
 
 
 def layers(size: int) -> list[tuple[str, dict]]:
@@ -80,6 +85,10 @@ def synth_row(name: str) -> dict | None:
         log = (build / "top.tim").read_text(errors="replace")
     except (OSError, ValueError):  # not built (yet)
         return None
+    try:
+        placer = json.loads((build / "report.json").read_text()).get("placer") or "heap"
+    except (OSError, ValueError):
+        placer = "?"
     target = TARGETS[CONFIG]
     util = report.get("utilization", {})
 
@@ -93,7 +102,7 @@ def synth_row(name: str) -> dict | None:
         "constraint": min((v["constraint"] for v in fmax.values()), default=0.0),
         "luts": util.get("TRELLIS_COMB", {}).get("used", 0), "ffs": util.get("TRELLIS_FF", {}).get("used", 0),
         "dsps": used(target.dsp_cells), "ebrs": used(target.bram_cells),
-        "path": critical_path(log),
+        "path": critical_path(log), "placer": placer,
     }
 
 
@@ -122,7 +131,7 @@ def synthesize_block(name: str, nextpnr_args: tuple[str, ...] = ()) -> None:
     try:
         # router2 and --timing-allow-fail: a block below the target still routes and reports its Fmax.
         synthesize(CONFIG, SmokeTop(name), BUILD / name / CONFIG, macs=block_macs(name), router="router2",
-                   allow_fail=True, nextpnr_args=nextpnr_args)
+                   placer=BLOCK_PLACERS.get(name, "heap"), allow_fail=True, nextpnr_args=nextpnr_args)
     except RuntimeError as exc:  # the flow failed; whatever nextpnr wrote remains
         print(f"{name}: {exc}", flush=True)
 
@@ -151,13 +160,14 @@ def markdown(size: int, util_rows: list[dict], synth_rows: list[dict]) -> str:
     if synth_rows:
         lines += [f"### Per-block synthesis, ULX3S-85F (smoke top, clocked by the PLL at "
                   f"{synth_rows[0]['constraint']:g} MHz)", "",
-                  "| block | Fmax (MHz) | LUT4 | FF | DSP (MULT18X18D) | EBR (DP16KD) | critical path |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
+                  "| block | Fmax (MHz) | LUT4 | FF | DSP (MULT18X18D) | EBR (DP16KD) | placer "
+                  "| critical path |",
+                  "|---|---:|---:|---:|---:|---:|---|---|"]
         for r in synth_rows:
             p = r["path"] or {}
             crit = f"{p.get('delay_ns')} ns `{p.get('from')}` -> `{p.get('to')}`" if p else "-"
             lines.append(f"| {r['block']} | {r['fmax']:.1f} | {r['luts']:,} | {r['ffs']:,} | {r['dsps']} | "
-                         f"{r['ebrs']} | {crit} |")
+                         f"{r['ebrs']} | {r['placer']} | {crit} |")
         lines += ["", "Each block alone under `boards/smoke.py` (an LFSR-fed register drives every input, "
                   "every output is XOR-reduced through registers onto an LED), at the ULX3S-85F sizes; "
                   "`nox -s synthesize -- ulx3s-85f --block NAME` builds one."]
