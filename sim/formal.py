@@ -131,7 +131,8 @@ class StreamHarness(Elaboratable):
     tag : Signal
         Free input picking the beat that ``order`` follows.
     ports : list of Value
-        The top's ports: every port of ``dut`` and ``tag``. Those not driven inside are free.
+        The top's ports: every port of ``dut``, and ``tag`` with ``order``. Those not driven
+        inside are free.
     """
 
     def __init__(self, dut: wiring.Component, *, inputs: Sequence[str] = ("i",),
@@ -161,7 +162,7 @@ class StreamHarness(Elaboratable):
     @property
     def ports(self) -> list[Value]:
         ports = [Value.cast(value) for _, _, value in self.dut.signature.flatten(self.dut)]
-        return [*ports, self.tag]
+        return [*ports, self.tag] if self.order else ports
 
     def elaborate(self, platform) -> Module:
         m = Module()
