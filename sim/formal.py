@@ -133,6 +133,14 @@ class StreamHarness(Elaboratable):
     ports : list of Value
         The top's ports: every port of ``dut``, and ``tag`` with ``order``. Those not driven
         inside are free.
+
+    Raises
+    ------
+    TypeError
+        If ``dut`` is not a ``wiring.Component``.
+    ValueError
+        If a name is not a stream of the right direction, or ``capacity``/``order`` come
+        without ``conserve``.
     """
 
     def __init__(self, dut: wiring.Component, *, inputs: Sequence[str] = ("i",),
