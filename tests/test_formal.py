@@ -138,12 +138,13 @@ def test_fifo_order(tmp_path):
 
 
 @pytest.mark.slow
-def test_fifo_order_line_buffer_depth(tmp_path):
+@pytest.mark.parametrize("depth", [10, 16])
+def test_fifo_order_deep(tmp_path, depth):
     # Unbounded at the line buffer's FIFO depth (10: a 9-entry memory whose pointers wrap at a
-    # non-power of two), width 1 by the same independence of the bits: 35 s with abc pdr. The
-    # deeper FIFOs are out of reach (16 deep: over 10 minutes; bmc3 is slower still here).
-    harness = StreamHarness(_FifoStream(1, 10), conserve=("i", "o"), capacity=10, order=True)
-    _expect_pass(_run(harness, tmp_path, "fifo", "SyncFIFOBuffered(width=1, depth=10), in order"))
+    # non-power of two; 15 s with abc pdr) and the PE array's (16: 205 s), width 1 by the same
+    # independence of the bits. 32 and 33 are out of reach (bmc3 is slower still here).
+    harness = StreamHarness(_FifoStream(1, depth), conserve=("i", "o"), capacity=depth, order=True)
+    _expect_pass(_run(harness, tmp_path, "fifo", f"SyncFIFOBuffered(width=1, depth={depth}), in order"))
 
 
 def test_fifo_negative_valid_drops(tmp_path):
