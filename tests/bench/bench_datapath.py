@@ -37,11 +37,12 @@ CONFIG = "ulx3s-85f"
 BLOCK_NAMES = ("pe_array", "line_buffer", "maxpool2x2", "requantizer", "postproc", "datapath")
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "blocks"
-# nextpnr's placer per block. `static` (the ULX3S-85F board default) is what routes the DSP-dense
-# builds: the chain did not route with HeAP (router2 stuck near 5k overused wires) and the PE array
-# reached 127.5 MHz with it against 102.5. On the small blocks it placed worse than HeAP
-# (2026-11-28: line buffer 93.9 vs 105.2 MHz, 2x2 max pool 74.1 vs 101.9), so they keep HeAP.
-BLOCK_PLACERS = {"pe_array": "static", "datapath": "static"}
+# nextpnr's placer per block. `static` (the ULX3S-85F board default) is what routes the blocks with
+# DSPs: the chain did not route with HeAP (router2 stuck near 5k overused wires), and static vs HeAP
+# on 2026-11-28 gave the PE array 127.5 vs 102.5 MHz, the requantizer 124.0 vs 119.3, the
+# post-processor 111.6 vs 106.1. On the two DSP-free blocks it placed worse (line buffer 93.9 vs
+# 103.3, 2x2 max pool 74.1 vs 82.2), so they keep HeAP.
+BLOCK_PLACERS = {"pe_array": "static", "datapath": "static", "requantizer": "static", "postproc": "static"}
 
 
 def layers(size: int) -> list[tuple[str, dict]]:
