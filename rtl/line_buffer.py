@@ -294,13 +294,35 @@ class LineBuffer(wiring.Component):
 
         issue = Signal()
         pop = Signal()
-        avail = Signal()
-        m.d.comb += [
-            pop.eq(self.o.valid & self.o.ready),
-            # The window's rows are written up to its rightmost column (column granularity on
-            # its bottom row, which may still be filling).
-            avail.eq(wr_all | (wr_row > s0_r_need) | ((wr_row == s0_r_need) & (wr_x > s0_c_need))),
-        ]
+        m.d.comb += pop.eq(self.o.valid & self.o.ready)
+
+        # ---- window availability, a cycle ahead ------------------------------------------------
+        # A window may be read once its rows are written up to its rightmost column (column
+        # granularity on its bottom row, which may still be filling). The compares are registered:
+        # straight into ``issue`` they and the enable fan-out over the s0 counters were the routed
+        # chain's critical path (10.7 ns). They are made for the current position and for the next
+        # one (``nx_*``), and ``moved_q`` says which applies; the writer only moves forward, so its
+        # cycle-old state errs on the safe side. The first cycle of a frame waits (``avail_ok``).
+        nx_r_need = Signal(signed(yw))
+        nx_c_need = Signal(signed(xw))
+        avail_cur = Signal()
+        avail_nxt = Signal()
+        moved_q = Signal()
+        avail_ok = Signal()
+
+        def avail_of(r_need, c_need):
+            return wr_all | (wr_row > r_need) | ((wr_row == r_need) & (wr_x > c_need))
+
+        m.d.sync += [avail_cur.eq(avail_of(s0_r_need, s0_c_need)),
+                     avail_nxt.eq(avail_of(nx_r_need, nx_c_need)),
+                     avail_ok.eq(1), moved_q.eq(0)]
+        avail = avail_ok & Mux(moved_q, avail_nxt, avail_cur)
+
+        def next_need(r_need, c_need):
+            """The need of the position after one whose need is (r_need, c_need)."""
+            on_row = c_need <= col_limit
+            return (Mux(on_row, r_need, r_need + cfg.stride),
+                    Mux(on_row, c_need + cfg.stride, cfg.kw - 1 - cfg.pad_left))
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -354,7 +376,10 @@ class LineBuffer(wiring.Component):
                         s0_c_need.eq(cfg.kw - 1 - cfg.pad_left),
                         s0_pos_col.eq(col0), s0_tap_col.eq(col0),
                         s0_ct.eq(0), s0_kx.eq(0), s0_ky.eq(0), s0_oc.eq(0), s0_done.eq(0),
+                        avail_ok.eq(0),
                     ]
+                    nr, nc = next_need(cfg.kh - 1 - cfg.pad_top, cfg.kw - 1 - cfg.pad_left)
+                    m.d.sync += [nx_r_need.eq(nr), nx_c_need.eq(nc)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -422,7 +447,8 @@ class LineBuffer(wiring.Component):
             with m.If(ct_end & kx_end & ky_end):                     # end of one window
                 m.d.sync += s0_oc.eq(s0_oc + 1)
                 with m.If(s0_oc == oc_max):
-                    m.d.sync += s0_oc.eq(0)
+                    nr, nc = next_need(nx_r_need, nx_c_need)
+                    m.d.sync += [s0_oc.eq(0), moved_q.eq(1), nx_r_need.eq(nr), nx_c_need.eq(nc)]
                     with m.If(s0_c_need <= col_limit):     # next position on this row
                         m.d.sync += [
                             s0_ix0.eq(s0_ix0 + cfg.stride), s0_ix.eq(s0_ix0 + cfg.stride),
