@@ -16,6 +16,9 @@ __all__ = ["BOARDS", "BoardConfig", "board"]
 
 #: Families the SoC top knows how to clock and give memory to.
 FAMILIES = ("ecp5", "ice40")
+#: nextpnr's placers: ``heap`` (nextpnr's default, analytic then annealing), ``static`` (an
+#: electrostatic analytic placer that spreads dense DSP/EBR regions better), ``sa`` (annealing only).
+PLACERS = ("heap", "static", "sa")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class BoardConfig:
     build_overrides : dict
         Extra arguments to ``platform.build`` (e.g. yosys options).
     placer : str
-        nextpnr's placer for this board's builds, one of :data:`jacquard.boards.synth.PLACERS`
+        nextpnr's placer for this board's builds, one of :data:`PLACERS`
         (``nox -s synthesize -- BOARD --placer ...`` overrides it).
     programmer : tuple
         (command, Debian package, bitstream suffix) used by ``flash``.
@@ -80,8 +83,8 @@ class BoardConfig:
             raise ValueError(f"family must be one of {FAMILIES}, not {self.family!r}")
         if not isinstance(self.memory_bytes, int) or self.memory_bytes < 1024 or self.memory_bytes % 1024:
             raise ValueError(f"memory_bytes must be a positive multiple of 1024, not {self.memory_bytes!r}")
-        if self.placer not in ("heap", "static", "sa"):
-            raise ValueError(f"placer must be one of ('heap', 'static', 'sa'), not {self.placer!r}")
+        if self.placer not in PLACERS:
+            raise ValueError(f"placer must be one of {PLACERS}, not {self.placer!r}")
         if len(self.leds) != 3:
             raise ValueError(f"leds must name 3 LEDs (heartbeat, busy, error), not {self.leds!r}")
 

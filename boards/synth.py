@@ -16,7 +16,7 @@ from pathlib import Path
 
 from amaranth.hdl import Elaboratable
 
-from jacquard.boards.configs import BOARDS, BoardConfig
+from jacquard.boards.configs import BOARDS, PLACERS, BoardConfig
 from jacquard.host.toolchain import toolchain_env
 
 __all__ = ["LUT_MAPPERS", "PLACERS", "ROUTERS", "TARGETS", "SynthesisError", "critical_path",
@@ -41,9 +41,6 @@ LUT_MAPPERS = ("abc9", "abc")
 #: nextpnr's own default ``router1``.
 ROUTERS = ("router1", "router2")
 
-#: nextpnr's placers: ``heap`` (nextpnr's default, analytic then annealing), ``static`` (an
-#: electrostatic analytic placer that spreads dense DSP/EBR regions better), ``sa`` (annealing only).
-PLACERS = ("heap", "static", "sa")
 
 
 def nextpnr_options(router: str = "router2", *, placer: str = "heap", place_only: bool = False,

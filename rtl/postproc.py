@@ -261,7 +261,7 @@ class PostProcessor(wiring.Component):
 
         # The oc-tile (row) counter of the run; it shares `row` with the loader, which is done.
         m.d.comb += [p_rd.addr.eq(row), p_rd.en.eq(1)]
-        with m.If(issue & run):
+        with m.If(issue):  # only while running
             m.d.sync += row.eq(Mux(row == last_row, 0, row + 1))
 
         groups_acc = [Signal(data.ArrayLayout(signed(32), n_r), name=f"f_group{k}") for k in range(groups)]
