@@ -17,13 +17,21 @@ from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In
 
+from jacquard.rtl.avg_pool import AvgPool
 from jacquard.rtl.datapath import Datapath, block_sizes
+from jacquard.rtl.dma_reader import DmaReader
+from jacquard.rtl.dma_writer import DmaWriter
+from jacquard.rtl.eltwise_add import EltwiseAdd
+from jacquard.rtl.fp32 import ScaleUnit
+from jacquard.rtl.host_bridge import HostBridge
 from jacquard.rtl.line_buffer import LineBuffer
 from jacquard.rtl.mac import StreamMac
 from jacquard.rtl.maxpool2x2 import MaxPool2x2
 from jacquard.rtl.pe_array import PEArray
+from jacquard.rtl.pool import Pool
 from jacquard.rtl.postproc import PostProcessor
 from jacquard.rtl.requantizer import Requantizer
+from jacquard.rtl.sequencer import Sequencer
 
 __all__ = ["BLOCKS", "SmokeTop", "block_macs"]
 
@@ -48,7 +56,23 @@ def _maxpool2x2() -> MaxPool2x2:
     return MaxPool2x2(s["oc_par"], s["max_width"], s["pp_tiles"], s["pool_depth"])
 
 
-#: Blocks that can be put under the smoke top, by name (datapath ones at the ULX3S-85F size).
+def _sequencer() -> Sequencer:
+    from jacquard.sim.isa import CONFIGS
+
+    return Sequencer.for_config(CONFIGS["ulx3s-85f"])
+
+
+def _dma(cls: type[DmaReader] | type[DmaWriter]) -> Callable[[], wiring.Component]:
+    from jacquard.rtl.core import _MAX_BURST, _OUTSTANDING
+    from jacquard.sim.isa import CONFIGS
+
+    # As JacquardCore builds them: 32-bit addresses, a bus word of dma_align bytes, 16-bit tags.
+    bits = 8 * CONFIGS["ulx3s-85f"].dma_align
+    return lambda: cls(32, bits, _MAX_BURST, _OUTSTANDING, 16)
+
+
+#: Blocks that can be put under the smoke top, by name (datapath ones at the ULX3S-85F size, the
+#: core's other units as JacquardCore and the board SoC build them), so each can be timed alone.
 BLOCKS: dict[str, Callable[[], wiring.Component]] = {
     "mac": StreamMac,
     "pe_array": _pe_array,
@@ -57,6 +81,14 @@ BLOCKS: dict[str, Callable[[], wiring.Component]] = {
     "maxpool2x2": _maxpool2x2,
     "requantizer": Requantizer,
     "datapath": Datapath,
+    "sequencer": _sequencer,
+    "scale_unit": ScaleUnit,
+    "dma_reader": _dma(DmaReader),
+    "dma_writer": _dma(DmaWriter),
+    "avg_pool": lambda: AvgPool(block_sizes()["c_par"]),
+    "gap_sum": lambda: Pool(block_sizes()["c_par"]),
+    "eltwise_add": lambda: EltwiseAdd(block_sizes()["c_par"]),
+    "host_bridge": HostBridge,
 }
 
 

@@ -7,7 +7,7 @@ from amaranth.back import rtlil
 
 from jacquard.boards.smoke import BLOCKS, SmokeTop
 
-SLOW = {"pe_array", "postproc", "datapath"}  # tens of seconds each to elaborate
+SLOW = {"pe_array", "postproc", "datapath", "eltwise_add"}  # 15 s or more each to elaborate
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
