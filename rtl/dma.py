@@ -19,7 +19,7 @@ Each row is split into INCR bursts of at most ``max_burst`` beats that never cro
 boundary (AXI's rule). :func:`plan_bursts` and :func:`check_command` are the reference models.
 
 :class:`DmaBurster` does both in hardware, in two stages that overlap with the previous
-command's bursts: a checker (two cycles for a 1D command, else three plus one per significant bit
+command's bursts: a checker (two cycles for a 1D command, else two plus one per significant bit
 of the larger of ``count1-1`` and ``count2-1``: the two multiplies are shift-and-add, so they cost
 no DSPs; the window compare has a cycle of its own) and the burst generator (one burst per cycle).
 """
@@ -230,14 +230,16 @@ class DmaBurster(wiring.Component):
                 c_align.eq(((cmd.addr | cmd.inner_bytes | cmd.stride1 | cmd.stride2) & low) != 0),
             ]
         with m.If(c_busy):
-            with m.If((c_m1 == 0) & (c_m2 == 0)):
-                m.d.sync += [c_busy.eq(0), c_fin.eq(1)]
-            with m.Else():
-                m.d.sync += [
-                    c_end.eq(c_end + Mux(c_m1[0], c_s1, 0) + Mux(c_m2[0], c_s2, 0)),
-                    c_m1.eq(c_m1 >> 1), c_m2.eq(c_m2 >> 1),
-                    c_s1.eq(c_s1 << 1), c_s2.eq(c_s2 << 1),
-                ]
+            # The last step is known from the multipliers' bits above bit 0, so the enable of the
+            # ~200 multiply flops is the c_busy register itself: their zero test there was the
+            # DMA writer's critical path (11.9 ns, mostly the enable's fan-out).
+            last_step = (c_m1[1:] == 0) & (c_m2[1:] == 0)
+            m.d.sync += [
+                c_end.eq(c_end + Mux(c_m1[0], c_s1, 0) + Mux(c_m2[0], c_s2, 0)),
+                c_m1.eq(c_m1 >> 1), c_m2.eq(c_m2 >> 1),
+                c_s1.eq(c_s1 << 1), c_s2.eq(c_s2 << 1),
+                c_busy.eq(~last_step), c_fin.eq(last_step),
+            ]
 
         # The window compare (a 50-bit compare after the multiply's adds) gets its own cycle: in
         # the verdict's cycle it was in series with the hand-over and the first burst's 4 KiB
@@ -254,88 +256,162 @@ class DmaBurster(wiring.Component):
             m.d.comb += verdict.eq(ErrorCode.WINDOW)
 
         # -- a_: the burst generator, walking the rows of the command handed over by the checker. ---
+        # Every choice of the next state is made on flags kept in registers (the current burst
+        # ends its row, no rows or planes left), and the next row's and plane's start addresses
+        # and burst limits are computed a row ahead, so the cycle that issues a burst selects
+        # among registered values: a compare of the beats left with the burst limit (a carry
+        # chain) driving the ~250 next-state selects was the DMA writer's critical path (12.8 ns).
+        lmb = exact_log2(self._max_burst)
+        hi_bits = 12 - shift - lmb  # beat-address bits above the burst size, below 4 KiB
+        small = lmb + 2             # bits that hold any sum of two burst limits
         a_valid = Signal()
         a_cur = Signal(aw)          # address of the next burst
-        a_row = Signal(aw)          # start of the current row
-        a_plane = Signal(aw)        # start of the current plane (i2)
         a_rem = Signal(beat_bits)   # beats left in the current row
+        a_remhz = Signal()          # a_rem < 2**small
+        a_cap = Signal(range(self._max_burst + 1))  # max_burst, or fewer to 4 KiB from a_cur
+        a_end = Signal()            # a_rem <= a_cap: the next burst ends its row
+        a_row_nx = Signal(aw)       # start of the next row of this plane
+        a_rcap = Signal.like(a_cap)  # and its burst limit
+        a_plane_nx = Signal(aw)     # start of the next plane
+        a_pcap = Signal.like(a_cap)
         a_i1 = Signal(COUNT_BITS)   # rows left in this plane after the current one
+        a_i1z = Signal()            # a_i1 == 0
         a_i2 = Signal(COUNT_BITS)   # planes left after the current one
+        a_i2z = Signal()
         a_inner = Signal(beat_bits)
-        a_count1 = Signal(COUNT_BITS)
+        a_innerhz = Signal()        # a_inner < 2**small
+        a_count1m1 = Signal(COUNT_BITS)
+        a_c1z = Signal()            # count1 == 1
         a_stride1 = Signal(aw)
         a_stride2 = Signal(aw)
         a_tag = Signal(self._tag_width)
-        # Beats to the next 4 KiB boundary from a_cur, and that capped at max_burst, kept in
-        # registers next to a_cur: computing them from a_cur in the cycle that also adds the burst
-        # to a_cur put four carry chains in series (the DMA's longest path).
-        full_4k = 4096 >> shift
-        a_to4k = Signal(range(full_4k + 1))
-        a_cap = Signal(range(self._max_burst + 1))
 
-        def to_4k(addr_lo):
-            value = Signal(range(full_4k + 1))
-            m.d.comb += value.eq((4096 - addr_lo[:12]) >> shift)
+        def cap(addr_lo):
+            # min(beats to 4 KiB, max_burst) from an address's low 12 bits without subtracting the
+            # offset from 4096: the boundary is nearer than max_burst only when the beat offset's
+            # bits above the burst size are all ones, and then it is max_burst minus its low bits.
+            # (4096 - addr and its compare with max_burst, after the row's address add, were the
+            # DMA writer's critical path: 3 carry chains, 11.1 ns, 89.9 MHz alone on the 85F.)
+            low = addr_lo[shift:shift + lmb]
+            near = addr_lo[shift + lmb:12].all() if hi_bits else 1
+            value = Signal.like(a_cap)
+            m.d.comb += value.eq(Mux(near, self._max_burst - low, self._max_burst))
             return value
 
-        def cap(to4k):
-            return Mux(to4k < self._max_burst, to4k, self._max_burst)
+        def fits(rem, remhz, limit):
+            # rem <= limit for a limit below 2**small, with rem's high bits' zero test registered.
+            return remhz & (rem[:small] <= limit)
 
         refuse = Signal()
         m.d.comb += refuse.eq(c_done & (verdict != ErrorCode.NONE))
+        # The hand-over's values, registered from c_cmd while the checker decides (c_cmd is stable
+        # from its first cycle, the checker takes two or more): the first burst limit and its
+        # compare with the row were in series with the hand-over's selects (10.3 ns).
+        h_beats = c_cmd.inner_bytes >> shift
+        h_beats_hz = Signal()
+        h_cap = Signal.like(a_cap)
+        h_end = Signal()
+        h_row_nx = Signal(aw)
+        h_rcap = Signal.like(a_cap)
+        h_plane_nx = Signal(aw)
+        h_pcap = Signal.like(a_cap)
+        first_cap = cap(c_cmd.addr[:12])
+        row_nx = c_cmd.addr + c_cmd.stride1
+        plane_nx = c_cmd.addr + c_cmd.stride2
+        m.d.sync += [
+            h_beats_hz.eq((h_beats >> small) == 0),
+            h_cap.eq(first_cap), h_end.eq(h_beats <= first_cap),
+            h_row_nx.eq(row_nx), h_rcap.eq(cap(row_nx[:12])),
+            h_plane_nx.eq(plane_nx), h_pcap.eq(cap(plane_nx[:12])),
+        ]
         with m.If(c_done & ~refuse & ~a_valid):
-            beats = c_cmd.inner_bytes >> shift
             m.d.sync += [
                 c_done.eq(0),
                 a_valid.eq(1),
-                a_cur.eq(c_cmd.addr), a_row.eq(c_cmd.addr), a_plane.eq(c_cmd.addr),
-                a_rem.eq(beats), a_inner.eq(beats),
-                a_i1.eq(c_cmd.count1 - 1), a_i2.eq(c_cmd.count2 - 1), a_count1.eq(c_cmd.count1),
+                a_cur.eq(c_cmd.addr), a_rem.eq(h_beats), a_remhz.eq(h_beats_hz), a_cap.eq(h_cap),
+                a_end.eq(h_end),
+                a_row_nx.eq(h_row_nx), a_rcap.eq(h_rcap),
+                a_plane_nx.eq(h_plane_nx), a_pcap.eq(h_pcap),
+                a_i1.eq(c_cmd.count1 - 1), a_i1z.eq(c_cmd.count1 == 1),
+                a_i2.eq(c_cmd.count2 - 1), a_i2z.eq(c_cmd.count2 == 1),
+                a_inner.eq(h_beats), a_innerhz.eq(h_beats_hz),
+                a_count1m1.eq(c_cmd.count1 - 1), a_c1z.eq(c_cmd.count1 == 1),
                 a_stride1.eq(c_cmd.stride1), a_stride2.eq(c_cmd.stride2),
                 a_tag.eq(c_cmd.tag),
             ]
-            start_4k = to_4k(c_cmd.addr)
-            m.d.sync += [a_to4k.eq(start_4k), a_cap.eq(cap(start_4k))]
         with m.If(refuse):
             m.d.sync += c_done.eq(0)
 
-        # Beats of the next burst: the row's rest, the burst limit, or up to the 4 KiB boundary.
-        beats = Signal(range(self._max_burst + 1))
-        m.d.comb += beats.eq(Mux(a_rem < a_cap, a_rem, a_cap))
-        row_end = Signal()
-        m.d.comb += row_end.eq(a_rem <= a_cap)
-        # The next a_cur's distance to 4 KiB for each way a_cur moves on (only low bits matter).
-        in_row_4k = Signal(range(full_4k + 1))
-        m.d.comb += in_row_4k.eq(Mux(a_to4k == a_cap, full_4k, a_to4k - a_cap))
-        row_4k = to_4k((a_row[:12] + a_stride1[:12])[:12])
-        plane_4k = to_4k((a_plane[:12] + a_stride2[:12])[:12])
+        # The generator issues into the output register, or into a skid register while the output
+        # is held, so that its flops advance on `issue` (registers only) rather than on the
+        # owner's `ready`: AWREADY and the writer's queue room fanned out to them were the DMA
+        # writer's critical path (12.2 ns). A full skid stops the generator; the output takes the
+        # skid's burst next, so a stall costs no cycle once `ready` returns.
+        s_valid = Signal()
+        s_burst = Signal.like(self.burst.payload)
+        new = Signal.like(self.burst.payload)
+        m.d.comb += [
+            new.addr.eq(a_cur),
+            new.len.eq(Mux(a_end, a_rem[:lmb + 1], a_cap) - 1),  # beats: the row's rest or the limit
+            new.last.eq(a_end & a_i1z & a_i2z),
+            new.tag.eq(a_tag),
+        ]
+        issue = Signal()
+        m.d.comb += issue.eq(a_valid & ~s_valid)
+        with m.If(~self.burst.valid | self.burst.ready):
+            with m.If(s_valid):
+                m.d.sync += [self.burst.valid.eq(1), self.burst.payload.eq(s_burst), s_valid.eq(0)]
+            with m.Elif(issue):
+                m.d.sync += [self.burst.valid.eq(1), self.burst.payload.eq(new)]
+            with m.Else():
+                m.d.sync += self.burst.valid.eq(0)
+        with m.Elif(issue):
+            m.d.sync += [s_valid.eq(1), s_burst.eq(new)]
 
-        with m.If(a_valid & (~self.burst.valid | self.burst.ready)):
-            m.d.sync += [
-                self.burst.valid.eq(1),
-                self.burst.payload.addr.eq(a_cur),
-                self.burst.payload.len.eq(beats - 1),
-                self.burst.payload.last.eq(row_end & (a_i1 == 0) & (a_i2 == 0)),
-                self.burst.payload.tag.eq(a_tag),
-            ]
-            with m.If(~row_end):  # beats == a_cap here
-                m.d.sync += [a_cur.eq(a_cur + (a_cap << shift)), a_rem.eq(a_rem - a_cap),
-                             a_to4k.eq(in_row_4k), a_cap.eq(cap(in_row_4k))]
-            with m.Elif(a_i1 != 0):
-                m.d.sync += [a_i1.eq(a_i1 - 1), a_row.eq(a_row + a_stride1),
-                             a_cur.eq(a_row + a_stride1), a_rem.eq(a_inner),
-                             a_to4k.eq(row_4k), a_cap.eq(cap(row_4k))]
-            with m.Elif(a_i2 != 0):
-                m.d.sync += [a_i2.eq(a_i2 - 1), a_i1.eq(a_count1 - 1), a_plane.eq(a_plane + a_stride2),
-                             a_row.eq(a_plane + a_stride2), a_cur.eq(a_plane + a_stride2),
-                             a_rem.eq(a_inner), a_to4k.eq(plane_4k), a_cap.eq(cap(plane_4k))]
+        # The next burst within the row: a full burst was issued (a_end is 0), so either a_cur
+        # reached 4 KiB (a_cap < max_burst) and the limit is max_burst again, or a_cur moves by
+        # max_burst beats, which keeps its low bits and carries into the bits above them.
+        if hi_bits:
+            near_after = a_cur[shift + lmb:12] == (1 << hi_bits) - 2
+        else:
+            near_after = 1
+        in_row_cap = Signal.like(a_cap)
+        m.d.comb += in_row_cap.eq(Mux((a_cap == self._max_burst) & near_after,
+                                      self._max_burst - a_cur[shift:shift + lmb], self._max_burst))
+        in_row_rem = a_rem - a_cap
+        with m.If(issue):
+            with m.If(~a_end):
+                m.d.sync += [
+                    a_cur.eq(a_cur + (a_cap << shift)), a_rem.eq(in_row_rem), a_cap.eq(in_row_cap),
+                    a_remhz.eq((in_row_rem >> small) == 0),
+                    # a_rem - a_cap <= in_row_cap, without the subtract's carry chain in series
+                    a_end.eq(fits(a_rem, a_remhz, (a_cap + in_row_cap)[:small])),
+                ]
+            with m.Elif(~a_i1z):
+                row_nx = a_row_nx + a_stride1
+                m.d.sync += [
+                    a_cur.eq(a_row_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz), a_cap.eq(a_rcap),
+                    a_end.eq(fits(a_inner, a_innerhz, a_rcap)),
+                    a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])),
+                    a_i1.eq(a_i1 - 1), a_i1z.eq(a_i1 == 1),
+                ]
+            with m.Elif(~a_i2z):
+                row_nx = a_plane_nx + a_stride1
+                plane_nx = a_plane_nx + a_stride2
+                m.d.sync += [
+                    a_cur.eq(a_plane_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz), a_cap.eq(a_pcap),
+                    a_end.eq(fits(a_inner, a_innerhz, a_pcap)),
+                    a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])),
+                    a_plane_nx.eq(plane_nx), a_pcap.eq(cap(plane_nx[:12])),
+                    a_i1.eq(a_count1m1), a_i1z.eq(a_c1z),
+                    a_i2.eq(a_i2 - 1), a_i2z.eq(a_i2 == 1),
+                ]
             with m.Else():
                 m.d.sync += a_valid.eq(0)
-        with m.Elif(self.burst.valid & self.burst.ready):
-            m.d.sync += self.burst.valid.eq(0)
 
         with m.If(self.abort):
-            m.d.sync += [c_busy.eq(0), c_fin.eq(0), c_done.eq(0), a_valid.eq(0)]
+            # The skid's burst was never offered: it goes with the rest of the command.
+            m.d.sync += [c_busy.eq(0), c_fin.eq(0), c_done.eq(0), a_valid.eq(0), s_valid.eq(0)]
 
         # -- error register: the first cause is kept until clear. ------------------------------------
         with m.If(self.clear):
@@ -349,5 +425,5 @@ class DmaBurster(wiring.Component):
         with m.If((new_code != ErrorCode.NONE) & (~self.error | self.clear)):
             m.d.sync += [self.error.eq(1), self.error_code.eq(new_code), self.error_tag.eq(new_tag)]
 
-        m.d.comb += self.busy.eq(c_busy | c_fin | c_done | a_valid | self.burst.valid)
+        m.d.comb += self.busy.eq(c_busy | c_fin | c_done | a_valid | s_valid | self.burst.valid)
         return m

@@ -122,7 +122,8 @@ def test_plan_bursts_never_cross_4k():
             assert 1 <= n <= 16 and a // 4096 == (a + 8 * n - 1) // 4096, (c, a, n)
 
 
-@pytest.mark.parametrize("data_width,max_burst,seed", [(64, 16, 1), (32, 16, 2), (128, 8, 3), (64, 256, 4)])
+@pytest.mark.parametrize("data_width,max_burst,seed", [(64, 16, 1), (32, 16, 2), (128, 8, 3), (64, 256, 4),
+                                                       (128, 256, 5), (32, 1, 6), (64, 2, 7)])
 def test_burster_random(data_width, max_burst, seed):
     rng = random.Random(seed)
     db = data_width // 8
