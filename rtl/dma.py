@@ -265,15 +265,21 @@ class DmaBurster(wiring.Component):
         hi_bits = 12 - shift - lmb  # beat-address bits above the burst size, below 4 KiB
         small = lmb + 2             # bits that hold any sum of two burst limits
         a_valid = Signal()
+        a_valid_n = Signal()        # a_valid's next value
+        m.d.comb += a_valid_n.eq(a_valid)
         a_cur = Signal(aw)          # address of the next burst
         a_rem = Signal(beat_bits)   # beats left in the current row
         a_remhz = Signal()          # a_rem < 2**small
         a_cap = Signal(range(self._max_burst + 1))  # max_burst, or fewer to 4 KiB from a_cur
         a_end = Signal()            # a_rem <= a_cap: the next burst ends its row
+        a_ncap = Signal.like(a_cap)  # the limit after a full burst from a_cur (see ncap)
+        a_capsum = Signal(range(2 * self._max_burst + 1))  # a_cap + a_ncap
         a_row_nx = Signal(aw)       # start of the next row of this plane
         a_rcap = Signal.like(a_cap)  # and its burst limit
+        a_rncap = Signal.like(a_cap)
         a_plane_nx = Signal(aw)     # start of the next plane
         a_pcap = Signal.like(a_cap)
+        a_pncap = Signal.like(a_cap)
         a_i1 = Signal(COUNT_BITS)   # rows left in this plane after the current one
         a_i1z = Signal()            # a_i1 == 0
         a_i2 = Signal(COUNT_BITS)   # planes left after the current one
@@ -298,6 +304,18 @@ class DmaBurster(wiring.Component):
             m.d.comb += value.eq(Mux(near, self._max_burst - low, self._max_burst))
             return value
 
+        def ncap(addr_lo):
+            # cap(addr + cap(addr) beats): the 4 KiB boundary is nearer than max_burst after one
+            # full burst only when the bits above the burst size are all ones but one.
+            low = addr_lo[shift:shift + lmb]
+            value = Signal.like(a_cap)
+            if hi_bits:
+                near = addr_lo[shift + lmb:12] == (1 << hi_bits) - 2
+                m.d.comb += value.eq(Mux(near, self._max_burst - low, self._max_burst))
+            else:  # a boundary at every max_burst beats: after a full burst a_cur sits on one
+                m.d.comb += value.eq(self._max_burst)
+            return value
+
         def fits(rem, remhz, limit):
             # rem <= limit for a limit below 2**small, with rem's high bits' zero test registered.
             return remhz & (rem[:small] <= limit)
@@ -315,23 +333,28 @@ class DmaBurster(wiring.Component):
         h_rcap = Signal.like(a_cap)
         h_plane_nx = Signal(aw)
         h_pcap = Signal.like(a_cap)
+        h_ncap = Signal.like(a_cap)
+        h_capsum = Signal.like(a_capsum)
+        h_rncap = Signal.like(a_cap)
+        h_pncap = Signal.like(a_cap)
         first_cap = cap(c_cmd.addr[:12])
         row_nx = c_cmd.addr + c_cmd.stride1
         plane_nx = c_cmd.addr + c_cmd.stride2
         m.d.sync += [
             h_beats_hz.eq((h_beats >> small) == 0),
             h_cap.eq(first_cap), h_end.eq(h_beats <= first_cap),
-            h_row_nx.eq(row_nx), h_rcap.eq(cap(row_nx[:12])),
-            h_plane_nx.eq(plane_nx), h_pcap.eq(cap(plane_nx[:12])),
+            h_ncap.eq(ncap(c_cmd.addr[:12])), h_capsum.eq(first_cap + ncap(c_cmd.addr[:12])),
+            h_row_nx.eq(row_nx), h_rcap.eq(cap(row_nx[:12])), h_rncap.eq(ncap(row_nx[:12])),
+            h_plane_nx.eq(plane_nx), h_pcap.eq(cap(plane_nx[:12])), h_pncap.eq(ncap(plane_nx[:12])),
         ]
         with m.If(c_done & ~refuse & ~a_valid):
+            m.d.comb += a_valid_n.eq(1)
             m.d.sync += [
                 c_done.eq(0),
-                a_valid.eq(1),
                 a_cur.eq(c_cmd.addr), a_rem.eq(h_beats), a_remhz.eq(h_beats_hz), a_cap.eq(h_cap),
-                a_end.eq(h_end),
-                a_row_nx.eq(h_row_nx), a_rcap.eq(h_rcap),
-                a_plane_nx.eq(h_plane_nx), a_pcap.eq(h_pcap),
+                a_end.eq(h_end), a_ncap.eq(h_ncap), a_capsum.eq(h_capsum),
+                a_row_nx.eq(h_row_nx), a_rcap.eq(h_rcap), a_rncap.eq(h_rncap),
+                a_plane_nx.eq(h_plane_nx), a_pcap.eq(h_pcap), a_pncap.eq(h_pncap),
                 a_i1.eq(c_cmd.count1 - 1), a_i1z.eq(c_cmd.count1 == 1),
                 a_i2.eq(c_cmd.count2 - 1), a_i2z.eq(c_cmd.count2 == 1),
                 a_inner.eq(h_beats), a_innerhz.eq(h_beats_hz),
@@ -348,6 +371,8 @@ class DmaBurster(wiring.Component):
         # writer's critical path (12.2 ns). A full skid stops the generator; the output takes the
         # skid's burst next, so a stall costs no cycle once `ready` returns.
         s_valid = Signal()
+        s_valid_n = Signal()
+        m.d.comb += s_valid_n.eq(s_valid)
         s_burst = Signal.like(self.burst.payload)
         new = Signal.like(self.burst.payload)
         m.d.comb += [
@@ -356,62 +381,72 @@ class DmaBurster(wiring.Component):
             new.last.eq(a_end & a_i1z & a_i2z),
             new.tag.eq(a_tag),
         ]
+        # issue == a_valid & ~s_valid, kept in a register of its own: it enables ~300 flops, and a
+        # LUT in front of that fan-out was the DMA reader's critical path (9.8 ns).
         issue = Signal()
-        m.d.comb += issue.eq(a_valid & ~s_valid)
+        m.d.sync += [a_valid.eq(a_valid_n), s_valid.eq(s_valid_n), issue.eq(a_valid_n & ~s_valid_n)]
         with m.If(~self.burst.valid | self.burst.ready):
             with m.If(s_valid):
-                m.d.sync += [self.burst.valid.eq(1), self.burst.payload.eq(s_burst), s_valid.eq(0)]
+                m.d.sync += [self.burst.valid.eq(1), self.burst.payload.eq(s_burst)]
+                m.d.comb += s_valid_n.eq(0)
             with m.Elif(issue):
                 m.d.sync += [self.burst.valid.eq(1), self.burst.payload.eq(new)]
             with m.Else():
                 m.d.sync += self.burst.valid.eq(0)
         with m.Elif(issue):
-            m.d.sync += [s_valid.eq(1), s_burst.eq(new)]
+            m.d.sync += s_burst.eq(new)
+            m.d.comb += s_valid_n.eq(1)
 
-        # The next burst within the row: a full burst was issued (a_end is 0), so either a_cur
-        # reached 4 KiB (a_cap < max_burst) and the limit is max_burst again, or a_cur moves by
-        # max_burst beats, which keeps its low bits and carries into the bits above them.
+        # The next burst within the row: a full burst was issued (a_end is 0), so a_cap becomes
+        # a_ncap, and the limit after that is found the same way: either a_cur reached 4 KiB
+        # (a_cap < max_burst) and it is max_burst, or a_cur moves by max_burst beats, which keeps
+        # its low bits and adds one to the bits above them.
+        in_row_ncap = Signal.like(a_cap)
         if hi_bits:
-            near_after = a_cur[shift + lmb:12] == (1 << hi_bits) - 2
+            near_2nd = a_cur[shift + lmb:12] == ((1 << hi_bits) - 3) % (1 << hi_bits)
+            m.d.comb += in_row_ncap.eq(Mux((a_cap == self._max_burst) & near_2nd,
+                                           self._max_burst - a_cur[shift:shift + lmb], self._max_burst))
         else:
-            near_after = 1
-        in_row_cap = Signal.like(a_cap)
-        m.d.comb += in_row_cap.eq(Mux((a_cap == self._max_burst) & near_after,
-                                      self._max_burst - a_cur[shift:shift + lmb], self._max_burst))
+            m.d.comb += in_row_ncap.eq(self._max_burst)
         in_row_rem = a_rem - a_cap
         with m.If(issue):
             with m.If(~a_end):
                 m.d.sync += [
-                    a_cur.eq(a_cur + (a_cap << shift)), a_rem.eq(in_row_rem), a_cap.eq(in_row_cap),
+                    a_cur.eq(a_cur + (a_cap << shift)), a_rem.eq(in_row_rem),
                     a_remhz.eq((in_row_rem >> small) == 0),
-                    # a_rem - a_cap <= in_row_cap, without the subtract's carry chain in series
-                    a_end.eq(fits(a_rem, a_remhz, (a_cap + in_row_cap)[:small])),
+                    a_cap.eq(a_ncap), a_ncap.eq(in_row_ncap), a_capsum.eq(a_ncap + in_row_ncap),
+                    # a_rem - a_cap <= a_ncap, with no carry chain in series but the compare's
+                    a_end.eq(fits(a_rem, a_remhz, a_capsum)),
                 ]
             with m.Elif(~a_i1z):
                 row_nx = a_row_nx + a_stride1
                 m.d.sync += [
-                    a_cur.eq(a_row_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz), a_cap.eq(a_rcap),
+                    a_cur.eq(a_row_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz),
+                    a_cap.eq(a_rcap), a_ncap.eq(a_rncap), a_capsum.eq(a_rcap + a_rncap),
                     a_end.eq(fits(a_inner, a_innerhz, a_rcap)),
-                    a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])),
+                    a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])), a_rncap.eq(ncap(row_nx[:12])),
                     a_i1.eq(a_i1 - 1), a_i1z.eq(a_i1 == 1),
                 ]
             with m.Elif(~a_i2z):
                 row_nx = a_plane_nx + a_stride1
                 plane_nx = a_plane_nx + a_stride2
                 m.d.sync += [
-                    a_cur.eq(a_plane_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz), a_cap.eq(a_pcap),
+                    a_cur.eq(a_plane_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz),
+                    a_cap.eq(a_pcap), a_ncap.eq(a_pncap), a_capsum.eq(a_pcap + a_pncap),
                     a_end.eq(fits(a_inner, a_innerhz, a_pcap)),
-                    a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])),
+                    a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])), a_rncap.eq(ncap(row_nx[:12])),
                     a_plane_nx.eq(plane_nx), a_pcap.eq(cap(plane_nx[:12])),
+                    a_pncap.eq(ncap(plane_nx[:12])),
                     a_i1.eq(a_count1m1), a_i1z.eq(a_c1z),
                     a_i2.eq(a_i2 - 1), a_i2z.eq(a_i2 == 1),
                 ]
             with m.Else():
-                m.d.sync += a_valid.eq(0)
+                m.d.comb += a_valid_n.eq(0)
 
         with m.If(self.abort):
             # The skid's burst was never offered: it goes with the rest of the command.
-            m.d.sync += [c_busy.eq(0), c_fin.eq(0), c_done.eq(0), a_valid.eq(0), s_valid.eq(0)]
+            m.d.sync += [c_busy.eq(0), c_fin.eq(0), c_done.eq(0)]
+            m.d.comb += [a_valid_n.eq(0), s_valid_n.eq(0)]
 
         # -- error register: the first cause is kept until clear. ------------------------------------
         with m.If(self.clear):

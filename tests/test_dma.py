@@ -142,6 +142,56 @@ def test_burster_4k_edge():
     assert got == [(BASE + 4096 - 24, 3, 0, 5), (BASE + 4096, 16, 0, 5), (BASE + 4096 + 128, 5, 1, 5)]
 
 
+@pytest.mark.parametrize("data_width,max_burst,seed",
+                         [(64, 16, 11), (32, 2, 12), (128, 256, 13), (64, 256, 14), (64, 4, 15)])
+def test_burster_rows_near_4k(data_width, max_burst, seed):
+    # Rows of 1..3 bursts' worth of beats starting a few beats below a 4 KiB boundary or a few
+    # bursts before it, 1..3 rows, so that the limits after one and after two full bursts (which
+    # the generator computes ahead) meet every boundary case.
+    rng = random.Random(seed)
+    db = data_width // 8
+    cmds = []
+    for t in range(40):
+        inner = db * rng.randint(1, 3 * max_burst + 2)
+        near = 4096 - db * (rng.randint(0, 2) * max_burst + rng.randint(0, max_burst))
+        stride1 = inner + db * rng.choice([0, 1, max_burst, 4096 // db - 1])
+        count1 = rng.randint(1, 3)
+        cmds.append(dict(addr=BASE + 4096 * rng.randint(1, 100) + near % 4096, inner_bytes=inner,
+                         count1=count1, stride1=stride1, count2=rng.choice([1, 2]),
+                         stride2=stride1 * count1 + db * rng.randint(0, 3), tag=t))
+    got, errors = run_burster(cmds, data_width=data_width, max_burst=max_burst, seed=seed)
+    want_bursts, want_errors = expected(cmds, db, max_burst)
+    compare(got, want_bursts, seed, "burst")
+    compare(errors, want_errors, seed, "error")
+
+
+def test_burster_one_burst_per_cycle():
+    # One-beat rows and an always-ready consumer: a burst every cycle from the first on.
+    dut = DmaBurster()
+    n = 12
+    cycles = []
+
+    async def tb(ctx):
+        ctx.set(dut.window_base, BASE)
+        ctx.set(dut.window_limit, LIMIT)
+        ctx.set(dut.burst.ready, 1)
+        await stream_put(ctx, dut.cmd, dict(addr=BASE, inner_bytes=8, count1=4, stride1=8, count2=3,
+                                            stride2=64, tag=1))
+        cycle = 0
+        while len(cycles) < n:
+            _, _, valid = await ctx.tick().sample(dut.burst.valid)
+            cycle += 1
+            if valid:
+                cycles.append(cycle)
+                assert cycle < 100, "bursts stopped"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert cycles == list(range(cycles[0], cycles[0] + n)), f"bursts at cycles {cycles}"
+
+
 @pytest.mark.parametrize("addr,inner,code", [
     (LIMIT - 64, 64, ErrorCode.NONE),          # ends exactly at the (exclusive) limit
     (LIMIT - 56, 64, ErrorCode.WINDOW),        # one beat past the limit
