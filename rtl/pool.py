@@ -108,7 +108,8 @@ class Pool(wiring.Component):
         is_max = self.mode == PoolMode.MAX
 
         cfg_ok = Signal()
-        m.d.comb += cfg_ok.eq((self.taps != 0) & (self.taps <= (1 << 24))
+        # 1 <= taps <= 2^24 as zero tests, not a compare's carry chain (it gates i.ready).
+        m.d.comb += cfg_ok.eq((self.taps != 0) & (~self.taps[24] | (self.taps[:24] == 0))
                               & ((self.mode == PoolMode.MAX) | (self.mode == PoolMode.SUM)))
         framing = Signal()  # sticky
         m.d.comb += self.error.eq(framing | ~cfg_ok)
@@ -117,48 +118,81 @@ class Pool(wiring.Component):
         with m.Elif(~cfg_ok):
             m.d.comb += self.error_code.eq(PoolError.CONFIG)
 
-        # s1: the running reduction; `done` marks a finished window waiting for the output register.
+        # s0: the tap, checked against the window's framing and registered; s1: the running
+        # reduction, `done` marking a finished window; s2: the output register of the mode, with
+        # a skid register in front so that a finished window moves on registers only. The
+        # accumulator's clock enable and selects then come from registers: the framing check,
+        # the 32-bit add, the consumer's ready and the enable's fan-out in one cycle were
+        # gap_sum's critical path (10.2 ns).
         acc = Signal(acc_layout(c_par))
         done = Signal()
-        out_free = Mux(is_max, ~self.o.valid | self.o.ready, ~self.o_sum.valid | self.o_sum.ready)
-        move = Signal()
+        sk_valid = Signal()
+        sk = Signal(acc_layout(c_par))
+        move = Signal()  # the finished window leaves the accumulator
+        s0_valid = Signal()
+        s0_go = Signal()  # s0's tap enters the reduction
+        s0 = Signal.like(self.i.payload)
         m.d.comb += [
-            move.eq(done & out_free),
-            self.i.ready.eq((~done | move) & cfg_ok & ~framing),
+            move.eq(done & ~sk_valid),
+            s0_go.eq(s0_valid & (~done | ~sk_valid)),
+            self.i.ready.eq((~s0_valid | s0_go) & cfg_ok & ~framing),
         ]
 
-        tap_idx = Signal(TAPS_BITS)
+        # Where the current tap is in its window, without a carry chain: `at_first` is a flag and
+        # `left` counts the window's taps left, the current one included, once past its first
+        # tap. (Comparing a tap index with `taps - 1` put a subtract and a compare in series with
+        # the framing check.)
+        at_first = Signal(init=1)
+        left = Signal(TAPS_BITS)
         tap = self.i.payload
-        at_first = tap_idx == 0
-        at_last = tap_idx == self.taps - 1
-        with m.If(move):
-            m.d.sync += done.eq(0)
+        at_last = Mux(at_first, self.taps == 1, left == 1)
+        with m.If(s0_go):
+            m.d.sync += s0_valid.eq(0)
         with m.If(self.clear):
-            m.d.sync += [tap_idx.eq(0), framing.eq(0)]
+            m.d.sync += [at_first.eq(1), framing.eq(0)]
         with m.Elif(self.i.valid & self.i.ready):
             with m.If((tap.first != at_first) | (tap.last != at_last)):
                 m.d.sync += framing.eq(1)
             with m.Else():
-                m.d.sync += [tap_idx.eq(Mux(at_last, 0, tap_idx + 1)), done.eq(tap.last)]
-                for c in range(c_par):
-                    x = tap.data[c]
-                    with m.If(tap.first):
-                        m.d.sync += acc[c].eq(x)
-                    with m.Elif(is_max):
-                        m.d.sync += acc[c].eq(Mux(x > acc[c], x, acc[c]))
-                    with m.Else():
-                        m.d.sync += acc[c].eq(acc[c] + x)
+                m.d.sync += [at_first.eq(at_last), left.eq(Mux(at_first, self.taps, left) - 1),
+                             s0_valid.eq(1), s0.eq(tap)]
 
-        # s2: output registers, one per mode; the result stays until taken.
+        with m.If(move):
+            m.d.sync += done.eq(0)
+        # Both reductions run on every tap, each in its own register, and the output takes the
+        # mode's: a mode-selected update merged the sum's carry chain and the max compare into
+        # the accumulator's clock enable (10.0 ns).
+        mx = Signal(pixel_layout(c_par))  # the running max: int8
+        with m.If(s0_go):
+            m.d.sync += done.eq(s0.last)
+            for c in range(c_par):
+                x = s0.data[c]
+                m.d.sync += acc[c].eq(Mux(s0.first, x, acc[c] + x))
+                with m.If(s0.first | (x > mx[c])):
+                    m.d.sync += mx[c].eq(x)
+
+        # s2: the mode's output register takes the skid's window, else the accumulator's; the
+        # skid takes the accumulator's while the output is held. The result stays until taken.
+        out_free = Mux(is_max, ~self.o.valid | self.o.ready, ~self.o_sum.valid | self.o_sum.ready)
+        # In MAX mode the accumulator's lanes carry the running max (sign-extended).
+        window = Signal(acc_layout(c_par))
+        for c in range(c_par):
+            m.d.comb += window[c].eq(Mux(is_max, mx[c], acc[c]))
+        result = Signal(acc_layout(c_par))
+        m.d.comb += result.eq(Mux(sk_valid, sk, window))
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(self.o_sum.ready):
             m.d.sync += self.o_sum.valid.eq(0)
-        with m.If(move):
-            with m.If(is_max):
-                m.d.sync += self.o.valid.eq(1)
-                for c in range(c_par):
-                    m.d.sync += self.o.payload[c].eq(acc[c])
-            with m.Else():
-                m.d.sync += [self.o_sum.valid.eq(1), self.o_sum.payload.eq(acc)]
+        with m.If(out_free):
+            with m.If(sk_valid | move):
+                m.d.sync += sk_valid.eq(0)
+                with m.If(is_max):
+                    m.d.sync += self.o.valid.eq(1)
+                    for c in range(c_par):
+                        m.d.sync += self.o.payload[c].eq(result[c])
+                with m.Else():
+                    m.d.sync += [self.o_sum.valid.eq(1), self.o_sum.payload.eq(result)]
+        with m.Elif(move):
+            m.d.sync += [sk_valid.eq(1), sk.eq(window)]
         return m
