@@ -280,12 +280,18 @@ class Sequencer(wiring.Component):
 
         d = Signal(descriptor_layout())
 
+        # The op's decode, registered: it selects operands all over the state machine, and the
+        # descriptor is stable for dozens of cycles (MUL) before the first of them is used.
+        op_flags = {o: Signal(name=f"is_{o.name.lower()}") for o in sorted(cfg.ops)}
+        m.d.sync += [flag.eq(d.op == o) for o, flag in op_flags.items()]
+
         def is_op(o):
-            return self._is_op(d.op, o)
+            return self._is_op(op_flags, o)
         hdr = Signal(4 * 32)
         words_left = Signal(5)
         index = Signal(16)
         count = Signal(32)
+        last_done = Signal()  # index == count, registered where index or count moves
         desc_addr = Signal(_ADDR)
 
         # -- products (MUL) -----------------------------------------------------------------
@@ -305,10 +311,12 @@ class Sequencer(wiring.Component):
 
         dw = d.depthwise
         n_ct = d.in_cp >> ct_shift
-        lanes = Signal(8)
-        m.d.comb += lanes.eq(Mux(dw | (~is_op(Op.CONV)), c_par, oc_par))
+        # Registered, like every value the group logic derives from the descriptor alone: the
+        # descriptor is stable from its last word on, and MUL runs for dozens of cycles before
+        # anything reads these (the group sizing's adds and compares in series with them set the
+        # sequencer's Fmax, 53 MHz alone on the 85F).
         n_tiles_total = Signal(17)
-        m.d.comb += n_tiles_total.eq(Mux(dw, (d.out_c + c_par - 1) >> ct_shift,
+        m.d.sync += n_tiles_total.eq(Mux(dw, (d.out_c + c_par - 1) >> ct_shift,
                                          (d.out_c + oc_par - 1) >> exact_log2(oc_par)))
         w_tile_bytes = Signal(SIZE_BITS)  # weight bytes in memory per oc tile
         m.d.comb += w_tile_bytes.eq(saturate(Mux(dw, p_khkw << ct_shift, p_taps << blk_shift)))
@@ -329,7 +337,6 @@ class Sequencer(wiring.Component):
         mul_busy = Signal()
 
         # -- region table (for MISALIGNED, WINDOW and OVERLAP) --------------------------------
-        op = d.op
         is_conv, is_add = is_op(Op.CONV), is_op(Op.ADD)
         params_bytes = ((d.out_c + cfg.param_align - 1) >> param_shift) << (param_shift + 3)
         lut_bytes = Mux(d.lut_per_channel, d.out_cp << 8, 256)
@@ -344,8 +351,9 @@ class Sequencer(wiring.Component):
 
         lb_op = is_op(Op.CONV) | is_op(Op.MAXPOOL) | is_op(Op.AVGPOOL)
         # A whole-map AVGPOOL without padding is a global average (onnxruntime's path, the ISA's).
-        whole = ((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0) & (d.pad_b == 0)
-                 & (d.pad_r == 0))
+        whole = Signal()
+        m.d.sync += whole.eq((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0)
+                             & (d.pad_b == 0) & (d.pad_r == 0))
         is_gap = is_op(Op.GLOBAL_AVGPOOL) | (is_op(Op.AVGPOOL) & whole)
         is_avg = is_op(Op.AVGPOOL) & ~whole
         lb_path = is_op(Op.CONV) | is_op(Op.MAXPOOL) | is_avg  # ops that run through the line buffer
@@ -390,7 +398,7 @@ class Sequencer(wiring.Component):
         P, S = ErrorCode.PARAM_RANGE, ErrorCode.SHAPE
         checks = [  # (fails, code, field, ERROR_ADDR: 0 or the name of the address field)
             # An op outside the config's op set is as unknown as an invalid code.
-            (~Cat(*(op == o for o in sorted(cfg.ops))).any(), ErrorCode.BAD_OPCODE, "op", 0),
+            (~Cat(*op_flags.values()).any(), ErrorCode.BAD_OPCODE, "op", 0),
             (reserved != 0, P, None, 0),
             *[(d[n] == 0, P, n, 0) for n in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c")],
             (d.in_cp != pad_c(d.in_c), P, "in_cp", 0),
@@ -444,7 +452,7 @@ class Sequencer(wiring.Component):
             # ADD's LUT goes through the LUT/pad unit: lanes = c_par must fit its oc_par lanes.
             (is_add & d.lut & Const(cfg.oc_par < cfg.c_par), P, "lut", 0),
         ]
-        check_step = Signal(range(len(checks) + 1))
+        check_step = Signal(range(len(checks) + 2))
         # Every check's verdict is registered: each is a wide compare (an address plus a size
         # against the window, 50-bit carry chains) and their multiplexer by check_step feeds the
         # state machine, which was the SoC's longest path. The operands (the descriptor, the
@@ -460,6 +468,15 @@ class Sequencer(wiring.Component):
         check_addr = Array([Const(0, _ADDR), *(d[a] for a in addr_names)])
         check_addr_sel = Array(Const(addr_names.index(a) + 1 if isinstance(a, str) else 0,
                                      range(len(addr_names) + 1)) for _, _, _, a in checks)
+        # CHECK acts a cycle after it selects: the verdict of step k and what it would report are
+        # registered while step k + 1 is selected, so neither the step's multiplexers nor the
+        # tables run into the state machine and the status registers in one cycle.
+        chk_hit, chk_end = Signal(), Signal()
+        chk_code, chk_field, chk_addr = Signal(ErrorCode), Signal(8), Signal(_ADDR)
+        m.d.sync += [chk_hit.eq((check_step < len(checks)) & check_bad.bit_select(check_step, 1)),
+                     chk_end.eq(check_step == len(checks)),
+                     chk_code.eq(check_code[check_step]), chk_field.eq(check_field[check_step]),
+                     chk_addr.eq(check_addr[check_addr_sel[check_step]])]
 
         # -- status -------------------------------------------------------------------------
         stop_code = Signal(ErrorCode)
@@ -485,12 +502,12 @@ class Sequencer(wiring.Component):
         setup = self.setup
         ch0 = Signal(17)
         m.d.comb += ch0.eq(Mux(dw, tile0 << ct_shift, tile0 << exact_log2(oc_par)))
-        g_ch = Signal(17)  # channels in the group that exist in memory
+        # Channels in the group that exist in memory. Registered: GROUP_SIZE's last cycle leaves
+        # tile0 and g_tiles as they are, so it holds the group's value from the next state on.
+        g_ch = Signal(17)
         g_lanes_all = Signal(20)
-        m.d.comb += [
-            g_lanes_all.eq(Mux(dw, g_tiles << ct_shift, g_tiles << exact_log2(oc_par))),
-            g_ch.eq(Mux(d.out_cp - ch0 < g_lanes_all, d.out_cp - ch0, g_lanes_all)),
-        ]
+        m.d.comb += g_lanes_all.eq(Mux(dw, g_tiles << ct_shift, g_tiles << exact_log2(oc_par)))
+        m.d.sync += g_ch.eq(Mux(d.out_cp - ch0 < g_lanes_all, d.out_cp - ch0, g_lanes_all))
         lut_cap = self._lut_channels
         # ADD: offset of the next chunk in each input (bytes read so far, plus the channel group's
         # first channel), kept as a register so a read's address is one adder.
@@ -506,22 +523,52 @@ class Sequencer(wiring.Component):
         add_gch = Signal(17)
         m.d.sync += add_gch.eq(Mux(d.lut_per_channel & (d.out_cp - add_ch0 > lut_cap), lut_cap,
                                    d.out_cp - add_ch0))
+        # ADD's read sizes, registered from add_rest: ADD_INPUT acts at most every other cycle (a
+        # read it issues holds cmd_free low for a cycle), so they are current whenever it acts.
+        # ``add_last``: this pair of reads is the last, ``step >= add_rest``.
+        add_grouped = Signal()  # a channel group narrower than the tensor: one pixel per read
+        add_size, add_step, add_last, add_more = Signal(SIZE_BITS), Signal(SIZE_BITS), Signal(), Signal()
+        add_part = Mux(add_rest < add_chunk, add_rest, add_chunk)
+        m.d.sync += [add_grouped.eq(add_gch != d.in_cp),
+                     add_size.eq(Mux(add_grouped, add_gch, add_part)),
+                     add_step.eq(Mux(add_grouped, d.in_cp, add_part)),
+                     add_last.eq(Mux(add_grouped, d.in_cp >= add_rest, add_rest <= add_chunk)),
+                     # GROUP_END comes long after add_ch0 and add_gch last moved.
+                     add_more.eq(add_ch0 + add_gch < d.out_cp)]
         nxt = g_tiles + 1
-        g_blocks = Signal(range(bank_blocks + 1))   # running g_tiles * taps
-        g_pool = Signal(range(self._pool_depth + 1))     # running g_tiles * (conv_w // 2)
+        # What is left of each budget, counted down as the group grows, so that every test of
+        # can_grow is one compare of registers (sums against limits took 18.8 ns on the 85F).
+        rem_tiles = Signal(17)                                 # n_tiles_total - tile0
+        blocks_room = Signal(range(bank_blocks + 1))           # bank_blocks - g_tiles * taps
+        pool_room = Signal(range(self._pool_depth + 1))        # pool_depth - g_tiles * (conv_w // 2)
         can_grow = Signal()
         m.d.comb += can_grow.eq(
-            is_conv & (tile0 + nxt <= n_tiles_total)
+            is_conv & (g_tiles < rem_tiles)
             # CHECK refused a CONV with p_taps > bank_blocks: its low bits are all of it.
-            & (g_blocks + p_taps[:len(g_blocks)] <= bank_blocks)
-            & (nxt <= self._pp_tiles)
-            & (~d.lut_per_channel | (Mux(dw, nxt << ct_shift, nxt << exact_log2(oc_par)) <= lut_cap))
-            & (~d.fuse_maxpool | (g_pool + (setup.conv_w >> 1) <= self._pool_depth)))
+            & (p_taps[:len(blocks_room)] <= blocks_room)
+            & (g_tiles < self._pp_tiles)
+            # (g_tiles + 1) * lanes <= lut_cap
+            & (~d.lut_per_channel
+               | Mux(dw, g_tiles < lut_cap >> ct_shift, g_tiles < lut_cap >> exact_log2(oc_par)))
+            & (~d.fuse_maxpool | ((setup.conv_w >> 1) <= pool_room)))
         # DMA words are dma_align bytes: a group that does not end the layer must end on a
         # multiple of c_par channels (matters only when oc_par < c_par).
         misfit = Signal()
         if oc_par < c_par:
-            m.d.comb += misfit.eq((g_lanes_all[:ct_shift] != 0) & (tile0 + g_tiles < n_tiles_total))
+            m.d.comb += misfit.eq((g_lanes_all[:ct_shift] != 0) & (g_tiles < rem_tiles))
+
+        # Every read's and write's address (a descriptor base plus the group's or the chunk's
+        # offset), registered in the states before the one that issues it: ch0 and add_ch0 move in
+        # GROUP_END, gtile and add_off when a read is issued, and an issued read holds cmd_free low
+        # for the next cycle, so each is current whenever its state acts.
+        lut_ch0 = Mux(is_add, add_ch0, ch0)
+        a_params, a_lut, a_in_ch, a_gap, a_add1, a_add2, a_out = (
+            Signal(_ADDR, name=f"a_{n}") for n in ("params", "lut", "in_ch", "gap", "add1", "add2", "out"))
+        m.d.sync += [a_params.eq(d.params_addr + (ch0 << 3)),
+                     a_lut.eq(Mux(d.lut_per_channel, d.lut_addr + (lut_ch0 << 8), d.lut_addr)),
+                     a_in_ch.eq(d.in_addr + ch0), a_gap.eq(d.in_addr + (gtile << ct_shift)),
+                     a_add1.eq(d.in_addr + add_off), a_add2.eq(d.in2_addr + add_off),
+                     a_out.eq(d.out_addr + lut_ch0)]
 
         rd, wr = self.rd_cmd, self.wr_cmd
         m.d.comb += [rd.payload.tag.eq(index), wr.payload.tag.eq(index), self.weights_bank.eq(bank),
@@ -535,12 +582,45 @@ class Sequencer(wiring.Component):
         m.d.comb += self.wr_done.ready.eq(1)
         m.d.sync += wr_out.eq(wr_out + (wr.valid & wr.ready) - self.wr_done.valid)
 
-        def read(target, addr, inner, count1=1, stride1=0, count2=1, stride2=0):
-            return [rd.valid.eq(1), rd.payload.addr.eq(addr), rd.payload.inner_bytes.eq(inner),
-                    rd.payload.count1.eq(count1), rd.payload.stride1.eq(stride1),
-                    rd.payload.count2.eq(count2), rd.payload.stride2.eq(stride2), self.rd_target.eq(target)]
+        # The reads, by name: (target, addr, inner_bytes[, count1, stride1[, count2, stride2]]).
+        reads = {
+            "header": (ReadTarget.DESC, self.prog_base, 16),
+            "desc": (ReadTarget.DESC, desc_addr, 64),
+            "params": (ReadTarget.PARAMS, a_params, g_lanes_all << 3),
+            "lut": (ReadTarget.LUT, a_lut, Mux(d.lut_per_channel, Mux(is_add, add_gch, g_ch) << 8, 256)),
+            "weights": (ReadTarget.WEIGHTS, w_ptr, g_wbytes),
+            # A depthwise group computes only its own channels: it reads their slice of every
+            # pixel (3-D, like the output), and the line buffer runs that many.
+            "input_slice": (ReadTarget.INPUT, a_in_ch, g_ch, d.in_w, d.in_cp, d.in_h, p_row),
+            "input": (ReadTarget.INPUT, d.in_addr, p_row, d.in_h, p_row),
+            # One 2-D read per channel tile: its c_par bytes of every pixel, row by row.
+            "gap_tile": (ReadTarget.INPUT, a_gap, c_par, d.in_w, d.in_cp, d.in_h, p_row),
+            "add_chunk": (ReadTarget.INPUT, a_add1, add_size),
+            "add_chunk2": (ReadTarget.INPUT2, a_add2, add_size),
+        }
+        # A state only picks a read; the command is loaded the next cycle from the pick, a
+        # register. The payload's ~150 flops then take their enable and their multiplexer's
+        # select from registers, not from the state machine's next-state logic (13.9 ns on the
+        # 85F). What a read is made of holds for that cycle: the values it uses move only when a
+        # read is picked (gtile, add_off, add_rest), and a_*/add_size, registered, lag them by one.
+        rd_req = Signal()
+        rd_pick = Signal(range(len(reads)))
 
-        cmd_free = ~rd.valid
+        def read(name):
+            return [rd_req.eq(1), rd_pick.eq(list(reads).index(name))]
+
+        with m.If(rd_req):
+            m.d.sync += [rd_req.eq(0), rd.valid.eq(1)]
+            with m.Switch(rd_pick):
+                for k, (target, addr, inner, *rest) in enumerate(reads.values()):
+                    count1, stride1, count2, stride2 = (*rest, 1, 0, 1, 0)[:4]
+                    with m.Case(k):
+                        m.d.sync += [rd.payload.addr.eq(addr), rd.payload.inner_bytes.eq(inner),
+                                     rd.payload.count1.eq(count1), rd.payload.stride1.eq(stride1),
+                                     rd.payload.count2.eq(count2), rd.payload.stride2.eq(stride2),
+                                     self.rd_target.eq(target)]
+
+        cmd_free = ~rd.valid & ~rd_req
         m.d.comb += self.desc_word.ready.eq(1)
         with m.If(self.desc_word.valid):
             m.d.sync += [hdr.eq(Cat(hdr[32:], self.desc_word.payload)),
@@ -584,14 +664,15 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         m.next = "HDR_FETCH"
             with state("HDR_FETCH"):
-                m.d.sync += [*read(ReadTarget.DESC, self.prog_base, 16), words_left.eq(4)]
+                m.d.sync += [*read("header"), words_left.eq(4)]
                 m.next = "HDR_WAIT"
             with state("HDR_WAIT"):
                 with m.If(words_left == 0):
                     m.next = "HDR_CHECK"
             with state("HDR_CHECK"):
                 magic, version, chash, cnt = hdr[0:32], hdr[32:64], hdr[64:96], hdr[96:128]
-                m.d.sync += [count.eq(cnt), index.eq(0), desc_addr.eq(self.prog_base + 16)]
+                m.d.sync += [count.eq(cnt), index.eq(0), desc_addr.eq(self.prog_base + 16),
+                             last_done.eq(cnt == 0)]
                 with m.If(magic != PROGRAM_MAGIC):
                     m.d.sync += fail(ErrorCode.BAD_MAGIC, None, 0)
                     m.next = "STOP"
@@ -607,12 +688,12 @@ class Sequencer(wiring.Component):
                 with m.Else():
                     m.next = "NEXT_DESC"
             with state("NEXT_DESC"):
-                with m.If(index == count):
+                with m.If(last_done):
                     m.d.sync += [self.done.eq(1), self.busy.eq(0), index.eq(Mux(count == 0, 0, count - 1))]
                     m.d.comb += self.irq_done.eq(1)
                     m.next = "IDLE"
                 with m.Elif(cmd_free):
-                    m.d.sync += [*read(ReadTarget.DESC, desc_addr, 64), words_left.eq(16)]
+                    m.d.sync += [*read("desc"), words_left.eq(16)]
                     m.next = "DESC_WAIT"
             with state("DESC_WAIT"):
                 with m.If(words_left == 0):
@@ -648,28 +729,29 @@ class Sequencer(wiring.Component):
                 with m.If(u_step == u_last):
                     m.next = "CHECK"
             with state("CHECK"):
-                with m.If(check_step < len(checks)):
-                    with m.If(check_bad.bit_select(check_step, 1)):
-                        m.d.sync += fail(check_code[check_step], check_field[check_step],
-                                         check_addr[check_addr_sel[check_step]])
-                        m.next = "STOP"
-                with m.Else():
-                        m.d.sync += [tile0.eq(0), g_tiles.eq(0), g_wbytes.eq(0), w_ptr.eq(d.weights_addr),
-                                     bank.eq(0), g_blocks.eq(0), g_pool.eq(0), setup.taps.eq(p_taps),
-                                     setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
-                                     setup.gap_taps.eq(p_hw), setup.gap_m.eq(su.multiplier),
-                                     setup.gap_bias.eq(Mux(d.in_zp < 0, p_zhw, -p_zhw)),
-                                     setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k), add_ch0.eq(0),
-                                     pre.eq(0)]
-                        m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff, shu.conv_extra[1])
-                        m.next = "GROUP_SIZE"
+                # chk_* are step check_step - 1's (nothing yet in the first cycle).
+                with m.If((check_step != 0) & chk_hit):
+                    m.d.sync += fail(chk_code, chk_field, chk_addr)
+                    m.next = "STOP"
+                with m.Elif((check_step != 0) & chk_end):
+                    m.d.sync += [tile0.eq(0), rem_tiles.eq(n_tiles_total), g_tiles.eq(0), g_wbytes.eq(0),
+                                 w_ptr.eq(d.weights_addr), bank.eq(0), blocks_room.eq(bank_blocks),
+                                 pool_room.eq(self._pool_depth), setup.taps.eq(p_taps),
+                                 setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
+                                 setup.gap_taps.eq(p_hw), setup.gap_m.eq(su.multiplier),
+                                 setup.gap_bias.eq(Mux(d.in_zp < 0, p_zhw, -p_zhw)),
+                                 setup.ra.eq(su.ra), setup.rb.eq(su.rb), setup.k.eq(su.k), add_ch0.eq(0),
+                                 pre.eq(0)]
+                    m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff, shu.conv_extra[1], is_op,
+                                                      whole)
+                    m.next = "GROUP_SIZE"
                 m.d.sync += check_step.eq(check_step + 1)
             with state("GROUP_SIZE"):
                 # Grow the group one oc tile per cycle while it fits every buffer.
                 with m.If(can_grow):
                     m.d.sync += [g_tiles.eq(nxt), g_wbytes.eq(g_wbytes + w_tile_bytes),
-                                 g_blocks.eq(g_blocks + p_taps[:len(g_blocks)]),
-                                 g_pool.eq(g_pool + (setup.conv_w >> 1))]
+                                 blocks_room.eq(blocks_room - p_taps[:len(blocks_room)]),
+                                 pool_room.eq(pool_room - (setup.conv_w >> 1))]
                 with m.Elif(misfit):
                     m.d.sync += [g_tiles.eq(g_tiles - 1), g_wbytes.eq(g_wbytes - w_tile_bytes)]
                 with m.Elif(pre):
@@ -691,7 +773,7 @@ class Sequencer(wiring.Component):
                     m.next = "GROUP_START"
             with state("GROUP_START"):
                 m.d.comb += self.group_start.eq(1)
-                m.d.sync += [add_off.eq(Mux(add_gch != d.in_cp, add_ch0, 0)), add_rest.eq(p_in), gtile.eq(0),
+                m.d.sync += [add_off.eq(Mux(add_grouped, add_ch0, 0)), add_rest.eq(p_in), gtile.eq(0),
                              second.eq(0)]
                 with m.If(is_op(Op.CONV)):
                     m.next = "ISSUE_PARAMS"
@@ -704,7 +786,7 @@ class Sequencer(wiring.Component):
                     m.next = "ISSUE_INPUT"
             with state("ISSUE_PARAMS"):
                 with m.If(cmd_free):
-                    m.d.sync += read(ReadTarget.PARAMS, d.params_addr + (ch0 << 3), g_lanes_all << 3)
+                    m.d.sync += read("params")
                     # Depthwise groups read c_par entries per tile (the router pads to oc_par).
                     m.next = "ISSUE_LUT"
             with state("ISSUE_LUT"):
@@ -715,10 +797,7 @@ class Sequencer(wiring.Component):
                     with m.If(is_add):
                         m.next = "ISSUE_OUTPUT"
                 with m.Elif(cmd_free):
-                    per_ch = d.lut_per_channel
-                    lut_ch0 = Mux(is_add, add_ch0, ch0)
-                    m.d.sync += read(ReadTarget.LUT, Mux(per_ch, d.lut_addr + (lut_ch0 << 8), d.lut_addr),
-                                     Mux(per_ch, Mux(is_add, add_gch, g_ch) << 8, 256))
+                    m.d.sync += read("lut")
                     m.next = "ISSUE_WEIGHTS"
                     with m.If(pre):
                         m.next = "ISSUE_INPUT"
@@ -729,23 +808,20 @@ class Sequencer(wiring.Component):
                 # (the core marks a load's first row and tracks its bank).
                 with m.If(cmd_free & (~pre | self.weights_loaded)):
                     m.d.comb += self.weights_first.eq(1)
-                    m.d.sync += read(ReadTarget.WEIGHTS, w_ptr, g_wbytes)
+                    m.d.sync += read("weights")
                     m.next = "ISSUE_INPUT"
                     with m.If(pre):
                         m.next = "GROUP_READY"
             with state("ISSUE_INPUT"):
                 with m.If(cmd_free):
-                    # A depthwise group computes only its own channels: it reads their slice of
-                    # every pixel (3-D, like the output), and the line buffer runs that many.
                     with m.If(is_conv & dw & (g_ch != d.in_cp)):
-                        m.d.sync += read(ReadTarget.INPUT, d.in_addr + ch0, g_ch, d.in_w, d.in_cp, d.in_h,
-                                         p_row)
+                        m.d.sync += read("input_slice")
                     with m.Else():
-                        m.d.sync += read(ReadTarget.INPUT, d.in_addr, p_row, d.in_h, p_row)
+                        m.d.sync += read("input")
                     m.next = "ISSUE_OUTPUT"
             with state("ISSUE_OUTPUT"):
                 with m.If(~wr.valid):
-                    m.d.sync += [wr.valid.eq(1), wr.payload.addr.eq(d.out_addr + Mux(is_add, add_ch0, ch0)),
+                    m.d.sync += [wr.valid.eq(1), wr.payload.addr.eq(a_out),
                                  wr.payload.inner_bytes.eq(Mux(is_op(Op.CONV), g_ch,
                                                                Mux(is_add, add_gch, d.out_cp))),
                                  wr.payload.count1.eq(d.out_w), wr.payload.stride1.eq(d.out_cp),
@@ -756,46 +832,42 @@ class Sequencer(wiring.Component):
                     with m.If(is_add):
                         m.next = "ADD_INPUT"
             with state("GAP_INPUT"):
-                # One 2-D read per channel tile: its c_par bytes of every pixel, row by row.
                 with m.If(cmd_free):
-                    m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + (gtile << ct_shift), c_par, d.in_w,
-                                       d.in_cp, d.in_h, p_row),
-                                 gtile.eq(gtile + 1)]
+                    m.d.sync += [*read("gap_tile"), gtile.eq(gtile + 1)]
                     with m.If(gtile + 1 == n_ct):
                         m.next = "GROUP_END"
             with state("ADD_INPUT"):
                 # Chunks of both inputs in turn; the core buffers one chunk of the first input.
                 # A channel group narrower than the tensor reads its channels of one pixel at a time.
-                grouped = add_gch != d.in_cp
                 with m.If(cmd_free):
-                    size = Mux(grouped, add_gch, Mux(add_rest < add_chunk, add_rest, add_chunk))
-                    step = Mux(grouped, d.in_cp, size)
                     with m.If(~second):
-                        m.d.sync += [*read(ReadTarget.INPUT, d.in_addr + add_off, size), second.eq(1)]
+                        m.d.sync += [*read("add_chunk"), second.eq(1)]
                     with m.Else():
-                        m.d.sync += [*read(ReadTarget.INPUT2, d.in2_addr + add_off, size), second.eq(0),
-                                     add_off.eq(add_off + step), add_rest.eq(add_rest - step)]
-                        with m.If(step >= add_rest):  # chunk + step >= p_in
+                        m.d.sync += [*read("add_chunk2"), second.eq(0),
+                                     add_off.eq(add_off + add_step), add_rest.eq(add_rest - add_step)]
+                        with m.If(add_last):  # chunk + step >= p_in
                             m.next = "GROUP_END"
             with state("GROUP_END"):
                 # Every command of the group is out; the group computes and writes on its own.
-                with m.If(is_op(Op.CONV) & (tile0 + g_tiles < n_tiles_total)):
-                    m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0), w_ptr.eq(w_ptr + g_wbytes),
-                                 g_wbytes.eq(0), bank.eq(~bank), g_blocks.eq(0), g_pool.eq(0), pre.eq(1)]
+                with m.If(is_op(Op.CONV) & (g_tiles < rem_tiles)):
+                    m.d.sync += [tile0.eq(tile0 + g_tiles), rem_tiles.eq(rem_tiles - g_tiles), g_tiles.eq(0),
+                                 w_ptr.eq(w_ptr + g_wbytes), g_wbytes.eq(0), bank.eq(~bank),
+                                 blocks_room.eq(bank_blocks), pool_room.eq(self._pool_depth), pre.eq(1)]
                     m.next = "GROUP_SIZE"
-                with m.Elif(is_add & (add_ch0 + add_gch < d.out_cp)):
+                with m.Elif(is_add & add_more):
                     m.d.sync += add_ch0.eq(add_ch0 + add_gch)
                     m.next = "GROUP_SIZE"
                 with m.Else():
                     m.next = "LAYER_END"
             with state("LAYER_END"):
                 # The next descriptor may read this layer's output: wait for every write's done.
-                with m.If(self.datapath_idle & ~self.dma_busy & (wr_out == 0) & ~wr.valid):
-                    m.d.sync += [index.eq(index + 1), desc_addr.eq(desc_addr + 64)]
+                with m.If(self.datapath_idle & ~self.dma_busy & (wr_out == 0) & ~wr.valid & cmd_free):
+                    m.d.sync += [index.eq(index + 1), desc_addr.eq(desc_addr + 64),
+                                 last_done.eq(index + 1 == count)]
                     m.next = "NEXT_DESC"
             with state("STOP"):
                 m.d.comb += self.flush.eq(1)
-                m.d.sync += rd.valid.eq(0)
+                m.d.sync += [rd.valid.eq(0), rd_req.eq(0)]
                 m.d.sync += wr.valid.eq(0)
                 m.d.sync += wr_out.eq(0)  # the aborted writer withdraws the dones not yet taken
                 with m.If(~self.dma_busy):
@@ -816,21 +888,16 @@ class Sequencer(wiring.Component):
             m.d.comb += self.clear_status.eq(1)
         return m
 
-    def _is_op(self, op, o):
-        """``op == o``; constant 0 for an op outside the config's op set. The first check refuses
-        those ops (BAD_OPCODE), so no later logic needs to tell them apart: the logic of the ops a
-        small config leaves out (ADD, the averages) is not built."""
-        return (op == o) if o in self._cfg.ops else Const(0)
+    def _is_op(self, op_flags, o):
+        """The op is ``o`` (``op_flags``: a flag per op of the config); constant 0 for an op
+        outside the config's op set. The first check refuses those ops (BAD_OPCODE), so no later
+        logic needs to tell them apart: the logic of the ops a small config leaves out (ADD, the
+        averages) is not built."""
+        return op_flags[o] if o in self._cfg.ops else Const(0)
 
-    def _layer_setup(self, d, setup, pad_b_eff, pad_r_eff, conv_w_extra):
+    def _layer_setup(self, d, setup, pad_b_eff, pad_r_eff, conv_w_extra, is_op, whole):
         cfg = self._cfg
-
-        def is_op(o):
-            return self._is_op(d.op, o)
-
         pool = is_op(Op.MAXPOOL)
-        whole = ((d.kh == d.in_h) & (d.kw == d.in_w) & (d.pad_t == 0) & (d.pad_l == 0) & (d.pad_b == 0)
-                 & (d.pad_r == 0))
         # The conv's width before a fused 2x2 pool: 2*out_w, or 2*out_w + 1 when one more fits.
         conv_w = 2 * d.out_w + conv_w_extra
         return [
