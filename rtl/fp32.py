@@ -36,12 +36,13 @@ Why the integer pipeline is exact:
 """
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
     "DIV_STAGES",
+    "FMA_DEEP_STAGES",
     "FMA_STAGES",
     "SAT_MAGNITUDE",
     "ScaleUnit",
@@ -283,20 +284,47 @@ class _Pipe:
         return sig
 
 
-def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
-    """``RNE24(n * mul + add)``, 7 register stages; ``n`` is an int8 signal sampled at stage 0.
+def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False):
+    """``RNE24(n * mul + add)``; ``n`` is an int8 signal, all operands sampled at stage 0.
 
-    Returns the result as a :class:`_Float` with a 24-bit ``mant`` (hidden bit set unless zero) and
-    the list of signals delayed alongside (for the caller to keep its own data in step).
+    :data:`FMA_STAGES` (7) register stages, or :data:`FMA_DEEP_STAGES` (10) with ``deep``: then
+    ``|n|`` is registered before the product, the product's adds take two stages (two halves,
+    then their sum), and the normalizing shift is registered before its final one-bit step. The
+    7-stage product (negation, then a tree of eight shifted terms into one register) routes at
+    about 14.4 ns on the ECP5-85F.
+
+    Returns the result as a :class:`_Float` with a 24-bit ``mant`` (hidden bit set unless zero).
     """
     m = p.m
     reg = p.reg
-    # f0: exact product |n| * M (shift-adds, no DSP) and the sign; the addend waits.
     nabs = Signal(8, name=f"{name}_f0_nabs")
     m.d.comb += nabs.eq(Mux(n < 0, -n, n))
+    nneg, nzero = n < 0, n == 0
+    if deep:
+        # fa: |n| registered, the operands with it (the negation's carry chain in front of the
+        # product tree was a third of the 14.4 ns path).
+        nabs = reg(f"{name}_fa_nabs", 8, nabs)
+        nneg, nzero = reg(f"{name}_fa_nneg", 1, nneg), reg(f"{name}_fa_nzero", 1, nzero)
+        mul = _Float(reg(f"{name}_fa_msign", 1, mul.sign), reg(f"{name}_fa_melsb", _EXP, mul.elsb),
+                     reg(f"{name}_fa_mmant", 24, mul.mant), reg(f"{name}_fa_mzero", 1, mul.zero))
+        add = _Float(reg(f"{name}_fa_csign", 1, add.sign), reg(f"{name}_fa_celsb", _EXP, add.elsb),
+                     reg(f"{name}_fa_cmant", 24, add.mant), reg(f"{name}_fa_czero", 1, add.zero))
+    # f0: exact product |n| * M (shift-adds, no DSP) and the sign; the addend waits.
     # A balanced tree of adds (three deep, not a chain of eight): the chain was a long path of
     # every float unit.
     terms = [Mux(nabs[i], mul.mant << i, 0) for i in range(8)]
+    if deep:
+        # fb: the two halves (|n|'s low and high nibble times M) registered; f0 adds them.
+        hi = [Mux(nabs[i], mul.mant << (i - 4), 0) for i in range(4, 8)]
+        lo = reg(f"{name}_fb_lo", 28, terms[0] + terms[1] + (terms[2] + terms[3]))
+        hi = reg(f"{name}_fb_hi", 28, hi[0] + hi[1] + (hi[2] + hi[3]))
+        terms = [lo + (hi << 4)]
+        nabs = reg(f"{name}_fb_nabs", 8, nabs)
+        nneg, nzero = reg(f"{name}_fb_nneg", 1, nneg), reg(f"{name}_fb_nzero", 1, nzero)
+        mul = _Float(reg(f"{name}_fb_msign", 1, mul.sign), reg(f"{name}_fb_melsb", _EXP, mul.elsb),
+                     Const(0, 24), reg(f"{name}_fb_mzero", 1, mul.zero))
+        add = _Float(reg(f"{name}_fb_csign", 1, add.sign), reg(f"{name}_fb_celsb", _EXP, add.elsb),
+                     reg(f"{name}_fb_cmant", 24, add.mant), reg(f"{name}_fb_czero", 1, add.zero))
     while len(terms) > 1:
         terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
     f0_pm = reg(f"{name}_f0_pm", 32, terms[0])
@@ -307,10 +335,17 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     for i in range(1, 8):
         k = Mux(nabs[i], i, k)
     f0_k = reg(f"{name}_f0_k", 3, k)
-    f0_psign = reg(f"{name}_f0_psign", 1, (n < 0) ^ mul.sign)
-    f0_pzero = reg(f"{name}_f0_pzero", 1, (n == 0) | mul.zero)
-    f0_pelsb = reg(f"{name}_f0_pelsb", _EXP, mul.elsb)
-    f0_dpc = reg(f"{name}_f0_dpc", _EXP, mul.elsb - add.elsb + 8)  # f1_pe - f1_ce before the shift
+    f0_psign = reg(f"{name}_f0_psign", 1, nneg ^ mul.sign)
+    f0_pzero = reg(f"{name}_f0_pzero", 1, nzero | mul.zero)
+    # f1 shifts the product left by 7 - k + fine (fine: one more if bit 23 + k is zero). The
+    # product's exponent and its difference to the addend's (f1_ce) are registered here for both
+    # values of fine, so f1 only selects: computed in f1 from k (a register of large fanout) they
+    # were the unit's 11.4 ns path.
+    f0_pe, f0_dpc, f0_dcp = (
+        [reg(f"{name}_f0_{n}{f}", _EXP, v(f)) for f in (0, 1)]
+        for n, v in (("pe", lambda f: mul.elsb - 7 - f + k),
+                     ("dpc", lambda f: mul.elsb - add.elsb + 1 - f + k),
+                     ("dcp", lambda f: add.elsb - mul.elsb - 1 + f - k)))
     f0_c = _Float(reg(f"{name}_f0_csign", 1, add.sign), reg(f"{name}_f0_celsb", _EXP, add.elsb),
                   reg(f"{name}_f0_cmant", 24, add.mant), reg(f"{name}_f0_czero", 1, add.zero))
 
@@ -318,14 +353,18 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     rough = Signal(32, name=f"{name}_f1_rough")
     m.d.comb += rough.eq(f0_pm << ~f0_k)  # ~k = 7 - k
     fine = ~rough[31]
-    lz = ~f0_k + fine
-    dpc = Signal(_EXP, name=f"{name}_f1_dpc")
-    m.d.comb += dpc.eq(f0_dpc - lz)
     f1_pm = reg(f"{name}_f1_pm", 32, Mux(fine, rough << 1, rough))
-    f1_pe = reg(f"{name}_f1_pe", _EXP, f0_pelsb - lz)
-    f1_dpc = reg(f"{name}_f1_dpc", _EXP, dpc)
-    f1_dcp = reg(f"{name}_f1_dcp", _EXP, -dpc)
-    f1_pge = reg(f"{name}_f1_pge", 1, dpc >= 0)
+    # Which operand is the larger (L) and the alignment of the smaller (S) are decided once for
+    # each value of fine, which then only selects: fine, then the difference's subtract, its
+    # sign, the swap and the range check of the alignment (in f2) were the unit's 12.2 ns path.
+    cand = []
+    for f in (0, 1):
+        p_is_l = ~f0_pzero & (f0_c.zero | ~f0_dpc[f][-1])
+        d = Mux(p_is_l, f0_dpc[f], f0_dcp[f])  # >= 0 unless S is zero, then unused
+        cand.append((p_is_l, d[:5], ~d[5:].any(), f0_pe[f]))
+    f1_p_is_l, f1_d, f1_dnear, f1_pe = (
+        reg(f"{name}_f1_{n}", shape, Mux(fine, cand[1][i], cand[0][i]))
+        for i, (n, shape) in enumerate((("p_is_l", 1), ("d", 5), ("dnear", 1), ("pe", _EXP))))
     f1_psign = reg(f"{name}_f1_psign", 1, f0_psign)
     f1_pzero = reg(f"{name}_f1_pzero", 1, f0_pzero)
     f1_cm = reg(f"{name}_f1_cm", 32, f0_c.mant << 8)
@@ -334,28 +373,30 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     f1_czero = reg(f"{name}_f1_czero", 1, f0_c.zero)
 
     # f2: L = the operand with the larger exponent; S shifted into L's frame (or a sticky 1).
-    p_is_l = Signal(name=f"{name}_f2_p_is_l")
-    m.d.comb += p_is_l.eq(~f1_pzero & (f1_czero | f1_pge))
+    p_is_l = f1_p_is_l
     l_m, l_e, l_s, l_z = (Mux(p_is_l, a, b) for a, b in ((f1_pm, f1_cm), (f1_pe, f1_ce),
                                                           (f1_psign, f1_csign), (f1_pzero, f1_czero)))
     s_m, s_s, s_z = (Mux(p_is_l, b, a) for a, b in ((f1_pm, f1_cm), (f1_psign, f1_csign),
                                                      (f1_pzero, f1_czero)))
-    d = Signal(_EXP, name=f"{name}_f2_d")
-    m.d.comb += d.eq(Mux(p_is_l, f1_dpc, f1_dcp))
     near = Signal(unsigned(63), name=f"{name}_f2_near")
-    m.d.comb += near.eq(s_m << ~d[:5])  # 31 - d for d in 0..31
-    s_term = Mux(s_z, 0, Mux(d <= 31, near, 1))
+    m.d.comb += near.eq(s_m << ~f1_d)  # 31 - d for d in 0..31
+    s_term = Mux(s_z, 0, Mux(f1_dnear, near, 1))
     f2_l = reg(f"{name}_f2_l", 32, Mux(l_z, 0, l_m))
     f2_lsign = reg(f"{name}_f2_lsign", 1, l_s)
     f2_s = reg(f"{name}_f2_s", 63, s_term)
     f2_ssign = reg(f"{name}_f2_ssign", 1, s_s)
     f2_e = reg(f"{name}_f2_e", _EXP, l_e - 31)
 
-    # f3: the exact (or sticky-equivalent) signed sum W.
-    lw = Signal(signed(66), name=f"{name}_f3_lw")
-    sw = Signal(signed(66), name=f"{name}_f3_sw")
-    m.d.comb += [lw.eq(Mux(f2_lsign, -(f2_l << 31), f2_l << 31)), sw.eq(Mux(f2_ssign, -f2_s, f2_s))]
-    f3_w = reg(f"{name}_f3_w", signed(66), lw + sw)
+    # f3: the exact (or sticky-equivalent) sum, as W = L + S or L - S with L's sign applied in
+    # f4: one carry chain, S inverted and the subtraction's +1 entering as the carry of an extra
+    # low bit (negating L and S, then adding, was two chains in series: 9.6 ns routed).
+    sub = f2_lsign ^ f2_ssign
+    sx = Signal(66, name=f"{name}_f3_sx")
+    m.d.comb += sx.eq(f2_s ^ sub.replicate(66))
+    total = Signal(67, name=f"{name}_f3_total")
+    m.d.comb += total.eq(Cat(Const(1, 1), f2_l << 31) + Cat(sub, sx))
+    f3_w = reg(f"{name}_f3_w", signed(66), total[1:])
+    f3_lsign = reg(f"{name}_f3_lsign", 1, f2_lsign)
     f3_e = reg(f"{name}_f3_e", _EXP, f2_e)
 
     # f4: sign and magnitude; the leading-zero count is taken from W itself, in parallel with the
@@ -365,43 +406,69 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str):
     neg = f3_w < 0
     mag = Signal(64, name=f"{name}_f4_mag_next")
     m.d.comb += mag.eq(Mux(neg, -f3_w, f3_w))
-    t = Signal(64, name=f"{name}_f4_t")
-    m.d.comb += t.eq(f3_w[:64] ^ neg.replicate(64))
-    # max(lz(t) - 1, 0), and 63 for t == 0, is the leading-zero count of t | (t << 1) (the tree
+    # lz(t) is where W's bits first differ from the sign: the leading-zero count of v, each bit
+    # W's bit XOR the one above (the sign itself for bit 63), which needs no fanout of the sign
+    # (t's 64 XORs with it were 2.8 ns of routing on the unit's 10.2 ns path).
+    v = Signal(64, name=f"{name}_f4_v")
+    m.d.comb += v.eq(Cat(f3_w[:63] ^ f3_w[1:64], f3_w[63] ^ f3_w[65]))
+    # max(lz(t) - 1, 0), and 63 for t == 0, is the leading-zero count of v | (v << 1) (the tree
     # gives 63 for all zeros): no compare or subtract after the count.
-    _, coarse = _leading_zeros(m, t | (t << 1)[:64], f"{name}_f4_t")
+    _, coarse = _leading_zeros(m, v | (v << 1)[:64], f"{name}_f4_v")
+    # The trailing-zero count of W (and so of |W|), for f5's sticky bit.
+    _, tz = _leading_zeros(m, f3_w[:64][::-1], f"{name}_f4_tz")
+    f4_tz = reg(f"{name}_f4_tz", 6, tz)
     f4_mag = reg(f"{name}_f4_mag", 64, mag)
     f4_coarse = reg(f"{name}_f4_coarse", 6, coarse)
     f4_zero = reg(f"{name}_f4_zero", 1, f3_w == 0)
-    f4_sign = reg(f"{name}_f4_sign", 1, neg)
+    f4_sign = reg(f"{name}_f4_sign", 1, neg ^ f3_lsign)
     f4_e = reg(f"{name}_f4_e", _EXP, f3_e)
 
-    # f5: normalize, keep 24 bits plus guard and sticky.
+    # f5: normalize, keep 24 bits plus guard and sticky. Only the kept bits wait for the shift:
+    # the sticky bit and the exponent are taken from the registered counts, once for each value
+    # of the final one-bit shift (fine), which then only selects (the sticky OR and the
+    # exponent's subtract after the 64-bit shift were the stage's 13.2 ns path). After a shift by
+    # coarse + fine, norm[:39] holds a one iff the magnitude's lowest one (at tz) lands below 39
+    # (a mask of the magnitude's low bits by coarse, 78 compares on it, was an 11.3 ns path).
     rough = Signal(64, name=f"{name}_f5_rough")
     m.d.comb += rough.eq(f4_mag << f4_coarse)
+    low = Signal(7, name=f"{name}_f5_low")
+    m.d.comb += low.eq(f4_tz + f4_coarse)
+    sticky = [low < 39 - f for f in (0, 1)]
+    elead = [Signal(_EXP, name=f"{name}_f5_elead{f}") for f in (0, 1)]
+    m.d.comb += [elead[f].eq(f4_e + (63 - f) - f4_coarse) for f in (0, 1)]
+    sign, zero = f4_sign, f4_zero
+    if deep:
+        # f5a: the coarse shift registered before fine is taken from it (the shift's six levels,
+        # after the 64-way fanout of coarse, then the fine select: 10 ns or more).
+        rough = Cat(Const(0, 38), reg(f"{name}_f5a_rough", 26, rough[38:]))
+        sticky = [reg(f"{name}_f5a_sticky{f}", 1, sticky[f]) for f in (0, 1)]
+        elead = [reg(f"{name}_f5a_elead{f}", _EXP, elead[f]) for f in (0, 1)]
+        sign, zero = reg(f"{name}_f5a_sign", 1, sign), reg(f"{name}_f5a_zero", 1, zero)
     fine = ~rough[63]
-    zero = f4_zero
-    lz = f4_coarse + fine
     norm = Signal(64, name=f"{name}_f5_norm")
     m.d.comb += norm.eq(Mux(fine, rough << 1, rough))
     f5_mant = reg(f"{name}_f5_mant", 24, norm[40:])
     f5_guard = reg(f"{name}_f5_guard", 1, norm[39])
-    f5_sticky = reg(f"{name}_f5_sticky", 1, norm[:39].any())
-    f5_elead = reg(f"{name}_f5_elead", _EXP, f4_e + 63 - lz)
-    f5_sign = reg(f"{name}_f5_sign", 1, f4_sign)
+    f5_sticky = reg(f"{name}_f5_sticky", 1, Mux(fine, sticky[1], sticky[0]))
+    f5_elead = reg(f"{name}_f5_elead", _EXP, Mux(fine, elead[1], elead[0]))
+    f5_sign = reg(f"{name}_f5_sign", 1, sign)
     f5_zero = reg(f"{name}_f5_zero", 1, zero)
 
-    # f6: round to nearest even; a carry out renormalizes.
-    rounded = Signal(25, name=f"{name}_f6_rounded")
-    m.d.comb += rounded.eq(f5_mant + (f5_guard & (f5_sticky | f5_mant[0])))
-    f6_mant = reg(f"{name}_f6_mant", 24, Mux(rounded[24], 1 << 23, rounded))
-    f6_elsb = reg(f"{name}_f6_elsb", _EXP, f5_elead + rounded[24] - 23)
+    # f6: round to nearest even; a carry out (only from an all-ones significand, so known without
+    # the add's carry chain) renormalizes and picks the exponent one up.
+    inc = f5_guard & (f5_sticky | f5_mant[0])
+    carry = inc & f5_mant.all()
+    rounded = Signal(24, name=f"{name}_f6_rounded")
+    m.d.comb += rounded.eq(f5_mant + inc)
+    f6_mant = reg(f"{name}_f6_mant", 24, Mux(carry, 1 << 23, rounded))
+    f6_elsb = reg(f"{name}_f6_elsb", _EXP, Mux(carry, f5_elead - 22, f5_elead - 23))
     f6_sign = reg(f"{name}_f6_sign", 1, f5_sign)
     f6_zero = reg(f"{name}_f6_zero", 1, f5_zero)
     return _Float(f6_sign, f6_elsb, f6_mant, f6_zero)
 
 
 FMA_STAGES = 7
+FMA_DEEP_STAGES = 10  # _fma(..., deep=True)
 
 
 def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
@@ -519,11 +586,13 @@ class ScaleUnit(wiring.Component):
         zero_f = _Float(Const(0), Const(0, _EXP), Const(0, 24), Const(1))
         one_f = _Float(Const(0), Const(-23, _EXP), Const(1 << 23, 24), Const(0))
 
-        # -- the fused multiply-add: inputs held for FMA_STAGES cycles, then the result is read --
+        # -- the fused multiply-add: inputs held for its stages, then the result is read ----------
+        # The deep fma: the 7-stage one's product was the unit's critical path (14.4 ns routed);
+        # three more cycles per fma cost 12 cycles per ADD layer.
         f_n = Signal(signed(9))
         f_mul, f_add = freg("su_fmul"), freg("su_fadd")
-        f_out = _fma(_Pipe(m, Const(1)), f_n, f_mul, f_add, "su_fma")
-        wait = Signal(range(FMA_STAGES + 3))
+        f_out = _fma(_Pipe(m, Const(1)), f_n, f_mul, f_add, "su_fma", deep=True)
+        wait = Signal(range(FMA_DEEP_STAGES + 3))
 
         # -- the divider: a / b, one quotient bit per cycle ----------------------------------------
         d_a, d_b = freg("su_da"), freg("su_db")
@@ -534,11 +603,13 @@ class ScaleUnit(wiring.Component):
         d_mant = Mux(top, quo[3:27], quo[2:26])
         guard = Mux(top, quo[2], quo[1])
         sticky = Mux(top, quo[:2].any(), quo[0]) | (rem != 0)
-        rounded = Signal(25)
-        m.d.comb += rounded.eq(d_mant + (guard & (sticky | d_mant[0])))
+        # The rounded quotient is registered (state _ROUND) before its carry reaches the exponent
+        # (state _PACK): the rounding add, then the exponent's add, in one cycle were a long path.
+        d_rnd = Signal(25)
+        d_e = Signal(_EXP)  # the exponent of the quotient's lsb before the rounding carry
         d_out = _Float(d_a.sign ^ d_b.sign, Signal(_EXP, name="su_dq_elsb"),
-                       Mux(rounded[24], 1 << 23, rounded), d_a.zero)
-        m.d.comb += d_out.elsb.eq(d_a.elsb - d_b.elsb + top - 1 + rounded[24] - 23)
+                       Mux(d_rnd[24], 1 << 23, d_rnd), d_a.zero)
+        m.d.comb += d_out.elsb.eq(d_e + d_rnd[24])
 
         # -- the multiply sy * hw (exact, 48 bits), then normalize and round ----------------------
         mul_a = Signal(48)
@@ -551,8 +622,11 @@ class ScaleUnit(wiring.Component):
         p_zero = Signal()
         lz = Signal.like(lz_c)
         norm = Signal(64)
-        p_round = Signal(25)
-        m.d.comb += p_round.eq(norm[40:] + (norm[39] & (norm[:39].any() | norm[40])))
+        # The rounded product is registered (ROUND_P) before its carry reaches the exponent and its
+        # range check (PACK_P): the rounding add, the exponent's add and compare in one cycle were
+        # the unit's critical path (12.8 ns routed).
+        lead0 = Signal(_EXP)  # exponent of the product's leading bit before the rounding carry
+        p_rnd = Signal(25)
         p_over = Signal()
 
         def fma_state(name, n, mul, add, dst, nxt):
@@ -561,7 +635,7 @@ class ScaleUnit(wiring.Component):
             with m.State(name):
                 m.d.sync += [f_n.eq(n), *assign(f_mul, mul), *assign(f_add, add)]
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == FMA_STAGES + 2):
+                with m.If(wait == FMA_DEEP_STAGES + 2):
                     m.d.sync += [*assign(dst, f_out), wait.eq(0)]
                     m.next = nxt
 
@@ -576,14 +650,26 @@ class ScaleUnit(wiring.Component):
                 with m.If(steps == 26):
                     m.next = name + "_ROUND"
             with m.State(name + "_ROUND"):
+                m.d.sync += [d_rnd.eq(d_mant + (guard & (sticky | d_mant[0]))),
+                             d_e.eq(d_a.elsb - d_b.elsb + top - 1 - 23)]
+                m.next = name + "_PACK"
+            with m.State(name + "_PACK"):
                 m.d.sync += assign(dst, d_out)
                 m.next = nxt
+
+        # The shift-add multiply runs on its own: loaded while idle (busy is low exactly in IDLE),
+        # then a step every cycle until mul_b is spent; MUL only waits for that. Its 136 flops'
+        # enables decoded from the state were the unit's critical path (10.9 ns routed).
+        with m.If(~self.busy):
+            m.d.sync += [mul_a.eq(sy.mant), mul_b.eq(self.hw), prod.eq(0)]
+        with m.Elif(mul_b != 0):
+            m.d.sync += [prod.eq(Mux(mul_b[0], prod + mul_a, prod)), mul_a.eq(mul_a << 1),
+                         mul_b.eq(mul_b >> 1)]
 
         with m.FSM(name="scale"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [self.busy.eq(1), wait.eq(0), mul_a.eq(sy.mant), mul_b.eq(self.hw),
-                                 prod.eq(0)]
+                    m.d.sync += [self.busy.eq(1), wait.eq(0)]
                     m.next = "START"
             with m.State("START"):
                 with m.If(self.add):
@@ -597,10 +683,7 @@ class ScaleUnit(wiring.Component):
             fma_state("T", self.zx, ra, u, t, "K")
             fma_state("K", -1, t, zyf, k, "DONE")
             with m.State("MUL"):
-                with m.If(mul_b != 0):
-                    m.d.sync += [prod.eq(Mux(mul_b[0], prod + mul_a, prod)), mul_a.eq(mul_a << 1),
-                                 mul_b.eq(mul_b >> 1)]
-                with m.Else():
+                with m.If(mul_b == 0):
                     m.next = "LZ_P"
             # The leading-zero count and the 64-bit shift by it take a state each (together
             # 14 levels).
@@ -608,12 +691,15 @@ class ScaleUnit(wiring.Component):
                 m.d.sync += [p_zero.eq(p_zero_c), lz.eq(lz_c)]
                 m.next = "NORM_P"
             with m.State("NORM_P"):
-                m.d.sync += norm.eq(prod << lz)
+                m.d.sync += [norm.eq(prod << lz), lead0.eq(sy.elsb + 63 - lz)]
                 m.next = "ROUND_P"
             with m.State("ROUND_P"):
-                lead = sy.elsb + 63 - lz + p_round[24]  # exponent of f32(sy * hw)'s leading bit
+                m.d.sync += p_rnd.eq(norm[40:] + (norm[39] & (norm[:39].any() | norm[40])))
+                m.next = "PACK_P"
+            with m.State("PACK_P"):
+                lead = lead0 + p_rnd[24]  # exponent of f32(sy * hw)'s leading bit
                 m.d.sync += [pp.sign.eq(0), pp.zero.eq(p_zero), pp.elsb.eq(lead - 23),
-                             pp.mant.eq(Mux(p_round[24], 1 << 23, p_round)), p_over.eq(lead > 127)]
+                             pp.mant.eq(Mux(p_rnd[24], 1 << 23, p_rnd)), p_over.eq(lead > 127)]
                 m.next = "M"
             div_state("M", sx, pp, mm, "DONE")
             with m.State("DONE"):
