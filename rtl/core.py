@@ -457,6 +457,10 @@ class JacquardCore(wiring.Component):
         route = fifo.SyncFIFOBuffered(width=3, depth=8)
         pgear = _Gearbox(wbits, c_par // wb, 1)
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
+        # Weight words reach the gearbox through a skid, so the read router's ready is a register
+        # there: the gearbox's ready (the PE array's weight-load ready, its repeat count compare)
+        # ran through the router into the route FIFO and the reader (10 levels in the 85F SoC).
+        wskid = _Skid(wbits)
         avg = AvgPool(c_par)
         gsum = Pool(c_par)
         grq = Requantizer()
@@ -468,7 +472,7 @@ class JacquardCore(wiring.Component):
         gap = bool(cfg.ops & {Op.AVGPOOL, Op.GLOBAL_AVGPOOL})  # a whole-map AVGPOOL runs as one
         units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lut_in": lut_in, "lutpad": lutpad,
                  "lut_out": lut_out, "maxpool": mp,
-                 "maxreduce": mr, "packer": packer, "route": route, "pixel_gear": pgear,
+                 "maxreduce": mr, "packer": packer, "route": route, "pixel_gear": pgear, "weight_skid": wskid,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
@@ -535,7 +539,7 @@ class JacquardCore(wiring.Component):
         consumers = {
             ReadTarget.DESC: seq.desc_word,
             ReadTarget.LUT: lutpad.load,
-            ReadTarget.WEIGHTS: wgear.i,
+            ReadTarget.WEIGHTS: wskid.i,
             ReadTarget.INPUT: afifo.w_stream,
             ReadTarget.INPUT2: bgear.i,
         }
@@ -586,6 +590,7 @@ class JacquardCore(wiring.Component):
         # bank of the load in progress is latched, and each bank says whether it holds a whole load.
         w_bank = Signal()
         w_ok = Signal(2)
+        wiring.connect(m, wskid.o, wgear.i)
         m.d.comb += [wgear.repeat.eq(Mux(s.depthwise, oc_par, 1)),
                      pe.wl.payload.data.eq(wgear.o.payload), pe.wl.payload.first.eq(w_first),
                      pe.wl.valid.eq(wgear.o.valid), wgear.o.ready.eq(pe.wl.ready),
@@ -599,8 +604,8 @@ class JacquardCore(wiring.Component):
                              & words.payload.last)
         with m.If(weight_words_done):
             m.d.sync += w_pending.eq(0)
-        # The last word is in the gearbox; loaded once the gearbox has sent its last row.
-        with m.If(~w_pending & ~w_first & ~wgear.busy & ~weight_words_done & w_armed):
+        # The last word is in the skid or the gearbox; loaded once the gearbox has sent its last row.
+        with m.If(~w_pending & ~w_first & ~wskid.busy & ~wgear.busy & ~weight_words_done & w_armed):
             m.d.sync += [w_loaded.eq(1), w_armed.eq(0), w_ok.bit_select(w_bank, 1).eq(1)]
         # A group whose weights were prefetched keeps them (no load is in progress then).
         with m.If(flush | (seq.group_start & ~seq.weights_keep)):
