@@ -6,9 +6,10 @@ ULX3S-85F array (16 x 8 = 128 MACs), from the line buffer's ``start`` to the las
 with input and output never stalled. Every layer's int8 outputs are checked bit-exactly against
 the golden model (``tests/test_datapath_cocotb.py``).
 
-The synthesis table reads the per-block builds under ``build/blocks/NAME/ulx3s-85f`` (nextpnr's
-report and log); ``--synth`` (re)builds them first, one at a time (minutes each; the PE array and
-the datapath take long). Writes the ``datapath`` section of docs/RESULTS.md.
+The synthesis table (the chain's blocks and the core's other units) reads the per-block builds
+under ``build/blocks/NAME/ulx3s-85f`` (nextpnr's report and log); ``--synth`` (re)builds them
+first, one at a time (minutes each; the PE array and the datapath take long). Writes the
+``datapath`` section of docs/RESULTS.md.
 
     nox -s bench -- datapath                 # 56x56 maps (about 10 minutes on a busy machine)
     python tests/bench/bench_datapath.py --only folded   # one row; the others from the last run
@@ -34,7 +35,10 @@ from jacquard.host.results import write_section
 from jacquard.rtl.datapath import block_sizes
 
 CONFIG = "ulx3s-85f"
-BLOCK_NAMES = ("pe_array", "line_buffer", "maxpool2x2", "requantizer", "postproc", "datapath")
+# The chain's blocks, then the core's other units (issue 8: each must reach the SoC's clock alone).
+BLOCK_NAMES = ("pe_array", "line_buffer", "maxpool2x2", "requantizer", "postproc", "datapath",
+               "sequencer", "scale_unit", "dma_reader", "dma_writer", "gap_sum", "avg_pool", "eltwise_add",
+               "host_bridge")
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "blocks"
 # nextpnr's placer per block. `static` (the ULX3S-85F board default) is what routes the blocks with
