@@ -116,6 +116,53 @@ def test_eltwise_add_all_pairs_one_quant():
     check(run_add(EltwiseAdd(4), add_params(*q), a, b, 9, gap=0.0), want, a, b, 9, q)
 
 
+@pytest.mark.parametrize(("c_par", "lanes"), [(4, 4), (8, 1), (8, 2)])
+def test_eltwise_add_full_rate(c_par, lanes):
+    """Inputs always valid, output always ready: a beat in and out every c_par // lanes cycles,
+    after the unit's latency (the free-running pipeline's output queue never runs out of room)."""
+    rng = np.random.default_rng(c_par + lanes)
+    q = random_quant(rng)
+    n = 40
+    a = rng.integers(-128, 128, size=(n, c_par), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(n, c_par), dtype=np.int8)
+    want = golden.add(a, q[0], q[1], b, q[2], q[3], q[4], q[5])
+    dut = EltwiseAdd(c_par, lanes=lanes)
+    takes, outs, got = [], [], []
+
+    async def tb(ctx):
+        for name, value in add_params(*q).items():
+            ctx.set(getattr(dut, name), value)
+        await ctx.tick()  # the registered configuration check
+        ctx.set(dut.o.ready, 1)
+        cycle = 0
+        while len(got) < n:
+            if len(takes) < n:
+                ctx.set(dut.a.payload, [int(v) for v in a[len(takes)]])
+                ctx.set(dut.b.payload, [int(v) for v in b[len(takes)]])
+            ctx.set(dut.a.valid, len(takes) < n)
+            ctx.set(dut.b.valid, len(takes) < n)
+            _, _, a_taken, o_valid, o_payload = await ctx.tick().sample(
+                dut.a.valid & dut.a.ready, dut.o.valid, dut.o.payload)
+            if a_taken:
+                takes.append(cycle)
+            if o_valid:
+                outs.append(cycle)
+                got.append([int(v) for v in o_payload])
+            cycle += 1
+            assert cycle < 40 * n, "the unit stopped"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    check(np.array(got, dtype=np.int8), want, a, b, 0, q)
+    period = c_par // lanes
+    assert np.diff(takes).tolist() == [period] * (n - 1), f"pairs taken at cycles {takes}"
+    assert np.diff(outs).tolist() == [period] * (n - 1), f"beats out at cycles {outs}"
+    latency = EltwiseAdd.latency + (period if period > 1 else 0)
+    assert outs[0] - takes[0] == latency, f"latency {outs[0] - takes[0]}, expected {latency}"
+
+
 def test_eltwise_add_clamp_fuses_relu():
     rng = np.random.default_rng(7)
     q = (0.03, 0, 0.04, 0, 0.05, -10)
