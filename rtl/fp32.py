@@ -335,6 +335,12 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False
     for i in range(1, 8):
         k = Mux(nabs[i], i, k)
     f0_k = reg(f"{name}_f0_k", 3, k)
+    if deep:
+        # fine (below) registered with the product, from its bit 24 + k: after the fanout of k,
+        # the shift, then fine's fanout to f1's selects were a 9.7 ns path.
+        pm_next = Signal(32, name=f"{name}_f0_pm_next")
+        m.d.comb += pm_next.eq(terms[0])
+        f0_fine = reg(f"{name}_f0_fine", 1, ~pm_next.bit_select(k + 24, 1))
     f0_psign = reg(f"{name}_f0_psign", 1, nneg ^ mul.sign)
     f0_pzero = reg(f"{name}_f0_pzero", 1, nzero | mul.zero)
     # f1 shifts the product left by 7 - k + fine (fine: one more if bit 23 + k is zero). The
@@ -352,7 +358,7 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False
     # f1: normalize both to a leading one at bit 31; the exponent difference for f2.
     rough = Signal(32, name=f"{name}_f1_rough")
     m.d.comb += rough.eq(f0_pm << ~f0_k)  # ~k = 7 - k
-    fine = ~rough[31]
+    fine = f0_fine if deep else ~rough[31]
     f1_pm = reg(f"{name}_f1_pm", 32, Mux(fine, rough << 1, rough))
     # Which operand is the larger (L) and the alignment of the smaller (S) are decided once for
     # each value of fine, which then only selects: fine, then the difference's subtract, its
@@ -399,6 +405,20 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False
     f3_lsign = reg(f"{name}_f3_lsign", 1, f2_lsign)
     f3_e = reg(f"{name}_f3_e", _EXP, f2_e)
 
+    def lead_input(w):
+        # lz(t) (t: W, or ~W for W < 0) is where W's bits first differ from the sign: the
+        # leading-zero count of v, each bit W's bit XOR the one above (the sign itself for bit
+        # 63), which needs no fanout of the sign (t's 64 XORs with it were 2.8 ns of routing on
+        # the unit's 10.2 ns path). max(lz(t) - 1, 0), and 63 for t == 0, is the leading-zero
+        # count of v | (v << 1) (the tree gives 63 for all zeros): no compare or subtract after.
+        v = Cat(w[:63] ^ w[1:64], w[63] ^ w[65])
+        return v | (v << 1)[:64]
+
+    if deep:
+        # The count's input registered with W (two levels after f3's carry chain), so that f4 is
+        # the count's tree alone (the XORs, then the tree, were a 9.7 ns path).
+        f3_y = reg(f"{name}_f3_y", 64, lead_input(total[1:]))
+
     # f4: sign and magnitude; the leading-zero count is taken from W itself, in parallel with the
     # negation (a leading-zero count of |W| after it, then the shift, was the fma's longest stage).
     # t = W, or ~W = |W| - 1 for W < 0, has lz(|W|) or lz(|W|) + 1 leading zeros: the magnitude
@@ -406,17 +426,22 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False
     neg = f3_w < 0
     mag = Signal(64, name=f"{name}_f4_mag_next")
     m.d.comb += mag.eq(Mux(neg, -f3_w, f3_w))
-    # lz(t) is where W's bits first differ from the sign: the leading-zero count of v, each bit
-    # W's bit XOR the one above (the sign itself for bit 63), which needs no fanout of the sign
-    # (t's 64 XORs with it were 2.8 ns of routing on the unit's 10.2 ns path).
-    v = Signal(64, name=f"{name}_f4_v")
-    m.d.comb += v.eq(Cat(f3_w[:63] ^ f3_w[1:64], f3_w[63] ^ f3_w[65]))
-    # max(lz(t) - 1, 0), and 63 for t == 0, is the leading-zero count of v | (v << 1) (the tree
-    # gives 63 for all zeros): no compare or subtract after the count.
-    _, coarse = _leading_zeros(m, v | (v << 1)[:64], f"{name}_f4_v")
-    # The trailing-zero count of W (and so of |W|), for f5's sticky bit.
-    _, tz = _leading_zeros(m, f3_w[:64][::-1], f"{name}_f4_tz")
-    f4_tz = reg(f"{name}_f4_tz", 6, tz)
+    y = Signal(64, name=f"{name}_f4_y")
+    m.d.comb += y.eq(f3_y if deep else lead_input(f3_w))
+    _, coarse = _leading_zeros(m, y, f"{name}_f4_y")
+    # The trailing-zero count of W (and so of |W|), for f5's sticky bit: each byte's, then the
+    # lowest nonzero byte's count plus its offset. The deep fma registers the bytes' counts and
+    # combines them in f5a (the count's tree after the fanout of W was a 9.9 ns path).
+    groups = [_leading_zeros(m, f3_w[8 * g:8 * g + 8][::-1], f"{name}_f4_tz{g}") for g in range(8)]
+    if deep:
+        groups = [(reg(f"{name}_f4_tzz{g}", 1, z), reg(f"{name}_f4_tzc{g}", 3, c))
+                  for g, (z, c) in enumerate(groups)]
+    width = 8
+    while len(groups) > 1:
+        groups = [(lo_z & hi_z, Mux(lo_z, width + hi_c, lo_c))
+                  for (lo_z, lo_c), (hi_z, hi_c) in zip(groups[0::2], groups[1::2], strict=True)]
+        width *= 2
+    f4_tz = groups[0][1] if deep else reg(f"{name}_f4_tz", 6, groups[0][1])
     f4_mag = reg(f"{name}_f4_mag", 64, mag)
     f4_coarse = reg(f"{name}_f4_coarse", 6, coarse)
     f4_zero = reg(f"{name}_f4_zero", 1, f3_w == 0)
@@ -524,12 +549,13 @@ class ScaleUnit(wiring.Component):
     cycles per layer, each step rounded exactly as onnxruntime does in float32:
 
     * ADD (``add``): ``ra = f32(sx / sy)``, ``rb = f32(s2 / sy)``,
-      ``k = f32(zy) - fma(ra, zx, f32(rb * z2))`` (as :func:`jacquard.sim.golden.add`), in about 90
-      cycles. ``add_ok``: ``ra``, ``rb`` and a nonzero ``k`` have exponents in ``EXP_MIN..EXP_MAX``
-      (:class:`~jacquard.rtl.eltwise_add.EltwiseAdd`'s range).
+      ``k = f32(zy) - fma(ra, zx, f32(rb * z2))`` (as :func:`jacquard.sim.golden.add`), in about
+      115 cycles (two divisions, four deep fmas). ``add_ok``: ``ra``, ``rb`` and a nonzero ``k``
+      have exponents in ``EXP_MIN..EXP_MAX`` (:class:`~jacquard.rtl.eltwise_add.EltwiseAdd`'s range).
     * GLOBAL_AVGPOOL: ``multiplier = f32(sx / f32(sy * hw))`` (as
-      :func:`jacquard.sim.golden.global_avg_pool`), in about 60 cycles. ``m_ok``: ``hw`` is not 0,
-      ``f32(sy * hw)`` is finite and ``2^-32 <= multiplier < 256`` (the ISA's check).
+      :func:`jacquard.sim.golden.global_avg_pool`), in 43 to 61 cycles (the multiply takes a cycle
+      per bit of ``hw``). ``m_ok``: ``hw`` is not 0, ``f32(sy * hw)`` is finite and
+      ``2^-32 <= multiplier < 256`` (the ISA's check).
 
     The scales must be normal floats (the caller refuses zero, subnormal, inf and NaN bits).
 
@@ -593,6 +619,13 @@ class ScaleUnit(wiring.Component):
         f_mul, f_add = freg("su_fmul"), freg("su_fadd")
         f_out = _fma(_Pipe(m, Const(1)), f_n, f_mul, f_add, "su_fma", deep=True)
         wait = Signal(range(FMA_DEEP_STAGES + 3))
+        # The count runs from registers only: in_fma (the FSM is in one of the fma states) and
+        # fma_done (the count is at FMA_DEEP_STAGES + 2, decided a cycle ahead). Counted and
+        # compared under the state's decode, it was the unit's critical path (10.3 ns routed).
+        in_fma = Signal()
+        fma_done = Signal()
+        m.d.sync += [wait.eq(Mux(in_fma & ~fma_done, wait + 1, 0)),
+                     fma_done.eq(in_fma & ~fma_done & (wait == FMA_DEEP_STAGES + 1))]
 
         # -- the divider: a / b, one quotient bit per cycle ----------------------------------------
         d_a, d_b = freg("su_da"), freg("su_db")
@@ -629,17 +662,26 @@ class ScaleUnit(wiring.Component):
         p_rnd = Signal(25)
         p_over = Signal()
 
-        def fma_state(name, n, mul, add, dst, nxt):
-            # The operands are registered (the state decode and operand multiplexer in front of
-            # the multiply were a long path), so the result is there a cycle later.
-            with m.State(name):
-                m.d.sync += [f_n.eq(n), *assign(f_mul, mul), *assign(f_add, add)]
-                m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == FMA_DEEP_STAGES + 2):
-                    m.d.sync += [*assign(dst, f_out), wait.eq(0)]
-                    m.next = nxt
+        # The four fmas of ADD, one after the other, picked by the registered fma_idx rather than
+        # by the FSM's state: k = zyf - (zx * ra + z2 * rb) as zyf = zy * 1, u = z2 * rb,
+        # t = zx * ra + u, k = -1 * t + zyf. The operands are registered (the state decode and
+        # operand multiplexer in front of the multiply were a long path; their select decoded from
+        # the state was a 10.4 ns path with 6.4 ns of routing), so the result is there a cycle later.
+        fmas = [(self.zy, one_f, zero_f, zyf), (self.z2, rb, zero_f, u), (self.zx, ra, u, t),
+                (Const(-1, signed(2)), t, zyf, k)]
+        fma_idx = Signal(2)
+        with m.Switch(fma_idx):
+            for i, (n, mul, add, dst) in enumerate(fmas):
+                with m.Case(i):
+                    m.d.sync += [f_n.eq(n), *assign(f_mul, mul), *assign(f_add, add)]
+                    with m.If(fma_done):
+                        m.d.sync += assign(dst, f_out)
+        with m.If(~self.busy):
+            m.d.sync += fma_idx.eq(0)
+        with m.Elif(fma_done):
+            m.d.sync += fma_idx.eq(fma_idx + 1)
 
-        def div_state(name, a, b, dst, nxt):
+        def div_state(name, a, b, dst, nxt, to_fma=False):
             with m.State(name):
                 m.d.sync += [*assign(d_a, a), *assign(d_b, b), rem.eq(a.mant), quo.eq(0), steps.eq(0)]
                 m.next = name + "_RUN"
@@ -655,6 +697,8 @@ class ScaleUnit(wiring.Component):
                 m.next = name + "_PACK"
             with m.State(name + "_PACK"):
                 m.d.sync += assign(dst, d_out)
+                if to_fma:
+                    m.d.sync += in_fma.eq(1)
                 m.next = nxt
 
         # The shift-add multiply runs on its own: loaded while idle (busy is low exactly in IDLE),
@@ -669,7 +713,7 @@ class ScaleUnit(wiring.Component):
         with m.FSM(name="scale"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [self.busy.eq(1), wait.eq(0)]
+                    m.d.sync += self.busy.eq(1)
                     m.next = "START"
             with m.State("START"):
                 with m.If(self.add):
@@ -677,11 +721,11 @@ class ScaleUnit(wiring.Component):
                 with m.Else():
                     m.next = "MUL"
             div_state("RA", sx, sy, ra, "RB")
-            div_state("RB", s2, sy, rb, "ZY")
-            fma_state("ZY", self.zy, one_f, zero_f, zyf, "U")
-            fma_state("U", self.z2, rb, zero_f, u, "T")
-            fma_state("T", self.zx, ra, u, t, "K")
-            fma_state("K", -1, t, zyf, k, "DONE")
+            div_state("RB", s2, sy, rb, "FMA", to_fma=True)
+            with m.State("FMA"):
+                with m.If(fma_done & (fma_idx == len(fmas) - 1)):
+                    m.d.sync += in_fma.eq(0)
+                    m.next = "DONE"
             with m.State("MUL"):
                 with m.If(mul_b == 0):
                     m.next = "LZ_P"
@@ -709,7 +753,10 @@ class ScaleUnit(wiring.Component):
         def in_range(f, lo, hi):
             return (f.elsb + 23 >= lo) & (f.elsb + 23 <= hi)
 
-        m.d.comb += [
+        # The outputs are registered (the range checks' adds and compares were a 10.0 ns path
+        # into the reader): every result is written at least a cycle before busy falls (in DONE),
+        # so the outputs are right when it has.
+        m.d.sync += [
             self.ra.eq(_encode(ra)), self.rb.eq(_encode(rb)), self.k.eq(_encode(k)),
             self.multiplier.eq(_encode(mm)),
             self.add_ok.eq(in_range(ra, EXP_MIN, EXP_MAX) & in_range(rb, EXP_MIN, EXP_MAX)
