@@ -452,7 +452,7 @@ class Sequencer(wiring.Component):
             # ADD's LUT goes through the LUT/pad unit: lanes = c_par must fit its oc_par lanes.
             (is_add & d.lut & Const(cfg.oc_par < cfg.c_par), P, "lut", 0),
         ]
-        check_step = Signal(range(len(checks) + 2))
+        check_step = Signal(range(len(checks) + 3))
         # Every check's verdict is registered: each is a wide compare (an address plus a size
         # against the window, 50-bit carry chains) and their multiplexer by check_step feeds the
         # state machine, which was the SoC's longest path. The operands (the descriptor, the
@@ -468,15 +468,22 @@ class Sequencer(wiring.Component):
         check_addr = Array([Const(0, _ADDR), *(d[a] for a in addr_names)])
         check_addr_sel = Array(Const(addr_names.index(a) + 1 if isinstance(a, str) else 0,
                                      range(len(addr_names) + 1)) for _, _, _, a in checks)
-        # CHECK acts a cycle after it selects: the verdict of step k and what it would report are
-        # registered while step k + 1 is selected, so neither the step's multiplexers nor the
-        # tables run into the state machine and the status registers in one cycle.
+        # CHECK acts two cycles after it selects: the verdict of step k and what it would report
+        # go through two register stages (the tables by step, then the address by the table's
+        # entry) while steps k + 1 and k + 2 are selected, so neither the step's multiplexers nor
+        # the tables run into the state machine and the status registers in one cycle.
+        a_hit, a_end, a_code, a_field = Signal(), Signal(), Signal(ErrorCode), Signal(8)
+        a_sel = Signal(range(len(addr_names) + 1))
+        m.d.sync += [a_hit.eq((check_step < len(checks)) & check_bad.bit_select(check_step, 1)),
+                     a_end.eq(check_step == len(checks)),
+                     a_code.eq(check_code[check_step]), a_field.eq(check_field[check_step]),
+                     a_sel.eq(check_addr_sel[check_step])]
         chk_hit, chk_end = Signal(), Signal()
         chk_code, chk_field, chk_addr = Signal(ErrorCode), Signal(8), Signal(_ADDR)
-        m.d.sync += [chk_hit.eq((check_step < len(checks)) & check_bad.bit_select(check_step, 1)),
-                     chk_end.eq(check_step == len(checks)),
-                     chk_code.eq(check_code[check_step]), chk_field.eq(check_field[check_step]),
-                     chk_addr.eq(check_addr[check_addr_sel[check_step]])]
+        m.d.sync += [chk_hit.eq(a_hit), chk_end.eq(a_end), chk_code.eq(a_code), chk_field.eq(a_field),
+                     chk_addr.eq(check_addr[a_sel])]
+        # chk_* are a step's once CHECK has run for two cycles.
+        chk_run, chk_live = Signal(), Signal()
 
         # -- status -------------------------------------------------------------------------
         stop_code = Signal(ErrorCode)
@@ -517,6 +524,10 @@ class Sequencer(wiring.Component):
         add_rest = Signal(SIZE_BITS)
         second = Signal()       # ADD: the next read is the second input's chunk
         gtile = Signal(16)      # global average: channel tiles read so far
+        # gtile + 1 == n_ct, registered: gtile moves only when a read is picked, and a picked read
+        # holds cmd_free low for the next cycle.
+        gap_last = Signal()
+        m.d.sync += gap_last.eq(gtile + 1 == n_ct)
         # ADD with a per-channel LUT larger than the LUT buffer runs in channel groups of lut_cap.
         add_ch0 = Signal(16)
         # Registered: add_ch0 moves only in GROUP_END, and add_gch is first used in GROUP_READY.
@@ -538,12 +549,12 @@ class Sequencer(wiring.Component):
         nxt = g_tiles + 1
         # What is left of each budget, counted down as the group grows, so that every test of
         # can_grow is one compare of registers (sums against limits took 18.8 ns on the 85F).
-        rem_tiles = Signal(17)                                 # n_tiles_total - tile0
+        tiles_left = Signal(17)                                # n_tiles_total - tile0 - g_tiles
         blocks_room = Signal(range(bank_blocks + 1))           # bank_blocks - g_tiles * taps
         pool_room = Signal(range(self._pool_depth + 1))        # pool_depth - g_tiles * (conv_w // 2)
         can_grow = Signal()
         m.d.comb += can_grow.eq(
-            is_conv & (g_tiles < rem_tiles)
+            is_conv & (tiles_left != 0)
             # CHECK refused a CONV with p_taps > bank_blocks: its low bits are all of it.
             & (p_taps[:len(blocks_room)] <= blocks_room)
             & (g_tiles < self._pp_tiles)
@@ -555,7 +566,7 @@ class Sequencer(wiring.Component):
         # multiple of c_par channels (matters only when oc_par < c_par).
         misfit = Signal()
         if oc_par < c_par:
-            m.d.comb += misfit.eq((g_lanes_all[:ct_shift] != 0) & (g_tiles < rem_tiles))
+            m.d.comb += misfit.eq((g_lanes_all[:ct_shift] != 0) & (tiles_left != 0))
 
         # Every read's and write's address (a descriptor base plus the group's or the chunk's
         # offset), registered in the states before the one that issues it: ch0 and add_ch0 move in
@@ -569,6 +580,10 @@ class Sequencer(wiring.Component):
                      a_in_ch.eq(d.in_addr + ch0), a_gap.eq(d.in_addr + (gtile << ct_shift)),
                      a_add1.eq(d.in_addr + add_off), a_add2.eq(d.in2_addr + add_off),
                      a_out.eq(d.out_addr + lut_ch0)]
+
+        gs_act = Signal()  # GROUP_SIZE acts in this cycle on can_grow_q/misfit_q
+        can_grow_q, misfit_q = Signal(), Signal()
+        m.d.sync += [can_grow_q.eq(can_grow), misfit_q.eq(misfit)]
 
         rd, wr = self.rd_cmd, self.wr_cmd
         m.d.comb += [rd.payload.tag.eq(index), wr.payload.tag.eq(index), self.weights_bank.eq(bank),
@@ -651,6 +666,7 @@ class Sequencer(wiring.Component):
                 if name not in ("IDLE", "STOP"):
                     preempt()
 
+        m.d.sync += [chk_run.eq(0), chk_live.eq(0)]  # but in CHECK
         with m.FSM(name="seq"):
             with state("IDLE"):
                 with m.If(self.start):
@@ -729,12 +745,13 @@ class Sequencer(wiring.Component):
                 with m.If(u_step == u_last):
                     m.next = "CHECK"
             with state("CHECK"):
-                # chk_* are step check_step - 1's (nothing yet in the first cycle).
-                with m.If((check_step != 0) & chk_hit):
+                # chk_* are step check_step - 2's (nothing yet in the first two cycles).
+                m.d.sync += [chk_run.eq(1), chk_live.eq(chk_run)]
+                with m.If(chk_live & chk_hit):
                     m.d.sync += fail(chk_code, chk_field, chk_addr)
                     m.next = "STOP"
-                with m.Elif((check_step != 0) & chk_end):
-                    m.d.sync += [tile0.eq(0), rem_tiles.eq(n_tiles_total), g_tiles.eq(0), g_wbytes.eq(0),
+                with m.Elif(chk_live & chk_end):
+                    m.d.sync += [tile0.eq(0), tiles_left.eq(n_tiles_total), g_tiles.eq(0), g_wbytes.eq(0),
                                  w_ptr.eq(d.weights_addr), bank.eq(0), blocks_room.eq(bank_blocks),
                                  pool_room.eq(self._pool_depth), setup.taps.eq(p_taps),
                                  setup.avg.eq(is_avg), setup.gap.eq(is_gap), setup.add.eq(is_add),
@@ -744,21 +761,28 @@ class Sequencer(wiring.Component):
                                  pre.eq(0)]
                     m.d.sync += self._layer_setup(d, setup, pad_b_eff, pad_r_eff, shu.conv_extra[1], is_op,
                                                       whole)
+                    m.d.sync += gs_act.eq(0)
                     m.next = "GROUP_SIZE"
                 m.d.sync += check_step.eq(check_step + 1)
             with state("GROUP_SIZE"):
-                # Grow the group one oc tile per cycle while it fits every buffer.
-                with m.If(can_grow):
-                    m.d.sync += [g_tiles.eq(nxt), g_wbytes.eq(g_wbytes + w_tile_bytes),
-                                 blocks_room.eq(blocks_room - p_taps[:len(blocks_room)]),
-                                 pool_room.eq(pool_room - (setup.conv_w >> 1))]
-                with m.Elif(misfit):
-                    m.d.sync += [g_tiles.eq(g_tiles - 1), g_wbytes.eq(g_wbytes - w_tile_bytes)]
-                with m.Elif(pre):
-                    # The previous group still computes: prefetch this group's weights now.
-                    m.next = "ISSUE_WEIGHTS"
-                with m.Else():
-                    m.next = "GROUP_READY"
+                # Grow the group one oc tile every other cycle while it fits every buffer: a cycle
+                # to register can_grow and misfit (compares of the budgets), a cycle to act on them,
+                # so that the budgets' compares do not run into the state machine's enables.
+                m.d.sync += gs_act.eq(~gs_act)
+                with m.If(gs_act):
+                    with m.If(can_grow_q):
+                        m.d.sync += [g_tiles.eq(nxt), tiles_left.eq(tiles_left - 1),
+                                     g_wbytes.eq(g_wbytes + w_tile_bytes),
+                                     blocks_room.eq(blocks_room - p_taps[:len(blocks_room)]),
+                                     pool_room.eq(pool_room - (setup.conv_w >> 1))]
+                    with m.Elif(misfit_q):
+                        m.d.sync += [g_tiles.eq(g_tiles - 1), tiles_left.eq(tiles_left + 1),
+                                     g_wbytes.eq(g_wbytes - w_tile_bytes)]
+                    with m.Elif(pre):
+                        # The previous group still computes: prefetch this group's weights now.
+                        m.next = "ISSUE_WEIGHTS"
+                    with m.Else():
+                        m.next = "GROUP_READY"
             with state("GROUP_READY"):
                 # A prefetched group starts once the previous group's outputs have all gone to the
                 # writer (its write may still drain) and its own weights are in their bank; any
@@ -834,7 +858,7 @@ class Sequencer(wiring.Component):
             with state("GAP_INPUT"):
                 with m.If(cmd_free):
                     m.d.sync += [*read("gap_tile"), gtile.eq(gtile + 1)]
-                    with m.If(gtile + 1 == n_ct):
+                    with m.If(gap_last):
                         m.next = "GROUP_END"
             with state("ADD_INPUT"):
                 # Chunks of both inputs in turn; the core buffers one chunk of the first input.
@@ -849,13 +873,16 @@ class Sequencer(wiring.Component):
                             m.next = "GROUP_END"
             with state("GROUP_END"):
                 # Every command of the group is out; the group computes and writes on its own.
-                with m.If(is_op(Op.CONV) & (g_tiles < rem_tiles)):
-                    m.d.sync += [tile0.eq(tile0 + g_tiles), rem_tiles.eq(rem_tiles - g_tiles), g_tiles.eq(0),
+                # (tile0 moves up by g_tiles and g_tiles to 0: tiles_left stays.)
+                with m.If(is_op(Op.CONV) & (tiles_left != 0)):
+                    m.d.sync += [tile0.eq(tile0 + g_tiles), g_tiles.eq(0),
                                  w_ptr.eq(w_ptr + g_wbytes), g_wbytes.eq(0), bank.eq(~bank),
                                  blocks_room.eq(bank_blocks), pool_room.eq(self._pool_depth), pre.eq(1)]
+                    m.d.sync += gs_act.eq(0)
                     m.next = "GROUP_SIZE"
                 with m.Elif(is_add & add_more):
                     m.d.sync += add_ch0.eq(add_ch0 + add_gch)
+                    m.d.sync += gs_act.eq(0)
                     m.next = "GROUP_SIZE"
                 with m.Else():
                     m.next = "LAYER_END"
