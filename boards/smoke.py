@@ -87,7 +87,7 @@ BLOCKS: dict[str, Callable[[], wiring.Component]] = {
     "dma_writer": _dma(DmaWriter),
     "avg_pool": lambda: AvgPool(block_sizes()["c_par"]),
     "gap_sum": lambda: Pool(block_sizes()["c_par"]),
-    "eltwise_add": lambda: EltwiseAdd(block_sizes()["c_par"]),
+    "eltwise_add": lambda: EltwiseAdd(block_sizes()["c_par"], lanes=1),  # as JacquardCore builds it
     "host_bridge": HostBridge,
 }
 
@@ -148,6 +148,8 @@ class SmokeTop(Elaboratable):
             raise ValueError(f"Block must be one of {sorted(BLOCKS)}, not {block!r}")
         self.block = block
         self.board = board
+        #: The stimulus generator, a 32-bit maximal-length Galois LFSR.
+        self.lfsr = Signal(32, init=1)
 
     def _clock(self, m: Module, platform) -> None:
         from jacquard.boards.configs import BOARDS
@@ -179,8 +181,11 @@ class SmokeTop(Elaboratable):
         # A 32-bit maximal-length Galois LFSR (taps 32, 22, 2, 1) shifts 32 fresh bits per cycle
         # into a register as wide as all inputs: every input bit is its own flop, so yosys cannot
         # merge inputs or find constants.
-        lfsr = Signal(32, init=1)
-        m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0]) ^ (lfsr[0].replicate(32) & 0x80200003))
+        lfsr = self.lfsr
+        # Shift right; the bit shifted out feeds back through the taps (bit 31 among them). A
+        # rotate here instead cancelled bit 31 against its tap and held it at 0: 10 of every 32
+        # stimulus bits were constants, and yosys simplified the blocks they fed.
+        m.d.sync += lfsr.eq(Cat(lfsr[1:], 0) ^ (lfsr[0].replicate(32) & 0x80200003))
         in_bits = sum(len(v) for v in inputs)
         stim = Signal(max(in_bits, 33))
         m.d.sync += stim.eq(Cat(lfsr, stim[:-32]))
