@@ -45,7 +45,8 @@ BUILD = ROOT / "build" / "blocks"
 # DSPs: the chain did not route with HeAP (router2 stuck near 5k overused wires), and static vs HeAP
 # on 2026-11-28 gave the PE array 127.5 vs 102.5 MHz, the requantizer 124.0 vs 119.3, the
 # post-processor 111.6 vs 106.1. On the two DSP-free blocks it placed worse (line buffer 93.9 vs
-# 103.3, 2x2 max pool 74.1 vs 82.2), so they keep HeAP.
+# 103.3, 2x2 max pool 74.1 vs 82.2), so they keep HeAP. (Those pairs were measured with the smoke
+# top's old stimulus, which held 10 of every 32 input bits at 0; the comparison is to be redone.)
 BLOCK_PLACERS = {"pe_array": "static", "datapath": "static", "requantizer": "static", "postproc": "static"}
 
 
