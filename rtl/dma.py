@@ -409,6 +409,12 @@ class DmaBurster(wiring.Component):
         else:
             m.d.comb += in_row_ncap.eq(self._max_burst)
         in_row_rem = a_rem - a_cap
+
+        def start_row(start, cap_, ncap_):
+            """The registers of a new row at ``start`` whose limits ``cap_``/``ncap_`` are ready."""
+            return [a_cur.eq(start), a_rem.eq(a_inner), a_remhz.eq(a_innerhz), a_cap.eq(cap_),
+                    a_ncap.eq(ncap_), a_capsum.eq(cap_ + ncap_), a_end.eq(fits(a_inner, a_innerhz, cap_))]
+
         with m.If(issue):
             with m.If(~a_end):
                 m.d.sync += [
@@ -421,9 +427,7 @@ class DmaBurster(wiring.Component):
             with m.Elif(~a_i1z):
                 row_nx = a_row_nx + a_stride1
                 m.d.sync += [
-                    a_cur.eq(a_row_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz),
-                    a_cap.eq(a_rcap), a_ncap.eq(a_rncap), a_capsum.eq(a_rcap + a_rncap),
-                    a_end.eq(fits(a_inner, a_innerhz, a_rcap)),
+                    *start_row(a_row_nx, a_rcap, a_rncap),
                     a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])), a_rncap.eq(ncap(row_nx[:12])),
                     a_i1.eq(a_i1 - 1), a_i1z.eq(a_i1 == 1),
                 ]
@@ -431,9 +435,7 @@ class DmaBurster(wiring.Component):
                 row_nx = a_plane_nx + a_stride1
                 plane_nx = a_plane_nx + a_stride2
                 m.d.sync += [
-                    a_cur.eq(a_plane_nx), a_rem.eq(a_inner), a_remhz.eq(a_innerhz),
-                    a_cap.eq(a_pcap), a_ncap.eq(a_pncap), a_capsum.eq(a_pcap + a_pncap),
-                    a_end.eq(fits(a_inner, a_innerhz, a_pcap)),
+                    *start_row(a_plane_nx, a_pcap, a_pncap),
                     a_row_nx.eq(row_nx), a_rcap.eq(cap(row_nx[:12])), a_rncap.eq(ncap(row_nx[:12])),
                     a_plane_nx.eq(plane_nx), a_pcap.eq(cap(plane_nx[:12])),
                     a_pncap.eq(ncap(plane_nx[:12])),

@@ -6,13 +6,9 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Cat, Module, signed
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from jacquard.rtl.eltwise_add import EltwiseAdd
-from jacquard.rtl.fp32 import FMA_STAGES, _decode, _fma, _Pipe
 from jacquard.sim import golden
 from jacquard.sim.golden_numerics import _fma_f32
 from jacquard.sim.streams import stream_monitor, stream_recv, stream_send
@@ -215,77 +211,3 @@ def test_eltwise_add_bad_parameters(arg, exc):
 def test_eltwise_add_bad_lanes(lanes, exc):
     with pytest.raises(exc, match="lanes"):
         EltwiseAdd(4, lanes=lanes)
-
-
-class _FmaHarness(wiring.Component):
-    """Exposes one exact FMA datapath: ``RNE24(n * mul + add)`` as float32 bits (``zero`` separate)."""
-
-    n: In(signed(8))
-    mul: In(32)
-    add: In(32)
-    result: Out(32)
-    zero: Out(1)
-
-    def elaborate(self, platform):
-        m = Module()
-        mul, _, _ = _decode(m, self.mul, "mul")
-        add, _, _ = _decode(m, self.add, "add")
-        r = _fma(_Pipe(m, 1), self.n, mul, add, "h")
-        m.d.comb += [self.result.eq(Cat(r.mant[:23], (r.elsb + 23 + 127)[:8], r.sign)),
-                     self.zero.eq(r.zero)]
-        return m
-
-
-def fma_operands(rng: np.random.Generator, count: int):
-    """int8 n, multipliers and addends in [2^-64, 2^64), with exponent gaps from 0 to beyond 31 bits
-    and cancelling signs, so that the far-operand sticky path and exact ties are exercised."""
-    n = rng.integers(-128, 128, size=count).astype(np.int8)
-    mul = (rng.uniform(1, 2, count) * 2.0 ** rng.integers(-20, 21, count)).astype(F32)
-    gap = rng.integers(-45, 46, count)
-    add = (np.abs(n.astype(np.float64)) * mul * 2.0 ** gap * rng.choice([-1, 1], count)).astype(F32)
-    # Half of the addends are exactly minus the product rounded: massive cancellation.
-    cancel = rng.random(count) < 0.25
-    add = np.where(cancel, -(n.astype(F32) * mul), add).astype(F32)
-    # A quarter are exact ties of n * mul at 24 bits with an addend 32..45 bits below, whose sign
-    # alone decides the rounding (the datapath's "far operand as sticky" path).
-    tn = rng.integers(-128, 128, size=20 * count)
-    tm = rng.integers(1 << 23, 1 << 24, size=20 * count)
-    prod = np.abs(tn) * tm
-    drop = np.maximum(np.floor(np.log2(np.maximum(prod, 1))).astype(np.int64) + 1 - 24, 0)
-    tie = (drop >= 1) & ((prod & ((1 << drop) - 1)) == (1 << np.maximum(drop - 1, 0)))
-    tn, tm = tn[tie][:count // 4], tm[tie][:count // 4]
-    k = len(tn)
-    n[:k] = tn
-    mul[:k] = (tm * 2.0 ** (rng.integers(-20, 0, k) - 23)).astype(F32)
-    far = np.abs(tn * mul[:k].astype(np.float64)) * 2.0 ** -rng.integers(32, 46, k) * rng.choice([-1, 1], k)
-    add[:k] = far.astype(F32)
-    add = np.where((add == 0) | (np.abs(add) < 2.0**-64), F32(0), add).astype(F32)
-    return n, mul, add
-
-
-def test_fma_datapath_exact():
-    rng = np.random.default_rng(99)
-    n, mul, add = fma_operands(rng, 400)
-    want = _fma_f32(n.astype(F32), mul, add)
-    dut = _FmaHarness()
-    got = []
-
-    async def tb(ctx):
-        for i in range(len(n) + FMA_STAGES):
-            if i < len(n):
-                ctx.set(dut.n, int(n[i]))
-                ctx.set(dut.mul, int(mul[i:i + 1].view(np.uint32)[0]))
-                ctx.set(dut.add, int(add[i:i + 1].view(np.uint32)[0]))
-            await ctx.tick()
-            if i >= FMA_STAGES - 1 and len(got) < len(n):
-                bits = np.array([ctx.get(dut.result)], dtype=np.uint32).view(F32)[0]
-                got.append(F32(0) if ctx.get(dut.zero) else bits)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    got = np.array(got, dtype=F32)
-    bad = np.flatnonzero(got != want)
-    assert not bad.size, (f"seed=99: first mismatch at {bad[0]}: fma({n[bad[0]]}, {mul[bad[0]]!r}, "
-                          f"{add[bad[0]]!r}) expected {want[bad[0]]!r}, got {got[bad[0]]!r} ({bad.size} bad)")

@@ -72,11 +72,8 @@ def operands(rng: np.random.Generator, count: int):
     return n, mul, add
 
 
-@pytest.mark.parametrize(("deep", "seed"), [(False, 5), (True, 6), (True, 7)])
-def test_fma_exact(deep, seed):
-    rng = np.random.default_rng(seed)
-    n, mul, add = operands(rng, 600)
-    want = _fma_f32(n.astype(F32), mul, add)
+def fma_results(deep: bool, n: np.ndarray, mul: np.ndarray, add: np.ndarray) -> np.ndarray:
+    """``_fma`` (``deep`` or not) of each operand triple, one a cycle through the pipeline."""
     stages = FMA_DEEP_STAGES if deep else FMA_STAGES
     dut = _FmaHarness(deep)
     got = []
@@ -97,7 +94,15 @@ def test_fma_exact(deep, seed):
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    got = np.array(got, dtype=F32)
+    return np.array(got, dtype=F32)
+
+
+@pytest.mark.parametrize(("deep", "seed"), [(False, 5), (True, 6), (True, 7)])
+def test_fma_exact(deep, seed):
+    rng = np.random.default_rng(seed)
+    n, mul, add = operands(rng, 600)
+    want = _fma_f32(n.astype(F32), mul, add)
+    got = fma_results(deep, n, mul, add)
     bad = np.flatnonzero(got.view(np.uint32) != want.astype(F32).view(np.uint32))
     assert not bad.size, (f"seed={seed} deep={deep}: first mismatch at {bad[0]}: fma({n[bad[0]]}, "
                           f"{mul[bad[0]]!r}, {add[bad[0]]!r}) expected {want[bad[0]]!r}, got {got[bad[0]]!r} "
