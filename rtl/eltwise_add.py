@@ -104,7 +104,7 @@ class EltwiseAdd(wiring.Component):
         return self._lanes
 
     #: Register stages from an accepted pair to the output queue's input.
-    pipe_stages = 2 * FMA_DEEP_STAGES + 5
+    pipe_stages = 2 * FMA_DEEP_STAGES + 6
     #: Cycles from an accepted pair to its output (never stalled) when ``lanes == c_par``: the
     #: pipeline, then the output queue's one. With fewer lanes the beat is held a cycle first and
     #: each further slice adds one: ``latency + c_par // lanes`` in all.
@@ -212,8 +212,9 @@ class EltwiseAdd(wiring.Component):
             r1_flush = p.reg(f"l{lane}_r1_flush", 1, r0_flush)
             r1_sign = p.reg(f"l{lane}_r1_sign", 1, r0_sign)
 
-            # r2: round half to even; r3: saturate like cvtps2dq + packs, clamp to [lo, hi] (split:
-            # in one stage, with the output's multiplexer behind, 14 levels).
+            # r2: round half to even (11 bits, not yet saturated to int8); r3: saturate like
+            # cvtps2dq + packs and clamp to [lo, hi] (split: in one stage, with the output's
+            # multiplexer behind, 14 levels).
             mag = Signal(10, name=f"l{lane}_r2_mag")
             m.d.comb += mag.eq(r1_whole + (r1_guard & (r1_sticky | r1_whole[0])))
             val = Signal(signed(11), name=f"l{lane}_r2_val_next")
@@ -226,9 +227,14 @@ class EltwiseAdd(wiring.Component):
             with m.Else():
                 m.d.comb += val.eq(Mux(r1_sign, -mag, mag))
             r2_val = p.reg(f"l{lane}_r2_val", signed(11), val)
-            sat8 = Mux(r2_val < -128, -128, Mux(r2_val > 127, 127, r2_val))
-            clamped = Mux(sat8 < self.lo, self.lo, Mux(sat8 > self.hi, self.hi, sat8))
-            m.d.comb += result[lane].eq(clamped)
+            # r3: the clamp's compares registered, so that only its select lies between them and
+            # the output's collect register (the saturation's compare chain, then the clamp's,
+            # then the select into collect were a 10.3 ns path). As -128 <= lo and hi <= 127,
+            # clamp(sat8(v), lo, hi) is clamp(v, lo, hi), with lo's priority kept for lo > hi.
+            r3_lt = p.reg(f"l{lane}_r3_lt", 1, r2_val < self.lo)
+            r3_gt = p.reg(f"l{lane}_r3_gt", 1, r2_val > self.hi)
+            r3_val = p.reg(f"l{lane}_r3_val", signed(8), r2_val)
+            m.d.comb += result[lane].eq(Mux(r3_lt, self.lo, Mux(r3_gt, self.hi, r3_val)))
         # Collect the slices of a beat; the last one completes it into the output queue.
         collect = Signal(pixel_layout(self._c_par))
         beat = Signal(pixel_layout(self._c_par))
