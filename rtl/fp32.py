@@ -394,30 +394,31 @@ def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False
     f1_ce = reg(f"{name}_f1_ce", _EXP, f0_c.elsb - 8)
     f1_csign = reg(f"{name}_f1_csign", 1, f0_c.sign)
     f1_czero = reg(f"{name}_f1_czero", 1, f0_c.zero)
+    # Whether the magnitudes subtract (the signs differ, whichever operand is L), for f2.
+    f1_sub = reg(f"{name}_f1_sub", 1, f0_psign ^ f0_c.sign)
 
     # f2: L = the operand with the larger exponent; S shifted into L's frame (or a sticky 1).
     p_is_l = f1_p_is_l
     l_m, l_e, l_s, l_z = (Mux(p_is_l, a, b) for a, b in ((f1_pm, f1_cm), (f1_pe, f1_ce),
                                                           (f1_psign, f1_csign), (f1_pzero, f1_czero)))
-    s_m, s_s, s_z = (Mux(p_is_l, b, a) for a, b in ((f1_pm, f1_cm), (f1_psign, f1_csign),
-                                                     (f1_pzero, f1_czero)))
+    s_m, s_z = (Mux(p_is_l, b, a) for a, b in ((f1_pm, f1_cm), (f1_pzero, f1_czero)))
     near = Signal(unsigned(63), name=f"{name}_f2_near")
     m.d.comb += near.eq(s_m << ~f1_d)  # 31 - d for d in 0..31
     s_term = Mux(s_z, 0, Mux(f1_dnear, near, 1))
     f2_l = reg(f"{name}_f2_l", 32, Mux(l_z, 0, l_m))
     f2_lsign = reg(f"{name}_f2_lsign", 1, l_s)
-    f2_s = reg(f"{name}_f2_s", 63, s_term)
-    f2_ssign = reg(f"{name}_f2_ssign", 1, s_s)
+    # S is registered already inverted for a subtraction (f3's add then starts from registers:
+    # the signs' XOR, its fanout to 66 XORs and the carry chain were a 10.4 ns path, 2.7 ns of
+    # it the XOR's fanout).
+    f2_sub = reg(f"{name}_f2_sub", 1, f1_sub)
+    f2_sx = reg(f"{name}_f2_sx", 66, s_term ^ f1_sub.replicate(66))
     f2_e = reg(f"{name}_f2_e", _EXP, l_e - 31)
 
     # f3: the exact (or sticky-equivalent) sum, as W = L + S or L - S with L's sign applied in
     # f4: one carry chain, S inverted and the subtraction's +1 entering as the carry of an extra
     # low bit (negating L and S, then adding, was two chains in series: 9.6 ns routed).
-    sub = f2_lsign ^ f2_ssign
-    sx = Signal(66, name=f"{name}_f3_sx")
-    m.d.comb += sx.eq(f2_s ^ sub.replicate(66))
     total = Signal(67, name=f"{name}_f3_total")
-    m.d.comb += total.eq(Cat(Const(1, 1), f2_l << 31) + Cat(sub, sx))
+    m.d.comb += total.eq(Cat(Const(1, 1), f2_l << 31) + Cat(f2_sub, f2_sx))
     f3_w = reg(f"{name}_f3_w", signed(66), total[1:])
     f3_lsign = reg(f"{name}_f3_lsign", 1, f2_lsign)
     f3_e = reg(f"{name}_f3_e", _EXP, f2_e)
