@@ -27,7 +27,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fp32 import FMA_STAGES, _decode, _div, _Float, _fma, _Pipe
+from .fp32 import FMA_DEEP_STAGES, _decode, _div, _Float, _fma, _Pipe
 from .layouts import pixel_layout, tap_layout
 from .params import check_int
 
@@ -101,7 +101,10 @@ class AvgPool(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         c_par = self._c_par
-        period = max(c_par, FMA_STAGES + 1)  # cycles per tap
+        # A tap takes period + 1 cycles (its lanes, then the cycle that takes the next tap). A
+        # lane's running sum leaves the accumulating fma FMA_DEEP_STAGES cycles after its operands
+        # enter and is in `totals` the cycle after, just in time for the lane's next tap.
+        period = max(c_par, FMA_DEEP_STAGES)
         lane_bits = max(1, (c_par - 1).bit_length())
         p = _Pipe(m, Const(1))  # free running: the FSM below only issues work the pipe can finish
 
@@ -112,13 +115,15 @@ class AvgPool(wiring.Component):
             scales_ok &= (bits[23:31] >= 127 + SCALE_EXP_MIN) & (bits[23:31] <= 127 + SCALE_EXP_MAX)
         whole = (self.kh == self.in_h) & (self.kw == self.in_w) & (self.pad_t == 0) & (self.pad_l == 0) \
             & (self.pad_b == 0) & (self.pad_r == 0)
-        # The configuration's checks registered: the 16-bit compares in front of `ready` were a
-        # long path into the tap register's enable. The configuration changes only with `clear`,
-        # and `settle` holds the input until these registers (and the divisor below) have caught up.
         cfg_ok = Signal()
-        m.d.sync += cfg_ok.eq(scales_ok & ~whole & (self.kh != 0) & (self.kw != 0) & (self.stride != 0)
+        m.d.comb += cfg_ok.eq(scales_ok & ~whole & (self.kh != 0) & (self.kw != 0) & (self.stride != 0)
                               & (self.in_h != 0) & (self.in_w != 0) & (self.out_h != 0)
                               & (self.out_w != 0) & (self.n_tiles != 0))
+        # A registered copy for `ready`, so that the tap register's enable comes from registers
+        # only; the configuration changes only with `clear`, and `settle` (below) holds the input
+        # until this register and the divisor's have caught up. `error` reports the check at once.
+        cfg_ok_r = Signal()
+        m.d.sync += cfg_ok_r.eq(cfg_ok)
         framing = Signal()
         m.d.comb += self.error.eq(framing | ~cfg_ok)
 
@@ -174,7 +179,7 @@ class AvgPool(wiring.Component):
         win_count = Signal(6)
         at_first = taps_done == 0
         at_last = taps_done == khkw_m1
-        m.d.comb += self.i.ready.eq((slot == period) & ~busy & cfg_ok & ~framing & (settle == 0))
+        m.d.comb += self.i.ready.eq((slot == period) & ~busy & cfg_ok_r & ~framing & (settle == 0))
         with m.If(self.clear):
             m.d.sync += [framing.eq(0), taps_done.eq(0), tile.eq(0), ox.eq(0), oy.eq(0),
                          xoff.eq(0), yoff.eq(0), settle.eq(SETTLE)]
@@ -217,13 +222,13 @@ class AvgPool(wiring.Component):
         # one stage were 13 levels); its tag takes the same stage.
         zero_f = _Float(Const(0), Const(0, signed(12)), Const(0, 24), Const(1))
         n_r = p.reg("dq_n", signed(9), n)
-        v = _fma(p, n_r, sx, zero_f, "dq")
+        v = _fma(p, n_r, sx, zero_f, "dq", deep=True)
         tag_w = lane_bits + 3
         a_tag = Signal(tag_w)
         m.d.comb += a_tag.eq(Mux(issue, (lane | (tap.first << lane_bits) | (tap.last << (lane_bits + 1))
                                           | (1 << (lane_bits + 2))), 0))
         a_tags = [p.reg("dq_tag_in", tag_w, a_tag)]
-        for s in range(FMA_STAGES):
+        for s in range(FMA_DEEP_STAGES):
             a_tags.append(p.reg(f"dq_tag{s}", tag_w, a_tags[-1]))
         v_tag = a_tags[-1]
         v_lane, v_first = v_tag[:lane_bits], v_tag[lane_bits]
@@ -233,9 +238,9 @@ class AvgPool(wiring.Component):
         totals = Signal(data.ArrayLayout(float_layout, c_par))
         prev = totals[v_lane]
         add = _Float(prev.sign, prev.elsb, prev.mant, prev.zero | v_first)
-        s_ = _fma(p, Const(1, signed(2)), v, add, "acc")
+        s_ = _fma(p, Const(1, signed(2)), v, add, "acc", deep=True)
         b_tags = [v_tag]
-        for s in range(FMA_STAGES):
+        for s in range(FMA_DEEP_STAGES):
             b_tags.append(p.reg(f"acc_tag{s}", tag_w, b_tags[-1]))
         s_tag = b_tags[-1]
         s_lane, s_last, s_valid = s_tag[:lane_bits], s_tag[lane_bits + 1], s_tag[lane_bits + 2]
@@ -256,9 +261,9 @@ class AvgPool(wiring.Component):
 
         # --- r = fma(zy, 1, q); y = clamp(rint(r)) ------------------------------------------------
         one_f = _Float(Const(0), Const(-23, signed(12)), Const(1 << 23, 24), Const(0))
-        r = _fma(p, self.zy, one_f, q, "zp")
+        r = _fma(p, self.zy, one_f, q, "zp", deep=True)
         tags = d2_tags
-        for s in range(FMA_STAGES):
+        for s in range(FMA_DEEP_STAGES):
             tags = {k: p.reg(f"zp_{k}{s}", len(v_), v_) for k, v_ in tags.items()}
         # Three stages, as in EltwiseAdd (in one, the exponent compare, the shift, the rounding add
         # and the clamp were the core's longest path, 21 levels): rt0 the exponent's range and
