@@ -14,9 +14,10 @@ the multiply and the adds reuse :func:`jacquard.rtl.eltwise_add._fma` (``v = fma
 ``[2^-32, 2^32)`` (else ``error``) every intermediate value is a normal float32: no subnormal or
 overflow case exists to get wrong.
 
-One lane datapath serves all ``c_par`` lanes in turn, so a tap takes ``max(c_par, 8)`` cycles
-(the running sum of a lane must leave the 7-stage adder before the lane's next tap enters it), and
-a window's results (about 80 cycles of latency) are collected before the next window starts.
+One lane datapath serves all ``c_par`` lanes in turn, so a tap takes
+``max(c_par, FMA_DEEP_STAGES) + 1`` cycles (the running sum of a lane must leave the adder, a deep
+fma, before the lane's next tap enters it), and a window's results (about 90 cycles of latency)
+are collected before the next window starts.
 Average pooling is rare in the target networks, so the unit is small rather than fast; the int32
 global average (``Pool`` in ``SUM`` mode, then the requantizer) is full rate.
 A window that covers the whole map without padding is refused: onnxruntime (and the golden model)
@@ -177,8 +178,19 @@ class AvgPool(wiring.Component):
         slot = Signal(range(period + 1), init=period)  # == period: no tap held
         busy = Signal()  # a window's results are in flight or waiting on `o`
         win_count = Signal(6)
-        at_first = taps_done == 0
-        at_last = taps_done == khkw_m1
+        # The tap index's and the position's verdicts registered from the registered values: the
+        # position advances only at a window's last tap, and the first compare (tile + 1 == n_tiles),
+        # then the next one, were the path into the counters' enables (11.4 ns). They lag their
+        # operands by a cycle, but after a tap is taken the next waits period cycles (and SETTLE
+        # after `clear`).
+        at_first = Signal()
+        at_last = Signal()
+        tile_wrap = Signal()
+        ox_wrap = Signal()
+        oy_wrap = Signal()
+        m.d.sync += [at_first.eq(taps_done == 0), at_last.eq(taps_done == khkw_m1),
+                     tile_wrap.eq(tile + 1 == self.n_tiles), ox_wrap.eq(ox + 1 == self.out_w),
+                     oy_wrap.eq(oy + 1 == self.out_h)]
         m.d.comb += self.i.ready.eq((slot == period) & ~busy & cfg_ok_r & ~framing & (settle == 0))
         with m.If(self.clear):
             m.d.sync += [framing.eq(0), taps_done.eq(0), tile.eq(0), ox.eq(0), oy.eq(0),
@@ -194,11 +206,11 @@ class AvgPool(wiring.Component):
                 with m.If(at_last):
                     m.d.sync += [busy.eq(1), settle.eq(SETTLE)]
                     # Advance to the next (position, tile).
-                    with m.If(tile + 1 == self.n_tiles):
+                    with m.If(tile_wrap):
                         m.d.sync += tile.eq(0)
-                        with m.If(ox + 1 == self.out_w):
+                        with m.If(ox_wrap):
                             m.d.sync += [ox.eq(0), xoff.eq(0)]
-                            with m.If(oy + 1 == self.out_h):
+                            with m.If(oy_wrap):
                                 m.d.sync += [oy.eq(0), yoff.eq(0)]
                             with m.Else():
                                 m.d.sync += [oy.eq(oy + 1), yoff.eq(yoff + self.stride)]
