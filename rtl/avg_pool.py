@@ -291,7 +291,7 @@ class AvgPool(wiring.Component):
         rt0_sign = p.reg("rt0_sign", 1, r.sign)
         fixed = Signal(32, name="rt_fixed")
         m.d.comb += fixed.eq(rt0_mant << rt0_shift)
-        rt1_whole = p.reg("rt1_whole", 9, fixed[24:])
+        rt1_whole = p.reg("rt1_whole", 8, fixed[24:])
         rt1_guard = p.reg("rt1_guard", 1, fixed[23])
         rt1_sticky = p.reg("rt1_sticky", 1, fixed[:23].any())
         rt1_flush = p.reg("rt1_flush", 1, rt0_flush)
@@ -299,16 +299,15 @@ class AvgPool(wiring.Component):
         rt1_sign = p.reg("rt1_sign", 1, rt0_sign)
         for s in range(2):
             tags = {k: p.reg(f"rt{s}_{k}", len(v_), v_) for k, v_ in tags.items()}
-        mag = Signal(10, name="rt_mag")
-        m.d.comb += mag.eq(rt1_whole + (rt1_guard & (rt1_sticky | rt1_whole[0])))
-        val = Signal(signed(11), name="rt_val")
-        with m.If(rt1_flush):
-            m.d.comb += val.eq(0)
-        with m.Elif(rt1_sat):
-            m.d.comb += val.eq(Mux(rt1_sign, -128, 127))
-        with m.Else():
-            m.d.comb += val.eq(Mux(rt1_sign, -mag, mag))
-        y = Mux(val < -128, -128, Mux(val > 127, 127, val))
+        # y = +-(whole + inc), clamped. One carry chain: -(w + i) = ~w + ~i in eight bits, which
+        # is -128 for w = 127, i = 1; the clamp is known from `whole` alone (w >= 127 for a
+        # positive value, w >= 128 for a negative one). The magnitude's add, its negation and the
+        # clamp's compares in series before the lane's byte of `o` were three carry chains.
+        inc = rt1_guard & (rt1_sticky | rt1_whole[0])
+        signed_mag = Signal(8, name="rt_signed_mag")
+        m.d.comb += signed_mag.eq((rt1_whole ^ rt1_sign.replicate(8)) + (inc ^ rt1_sign))
+        clamp = rt1_sat | Mux(rt1_sign, rt1_whole[7], rt1_whole >= 127)
+        y = Mux(rt1_flush, 0, Mux(clamp, Mux(rt1_sign, -128, 127), signed_mag))
 
         # --- collect the lanes into one output beat ------------------------------------------------
         with m.If(self.o.valid & self.o.ready):
