@@ -194,7 +194,8 @@ class _Packer(wiring.Component):
     taken, and ``i.ready`` is a function of registers only (it does not count the word leaving in
     the same cycle). It was the head of the core's longest path: ``out_cp - ch`` -> length ->
     ready -> every ready upstream (18 levels). Streams still pass at one word per cycle: a beat
-    of ``n`` words fits again once ``n`` words have left.
+    of ``n`` words fits again once ``n`` words have left. ``setup`` is read from the ``start``
+    cycle on, and the first beat is taken two cycles after ``start`` at the earliest.
     """
 
     def __init__(self, width: int, word_bytes: int, gran: int = 1) -> None:
@@ -224,8 +225,7 @@ class _Packer(wiring.Component):
 
         # -- per tile, one beat ahead: length, which bytes exist, which lanes are padding ----------
         t_left = Signal(16)           # tiles of this pixel after the current one
-        left = Signal(signed(18))     # out_cp - ch: bytes of the group that exist from this tile on
-        real = Signal(signed(18))     # out_c - ch: lanes before the output zero point
+        t_zero = Signal()             # t_left == 0, kept with it
         units = Signal(range(beat_units + 1))
         keep = Signal(width)          # byte j exists (j < min(left, lanes))
         pad = Signal(width)           # lane j is past out_c
@@ -234,11 +234,20 @@ class _Packer(wiring.Component):
             return [units.eq(Mux(n_left < s.lanes, n_left, s.lanes) >> exact_log2(g)),
                     keep.eq(Cat(*[(n_left > j) & (s.lanes > j) for j in range(width)])),
                     pad.eq(Cat(*[n_real <= j for j in range(width)])),
-                    left.eq(n_left), real.eq(n_real)]
+                    left_nx.eq(n_left - s.lanes), real_nx.eq(n_real - s.lanes)]
 
+        # The next tile's left and real come from registers: the first tile's (setup.ch0 holds
+        # still through a group, so ``start`` loads them a cycle late, before the first beat is
+        # taken) or the current tile's less ``lanes``, kept beside it. Subtracted in front
+        # of the masks' compares, they made a 10.2 ns path of the SoC netlist's logic depth.
         first_left = Signal(signed(18))
         first_real = Signal(signed(18))
-        m.d.comb += [first_left.eq(s.out_cp - s.ch0), first_real.eq(s.out_c - s.ch0)]
+        # n_left and n_real of the current tile (out_cp - ch: bytes of the group that exist from
+        # this tile on; out_c - ch: lanes before the output zero point) less lanes.
+        left_nx = Signal(signed(18))
+        real_nx = Signal(signed(18))
+        start_q = Signal()
+        m.d.sync += [first_left.eq(s.out_cp - s.ch0), first_real.eq(s.out_c - s.ch0), start_q.eq(self.start)]
 
         emit = Signal()
         leave = Signal()
@@ -248,7 +257,8 @@ class _Packer(wiring.Component):
             self.o.payload.eq(buf[:8 * wb]),
             self.o.valid.eq(emit),
             self.busy.eq(cnt != 0),
-            self.i.ready.eq(cnt + units <= cap),
+            # (not while start_q loads the first tile)
+            self.i.ready.eq((cnt + units <= cap) & ~start_q),
         ]
         after = Signal(range(cap + 1))
         m.d.comb += after.eq(Mux(leave, cnt - word_units, cnt))
@@ -264,14 +274,16 @@ class _Packer(wiring.Component):
                     m.d.comb += placed.eq(beat << (k * ubits))
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [buf.eq(shifted | placed), cnt.eq(after + units)]
-            with m.If(t_left == 0):
-                m.d.sync += [t_left.eq(s.n_tiles - 1), *load_tile(first_left, first_real)]
+            with m.If(t_zero):
+                m.d.sync += [t_left.eq(s.n_tiles - 1), t_zero.eq(s.n_tiles == 1),
+                             *load_tile(first_left, first_real)]
             with m.Else():
-                m.d.sync += [t_left.eq(t_left - 1), *load_tile(left - s.lanes, real - s.lanes)]
+                m.d.sync += [t_left.eq(t_left - 1), t_zero.eq(t_left == 1), *load_tile(left_nx, real_nx)]
         with m.Else():
             m.d.sync += [buf.eq(shifted), cnt.eq(after)]
-        with m.If(self.start):
-            m.d.sync += [t_left.eq(s.n_tiles - 1), *load_tile(first_left, first_real)]
+        with m.If(start_q):
+            m.d.sync += [t_left.eq(s.n_tiles - 1), t_zero.eq(s.n_tiles == 1),
+                         *load_tile(first_left, first_real)]
         return m
 
 
@@ -632,10 +644,17 @@ class JacquardCore(wiring.Component):
         wiring.connect(m, afifo.r_stream, pgear.i)
         wiring.connect(m, bgear.o, eadd.b)
         # Pixels: line buffer (CONV, MAXPOOL, AVGPOOL), the global sum, or ADD's first input.
+        # The global sum's framing flags (g_cnt == 0, g_cnt == gap_taps - 1) are registers kept with
+        # the count: compared each beat, they ran into the Pool's framing check and its accumulator
+        # enables (10.4 ns, the deepest path of the SoC netlist's logic).
         g_cnt = Signal(24)
+        g_first, g_last = Signal(), Signal()
+        g_taps_m2 = Signal(24)  # gap_taps - 2 (the setup holds still through a layer)
+        g_single = Signal()     # gap_taps == 1
+        m.d.sync += [g_taps_m2.eq(s.gap_taps - 2), g_single.eq(s.gap_taps == 1)]
         m.d.comb += [lb.i.payload.eq(pgear.o.payload), eadd.a.payload.eq(pgear.o.payload),
-                     gsum.i.payload.data.eq(pgear.o.payload), gsum.i.payload.first.eq(g_cnt == 0),
-                     gsum.i.payload.last.eq(g_cnt == s.gap_taps - 1)]
+                     gsum.i.payload.data.eq(pgear.o.payload), gsum.i.payload.first.eq(g_first),
+                     gsum.i.payload.last.eq(g_last)]
         with m.If(s.gap):
             m.d.comb += [gsum.i.valid.eq(pgear.o.valid), pgear.o.ready.eq(gsum.i.ready)]
         with m.Elif(s.add):
@@ -643,9 +662,10 @@ class JacquardCore(wiring.Component):
         with m.Else():
             m.d.comb += [lb.i.valid.eq(pgear.o.valid), pgear.o.ready.eq(lb.i.ready)]
         with m.If(gsum.i.valid & gsum.i.ready):
-            m.d.sync += g_cnt.eq(Mux(gsum.i.payload.last, 0, g_cnt + 1))
+            m.d.sync += [g_cnt.eq(Mux(g_last, 0, g_cnt + 1)), g_first.eq(g_last),
+                         g_last.eq(Mux(g_last, g_single, g_cnt == g_taps_m2))]
         with m.If(go):
-            m.d.sync += g_cnt.eq(0)
+            m.d.sync += [g_cnt.eq(0), g_first.eq(1), g_last.eq(g_single)]
         gate = bank_ok | s.pool | s.avg
         m.d.comb += [
             pe.i.payload.eq(lb.o.payload), mr.i.payload.eq(lb.o.payload), avg.i.payload.eq(lb.o.payload),
