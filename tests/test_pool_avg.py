@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from jacquard.rtl.avg_pool import AvgPool
-from jacquard.rtl.fp32 import DIV_STAGES, _decode, _div, _Pipe
+from jacquard.rtl.fp32 import DIV_STAGES, FMA_DEEP_STAGES, _decode, _div, _Pipe
 from jacquard.sim import golden
 from jacquard.sim.streams import stream_monitor, stream_recv, stream_send
 from jacquard.sim.taps import tap_stream
@@ -51,18 +51,32 @@ def avg_case(rng: np.random.Generator, c_par: int) -> dict:
             "desc": desc}
 
 
-def run_avg(dut: AvgPool, case: dict, seed: int, gap: float) -> np.ndarray:
-    beats = [{"data": [int(v) for v in t], "first": int(f), "last": int(la)}
-             for t, f, la in zip(case["taps"], case["first"], case["last"], strict=True)]
-    got = []
+def run_layers(dut: AvgPool, cases: list[dict], seed: int, gap: float) -> list[np.ndarray]:
+    """Run ``cases`` one after the other, as layers: the next layer's configuration is applied in
+    the cycle of its ``clear`` (as the core's sequencer may), once the previous one's beats are out."""
+    got = [[] for _ in cases]
+    done = [False] * len(cases)
 
     async def producer(ctx):
-        for name, value in case["cfg"].items():
-            ctx.set(getattr(dut, name), value)
-        await stream_send(ctx, dut.i, beats, rng=random.Random(seed + 1), gap=gap)
+        for k, case in enumerate(cases):
+            if k:
+                while not done[k - 1]:
+                    await ctx.tick()
+                ctx.set(dut.clear, 1)
+            for name, value in case["cfg"].items():
+                ctx.set(getattr(dut, name), value)
+            if k:
+                await ctx.tick()
+                ctx.set(dut.clear, 0)
+            beats = [{"data": [int(v) for v in t], "first": int(f), "last": int(la)}
+                     for t, f, la in zip(case["taps"], case["first"], case["last"], strict=True)]
+            await stream_send(ctx, dut.i, beats, rng=random.Random(seed + 1 + 10 * k), gap=gap)
 
     async def consumer(ctx):
-        got.extend(await stream_recv(ctx, dut.o, len(case["want"]), rng=random.Random(seed + 2), gap=gap))
+        for k, case in enumerate(cases):
+            rng = random.Random(seed + 2 + 10 * k)
+            got[k].extend(await stream_recv(ctx, dut.o, len(case["want"]), rng=rng, gap=gap))
+            done[k] = True
 
     async def monitor(ctx):
         await stream_monitor(ctx, dut.o, "avg.o")
@@ -72,14 +86,23 @@ def run_avg(dut: AvgPool, case: dict, seed: int, gap: float) -> np.ndarray:
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
     sim.add_testbench(monitor, background=True)
-    sim.run()
-    return np.array([[int(v) for v in beat] for beat in got], dtype=np.int64)
+    # A deadline (three times the expected cycles), so that a unit which stops taking taps (a
+    # framing error it made up, say) fails the test instead of hanging it.
+    period = max(dut.c_par, FMA_DEEP_STAGES) + 1
+    cycles = sum(len(c["taps"]) * (period + 1) + len(c["want"]) * 150 for c in cases)
+    sim.run_until(3e-8 * (cycles + 100))
+    for k, case in enumerate(cases):
+        assert len(got[k]) == len(case["want"]), (
+            f"seed={seed} layer {k} {case['desc']}: {len(got[k])} of {len(case['want'])} beats by "
+            "the deadline")
+    return [np.array([[int(v) for v in beat] for beat in g], dtype=np.int64) for g in got]
 
 
-@pytest.mark.parametrize(("seed", "c_par"), [(1, 2), (2, 4), (3, 1), (4, 2), (5, 8)])
-def test_avg_pool_random(seed, c_par):
-    case = avg_case(np.random.default_rng(seed), c_par)
-    got = run_avg(AvgPool(c_par), case, seed, gap=0.3)
+def run_avg(dut: AvgPool, case: dict, seed: int, gap: float) -> np.ndarray:
+    return run_layers(dut, [case], seed, gap)[0]
+
+
+def check(got: np.ndarray, case: dict, seed: int) -> None:
     want = case["want"].astype(np.int64)
     assert got.shape == want.shape, f"seed={seed} {case['desc']}: {got.shape} != {want.shape}"
     bad = np.argwhere(got != want)
@@ -87,6 +110,23 @@ def test_avg_pool_random(seed, c_par):
         i, k = bad[0]
         raise AssertionError(f"seed={seed} {case['desc']}: first mismatch at window {i} lane {k}: "
                              f"expected {want[i, k]}, got {got[i, k]} ({len(bad)} differ)")
+
+
+@pytest.mark.parametrize(("seed", "c_par"), [(1, 2), (2, 4), (3, 1), (4, 2), (5, 8)])
+def test_avg_pool_random(seed, c_par):
+    case = avg_case(np.random.default_rng(seed), c_par)
+    check(run_avg(AvgPool(c_par), case, seed, gap=0.3), case, seed)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_avg_pool_layers_with_clear(seed):
+    # Three layers of different shapes, each configured in the cycle of its clear: the divisor,
+    # the tap count and the configuration check are registered and must catch up before a tap
+    # is taken. No gaps on the input, so the first tap is offered as soon as it could be.
+    rng = np.random.default_rng(seed)
+    cases = [avg_case(rng, 2) for _ in range(3)]
+    for got, case in zip(run_layers(AvgPool(2), cases, seed, gap=0.0), cases, strict=True):
+        check(got, case, seed)
 
 
 @pytest.mark.parametrize(("field", "value"), [
