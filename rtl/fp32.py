@@ -545,11 +545,18 @@ def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
     mant = Mux(top, quo[3:27], quo[2:26])
     guard = Mux(top, quo[2], quo[1])
     sticky = Mux(top, quo[:2].any(), quo[0]) | (rem != 0)
-    rounded = Signal(25, name=f"{name}_r_rounded")
-    p.m.d.comb += rounded.eq(mant + (guard & (sticky | mant[0])))
+    # The rounding's carry out (only from an all-ones significand) is known without the add's
+    # carry chain, and the exponent is picked from two candidates by it: the remainder's sticky,
+    # the rounding add and its carry into the exponent's add were AvgPool's critical path.
+    inc = guard & (sticky | mant[0])
+    carry = inc & mant.all()
+    rounded = Signal(24, name=f"{name}_r_rounded")
+    p.m.d.comb += rounded.eq(mant + inc)
+    elsb = [Signal(signed(12), name=f"{name}_r_elsb{c}") for c in (0, 1)]
+    p.m.d.comb += [elsb[c].eq(elead + top - 24 + c) for c in (0, 1)]
     out = _Float(p.reg(f"{name}_r_sign", 1, sign),
-                 p.reg(f"{name}_r_elsb", signed(12), elead + top - 1 + rounded[24] - 23),
-                 p.reg(f"{name}_r_mant", 24, Mux(rounded[24], 1 << 23, rounded)),
+                 p.reg(f"{name}_r_elsb", signed(12), Mux(carry, elsb[1], elsb[0])),
+                 p.reg(f"{name}_r_mant", 24, Mux(carry, 1 << 23, rounded)),
                  p.reg(f"{name}_r_zero", 1, zero))
     tags = {k: p.reg(f"{name}_r_{k}", len(v), v) for k, v in tags.items()}
     return out, tags
