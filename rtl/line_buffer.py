@@ -232,9 +232,12 @@ class LineBuffer(wiring.Component):
         mul_acc = Signal(32)                # W * ct, for the capacity check
 
         ct_max = Signal(aw)
-        kx_max = Signal(3)
-        ky_max = Signal(3)
-        oc_max = Signal(16)
+        # Each window counter's end (``s0_x == x - 1``) is a register kept with the counter: from
+        # the counters through the compares to the window-end enable of the s0 position registers
+        # was the chain's critical path (11.1 ns, 90.3 MHz). ``*_m1`` is the value before the end,
+        # ``*_single`` says the count is 1 (the counter is always at its end).
+        ct_m1, kx_m1, ky_m1, oc_m1 = Signal(aw), Signal(3), Signal(3), Signal(16)
+        ct_single, kx_single, ky_single, oc_single = Signal(), Signal(), Signal(), Signal()
         step_ct_col = Signal(aw)            # stride * ct (mod 2^aw)
         col0 = Signal(aw)                   # -left * ct (mod 2^aw): column address of ix0 = -left
         col_limit = Signal(signed(xw))      # last c_need that has a next position to its right
@@ -254,6 +257,11 @@ class LineBuffer(wiring.Component):
         wr_col = Signal(aw)
         wr_limit = Signal(signed(yw + 1))   # rows below this may be written (registered copy)
         wr_all = Signal()
+        # The writer's verdict (a row below wr_limit, and not past the frame), registered: from
+        # wr_row through the compare to the writer counters' enables and the producer's ready it
+        # was the chain's critical path (12.1 ns). It is made for the next row when the beat taken
+        # now ends its row, and from a cycle-old wr_limit, which only grows, so it errs safe.
+        wr_ok = Signal()
 
         # ---- s0: window counters ----------------------------------------------------------------
         s0_iy0 = Signal(signed(yw))         # top input row of the output row
@@ -268,9 +276,16 @@ class LineBuffer(wiring.Component):
         s0_kx = Signal(3)
         s0_ky = Signal(3)
         s0_oc = Signal(16)
+        ct_end, kx_end, ky_end, oc_end = Signal(), Signal(), Signal(), Signal()
         s0_done = Signal()
 
         inflight = Signal(range(_CREDITS + 1))
+        # ``issue`` enables ~150 s0 flops spread over the chip, so it is made from as few registers
+        # as possible: ``s0_live`` (in RUN with windows left) and ``full_q`` (inflight ==
+        # _CREDITS, kept with it) instead of the state decode, s0_done and a compare (the state
+        # through three LUTs into that fan-out was the chain's critical path, 12.6 ns).
+        s0_live = Signal()
+        full_q = Signal()
 
         # ---- s1 / s2 pipeline -------------------------------------------------------------------
         s1_valid = Signal()
@@ -337,6 +352,8 @@ class LineBuffer(wiring.Component):
                     Mux(on_row, c_need + cfg.stride, c_need0),
                     Mux(on_row, c_need <= col_limit2, c0_on_row))
 
+        m.d.sync += wr_ok.eq(0)  # but in RUN
+        m.d.comb += issue.eq(s0_live & avail & ~full_q)  # s0_live only in RUN
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -356,9 +373,9 @@ class LineBuffer(wiring.Component):
                 m.d.sync += [
                     cfg_ok_q.eq(cfg_ok),
                     ct_max.eq(ct - 1),
-                    kx_max.eq(cfg.kw - 1),
-                    ky_max.eq(cfg.kh - 1),
-                    oc_max.eq(cfg.oc_tiles - 1),
+                    ct_m1.eq(ct - 2), kx_m1.eq(cfg.kw - 2), ky_m1.eq(cfg.kh - 2), oc_m1.eq(cfg.oc_tiles - 2),
+                    ct_single.eq(ct == 1), kx_single.eq(cfg.kw == 1), ky_single.eq(cfg.kh == 1),
+                    oc_single.eq(cfg.oc_tiles == 1),
                     step_ct_col.eq(_mul_small(cfg.stride, ct, aw)),
                     col0.eq(0 - _mul_small(cfg.pad_left, ct, aw)),
                     col_limit.eq(W - 1 + cfg.pad_right - cfg.stride),
@@ -390,7 +407,9 @@ class LineBuffer(wiring.Component):
                         s0_ix0.eq(ix_start), s0_ix.eq(ix_start),
                         s0_c_need.eq(c_need0),
                         s0_pos_col.eq(col0), s0_tap_col.eq(col0),
-                        s0_ct.eq(0), s0_kx.eq(0), s0_ky.eq(0), s0_oc.eq(0), s0_done.eq(0),
+                        s0_ct.eq(0), s0_kx.eq(0), s0_ky.eq(0), s0_oc.eq(0), s0_done.eq(0), s0_live.eq(1),
+                        ct_end.eq(ct_single), kx_end.eq(kx_single), ky_end.eq(ky_single),
+                        oc_end.eq(oc_single),
                         avail_ok.eq(0),
                     ]
                     first_on_row = c_need0 <= col_limit
@@ -402,8 +421,10 @@ class LineBuffer(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(s0_done & wr_all & (inflight == 0)):
                     m.next = "IDLE"
-                m.d.comb += issue.eq(~s0_done & avail & (inflight != _CREDITS))
-                m.d.comb += self.i.ready.eq(~wr_all & (wr_row < wr_limit))
+                m.d.comb += self.i.ready.eq(wr_ok)
+                row_done = self.i.valid & wr_ok & (wr_ct == ct_max) & (wr_x == W - 1)
+                m.d.sync += wr_ok.eq(~wr_all & Mux(row_done, (wr_row != H - 1) & (wr_row + 1 < wr_limit),
+                                                   wr_row < wr_limit))
                 m.d.sync += wr_limit.eq(Mux(s0_done, 1 << 17, s0_iy0 + rows))
 
         # ---- writer -----------------------------------------------------------------------------
@@ -437,7 +458,6 @@ class LineBuffer(wiring.Component):
         m.d.comb += s0_pad.eq((s0_iy < 0) | (s0_iy >= H) | (s0_ix < 0) | (s0_ix >= W))
         # Loop nest inside one window, innermost first: (c_tile, kx, ky), or (kx, ky, c_tile) in
         # depthwise mode, where the PE array accumulates each channel tile on its own.
-        ct_end, kx_end, ky_end = s0_ct == ct_max, s0_kx == kx_max, s0_ky == ky_max
         dw = cfg.depthwise
         step_ct = Mux(dw, kx_end & ky_end, 1)
         step_kx = Mux(dw, 1, ct_end)
@@ -450,20 +470,23 @@ class LineBuffer(wiring.Component):
                 rd_addr.eq(s0_tap_col + s0_ct), rd_slot.eq(s0_iy[:slot_bits]),
             ]
             with m.If(step_ct):
-                m.d.sync += s0_ct.eq(Mux(ct_end, 0, s0_ct + 1))
+                m.d.sync += [s0_ct.eq(Mux(ct_end, 0, s0_ct + 1)),
+                             ct_end.eq(Mux(ct_end, ct_single, s0_ct == ct_m1))]
             with m.If(step_kx):
+                m.d.sync += kx_end.eq(Mux(kx_end, kx_single, s0_kx == kx_m1))
                 with m.If(kx_end):
                     m.d.sync += [s0_kx.eq(0), s0_ix.eq(s0_ix0), s0_tap_col.eq(s0_pos_col)]
                 with m.Else():
                     m.d.sync += [s0_kx.eq(s0_kx + 1), s0_ix.eq(s0_ix + 1), s0_tap_col.eq(s0_tap_col + ct)]
             with m.If(step_ky):
+                m.d.sync += ky_end.eq(Mux(ky_end, ky_single, s0_ky == ky_m1))
                 with m.If(ky_end):
                     m.d.sync += [s0_ky.eq(0), s0_iy.eq(s0_iy0)]
                 with m.Else():
                     m.d.sync += [s0_ky.eq(s0_ky + 1), s0_iy.eq(s0_iy + 1)]
             with m.If(ct_end & kx_end & ky_end):                     # end of one window
-                m.d.sync += s0_oc.eq(s0_oc + 1)
-                with m.If(s0_oc == oc_max):
+                m.d.sync += [s0_oc.eq(s0_oc + 1), oc_end.eq(Mux(oc_end, oc_single, s0_oc == oc_m1))]
+                with m.If(oc_end):
                     # The next position's need is already in nx_*: it becomes s0's, and nx_*
                     # moves one further.
                     nr, nc, non = next_need(nx_r_need, nx_c_need, nx_on_row)
@@ -483,7 +506,7 @@ class LineBuffer(wiring.Component):
                             s0_iy0.eq(s0_iy0 + cfg.stride), s0_iy.eq(s0_iy0 + cfg.stride),
                         ]
                         with m.If(s0_r_need > row_limit):
-                            m.d.sync += s0_done.eq(1)
+                            m.d.sync += [s0_done.eq(1), s0_live.eq(0)]
 
         # ---- s1: memory read; s2: read data; s3: each bank's data registered; s4: again; s5: the
         # slot's data selected, padding applied, into the FIFO. s3 registers the block RAMs'
@@ -529,6 +552,7 @@ class LineBuffer(wiring.Component):
             s5_tap.first.eq(s4_first),
             s5_tap.last.eq(s4_last),
             inflight.eq(inflight + issue - pop),
+            full_q.eq(inflight + issue - pop == _CREDITS),
         ]
         m.d.comb += [
             *(ram.r_addr.eq(rd_addr) for ram in banks),
