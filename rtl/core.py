@@ -18,15 +18,15 @@ Structure::
     LineBuffer -> AvgPool (AVGPOOL)                     pixels by channel tile -> Pool (SUM) (GLOBAL_AVGPOOL)
 
 AVGPOOL runs the line buffer in its depthwise order with the input zero point as padding into
-:class:`~jacquard.rtl.avg_pool.AvgPool` (float32-exact, ``max(c_par, 8)`` cycles per tap and about 80
-cycles per window). GLOBAL_AVGPOOL (and a whole-map AVGPOOL without padding, which onnxruntime
-computes as one) reads the input one channel tile at a time (a 2-D read of ``c_par`` bytes per
-pixel), sums each tile with :class:`~jacquard.rtl.pool.Pool` and requantizes the ``c_par`` sums one
-by one with ``bias = -in_zp * H * W`` and the multiplier the sequencer's
+:class:`~jacquard.rtl.avg_pool.AvgPool` (float32-exact, ``max(c_par, FMA_DEEP_STAGES) + 1`` cycles
+per tap and about 90 cycles per window). GLOBAL_AVGPOOL (and a whole-map AVGPOOL without padding,
+which onnxruntime computes as one) reads the input one channel tile at a time (a 2-D read of
+``c_par`` bytes per pixel), sums each tile with :class:`~jacquard.rtl.pool.Pool` and requantizes the
+``c_par`` sums one by one with ``bias = -in_zp * H * W`` and the multiplier the sequencer's
 :class:`~jacquard.rtl.fp32.ScaleUnit` computed. ADD reads its two inputs in chunks of
-``ADD_CHUNK_WORDS`` bus words in turn; the first input's chunk waits in a FIFO for the second's,
-and :class:`~jacquard.rtl.eltwise_add.EltwiseAdd` (``add_lanes`` datapath lanes) adds them, then
-the LUT/pad unit applies the optional table.
+``ADD_CHUNK_WORDS`` bus words in turn; the first input's chunk waits in a FIFO for the second's, and
+:class:`~jacquard.rtl.eltwise_add.EltwiseAdd` (``add_lanes`` datapath lanes) adds them, then the
+LUT/pad unit applies the optional table.
 
 The read router keeps one entry per read command in flight (its :class:`ReadTarget`) and sends
 each word to that command's consumer, so commands for different consumers can be queued back to

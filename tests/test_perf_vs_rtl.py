@@ -34,7 +34,14 @@ from test_core import (
     run_case,
 )
 
-from jacquard.host.perf import DEFAULT, estimate_descriptor, group_reads, group_tiles, program_overhead
+from jacquard.host.perf import (
+    AVG_TAP_FLOOR,
+    DEFAULT,
+    estimate_descriptor,
+    group_reads,
+    group_tiles,
+    program_overhead,
+)
 from jacquard.sim.executor import execute
 from jacquard.sim.isa import LayerDescriptor, Op, Program
 
@@ -208,6 +215,14 @@ def pnet(size: int) -> tuple[Image, list[LayerDescriptor]]:
 
     prog, _, image = _pnet(size)
     return relocate(image, prog.descriptors)
+
+
+def test_avg_tap_floor_is_the_deep_fma_depth():
+    """The model's AvgPool tap period floor is the RTL's deep fma depth (the model keeps a copy
+    so that it does not import amaranth)."""
+    from jacquard.rtl.fp32 import FMA_DEEP_STAGES
+
+    assert AVG_TAP_FLOOR == FMA_DEEP_STAGES
 
 
 def test_perf_single_layers_vs_rtl(tmp_path):
