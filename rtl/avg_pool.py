@@ -239,21 +239,22 @@ class AvgPool(wiring.Component):
         a_tag = Signal(tag_w)
         m.d.comb += a_tag.eq(Mux(issue, (lane | (tap.first << lane_bits) | (tap.last << (lane_bits + 1))
                                           | (1 << (lane_bits + 2))), 0))
-        a_tags = [p.reg("dq_tag_in", tag_w, a_tag)]
+        a_tags = [p.tag("dq_tag_in", tag_w, a_tag)]
         for s in range(FMA_DEEP_STAGES):
-            a_tags.append(p.reg(f"dq_tag{s}", tag_w, a_tags[-1]))
+            a_tags.append(p.tag(f"dq_tag{s}", tag_w, a_tags[-1]))
         v_tag = a_tags[-1]
         v_lane, v_first = v_tag[:lane_bits], v_tag[lane_bits]
 
         # --- total = fma(1, v, total[lane]) ------------------------------------------------------
         float_layout = data.StructLayout({"sign": 1, "elsb": signed(12), "mant": 24, "zero": 1})
-        totals = Signal(data.ArrayLayout(float_layout, c_par))
+        # No reset: a window's first tap ignores its lane's total.
+        totals = Signal(data.ArrayLayout(float_layout, c_par), reset_less=True)
         prev = totals[v_lane]
         add = _Float(prev.sign, prev.elsb, prev.mant, prev.zero | v_first)
         s_ = _fma(p, Const(1, signed(2)), v, add, "acc", deep=True)
         b_tags = [v_tag]
         for s in range(FMA_DEEP_STAGES):
-            b_tags.append(p.reg(f"acc_tag{s}", tag_w, b_tags[-1]))
+            b_tags.append(p.tag(f"acc_tag{s}", tag_w, b_tags[-1]))
         s_tag = b_tags[-1]
         s_lane, s_last, s_valid = s_tag[:lane_bits], s_tag[lane_bits + 1], s_tag[lane_bits + 2]
         with m.If(s_valid):
@@ -276,7 +277,7 @@ class AvgPool(wiring.Component):
         r = _fma(p, self.zy, one_f, q, "zp", deep=True)
         tags = d2_tags
         for s in range(FMA_DEEP_STAGES):
-            tags = {k: p.reg(f"zp_{k}{s}", len(v_), v_) for k, v_ in tags.items()}
+            tags = {k: p.tag(f"zp_{k}{s}", len(v_), v_) for k, v_ in tags.items()}
         # Three stages, as in EltwiseAdd (in one, the exponent compare, the shift, the rounding add
         # and the clamp were the core's longest path, 21 levels): rt0 the exponent's range and
         # the shift, rt1 fixed point with 24 fraction bits, then round, saturate and collect.
@@ -298,7 +299,7 @@ class AvgPool(wiring.Component):
         rt1_sat = p.reg("rt1_sat", 1, rt0_sat)
         rt1_sign = p.reg("rt1_sign", 1, rt0_sign)
         for s in range(2):
-            tags = {k: p.reg(f"rt{s}_{k}", len(v_), v_) for k, v_ in tags.items()}
+            tags = {k: p.tag(f"rt{s}_{k}", len(v_), v_) for k, v_ in tags.items()}
         # y = +-(whole + inc), clamped. One carry chain: -(w + i) = ~w + ~i in eight bits, which
         # is -128 for w = 127, i = 1; the clamp is known from `whole` alone (w >= 127 for a
         # positive value, w >= 128 for a negative one). The magnitude's add, its negation and the

@@ -112,7 +112,8 @@ class AxiSram(wiring.Component):
         # -- read pipeline: issue -> s1 (RAM out) -> s2 (per-bank registers) -> s3 -> FIFO ----
         meta = data.StructLayout({"valid": 1, "last": 1, "err": 1, "bank": range(banks)})
         s1, s2, s3 = Signal(meta), Signal(meta), Signal(meta)
-        s2_data = [Signal(32, name=f"s2_data{b}") for b in range(banks)]
+        # No reset on the 2048 data flops: they are read under s2's valid only.
+        s2_data = [Signal(32, name=f"s2_data{b}", reset_less=True) for b in range(banks)]
         s3_data = Signal(32)
         m.submodules.rfifo = rfifo = fifo.SyncFIFOBuffered(width=34, depth=_FIFO_DEPTH)
         inflight = s1.valid + s2.valid + s3.valid

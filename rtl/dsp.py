@@ -44,10 +44,12 @@ def registered_product(m: Module, platform, a: Value, b: Value, name: str, en: V
         if len(value) > 18:
             raise ValueError(f"Operand {port} of {name} must be at most 18 bits wide, not {len(value)}")
     shape = (a * b).shape()
-    prod = Signal(shape, name=f"{name}_prod")
+    # No resets: the DSP's own registers have none wired (RST tied low), and the fabric form
+    # matches it (a product is read only under its pipeline's valid bit).
+    prod = Signal(shape, name=f"{name}_prod", reset_less=True)
     if getattr(platform, "family", None) != "ecp5":
-        ra = Signal(a.shape(), name=f"{name}_a")
-        rb = Signal(b.shape(), name=f"{name}_b")
+        ra = Signal(a.shape(), name=f"{name}_a", reset_less=True)
+        rb = Signal(b.shape(), name=f"{name}_b", reset_less=True)
         with m.If(en):
             m.d.sync += [ra.eq(a), rb.eq(b), prod.eq(ra * rb)]
         return prod

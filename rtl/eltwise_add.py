@@ -177,8 +177,8 @@ class EltwiseAdd(wiring.Component):
         in_b = p.reg("i0_b", pixel_layout(self._lanes), in_b)
         valid, tag = in_valid, in_slot
         for s in range(self.pipe_stages - 1):
-            valid = p.reg(f"v{s}", 1, valid)
-            tag = p.reg(f"slot{s}", slot_bits, tag)
+            valid = p.tag(f"v{s}", 1, valid)
+            tag = p.tag(f"slot{s}", slot_bits, tag)
         last = valid & (tag == n_slices - 1)
         result = Signal(pixel_layout(self._lanes))
 

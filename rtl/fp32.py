@@ -272,16 +272,29 @@ def _decode(m: Module, bits, name: str):
 
 
 class _Pipe:
-    """Registers that all advance on ``en``; ``reg`` declares one and returns it."""
+    """Registers that all advance on ``en``; ``reg`` declares a data register, ``tag`` a control one.
+
+    Data registers have no reset (``reset_less``): what they hold is read only under a valid bit
+    carried by a ``tag`` register, which keeps its reset. A reset into every pipeline flop made
+    the core's flush (the sequencer's STOP) a chip-wide net into thousands of flops' resets: it
+    started most of the 85F SoC's worst paths, and the reset pins it used kept unrelated flops
+    from sharing slices.
+    """
 
     def __init__(self, m: Module, en):
         self.m, self.en = m, en
 
-    def reg(self, name: str, shape, value):
-        sig = Signal(shape, name=name)
+    def _reg(self, name: str, shape, value, reset_less: bool):
+        sig = Signal(shape, name=name, reset_less=reset_less)
         with self.m.If(self.en):
             self.m.d.sync += sig.eq(value)
         return sig
+
+    def reg(self, name: str, shape, value):
+        return self._reg(name, shape, value, reset_less=True)
+
+    def tag(self, name: str, shape, value):
+        return self._reg(name, shape, value, reset_less=False)
 
 
 def _fma(p: _Pipe, n, mul: _Float, add: _Float, name: str, *, deep: bool = False):
@@ -529,7 +542,7 @@ def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
     sign = p.reg(f"{name}_q0_sign", 1, a.sign ^ b.sign)
     zero = p.reg(f"{name}_q0_zero", 1, a.zero)
     elead = p.reg(f"{name}_q0_elead", signed(12), a.elsb - b.elsb)
-    tags = {k: p.reg(f"{name}_q0_{k}", len(v), v) for k, v in tags.items()}
+    tags = {k: p.tag(f"{name}_q0_{k}", len(v), v) for k, v in tags.items()}
     for i in range(1, 28):
         ge = rem >= den
         nrem = Mux(ge, rem - den, rem)
@@ -539,7 +552,7 @@ def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
         sign = p.reg(f"{name}_q{i}_sign", 1, sign)
         zero = p.reg(f"{name}_q{i}_zero", 1, zero)
         elead = p.reg(f"{name}_q{i}_elead", signed(12), elead)
-        tags = {k: p.reg(f"{name}_q{i}_{k}", len(v), v) for k, v in tags.items()}
+        tags = {k: p.tag(f"{name}_q{i}_{k}", len(v), v) for k, v in tags.items()}
     # quo = floor(ma / mb * 2^26); the leading one is bit 26 or 25.
     top = quo[26]
     mant = Mux(top, quo[3:27], quo[2:26])
@@ -558,7 +571,7 @@ def _div(p: _Pipe, a: _Float, b: _Float, tags: dict, name: str):
                  p.reg(f"{name}_r_elsb", signed(12), Mux(carry, elsb[1], elsb[0])),
                  p.reg(f"{name}_r_mant", 24, Mux(carry, 1 << 23, rounded)),
                  p.reg(f"{name}_r_zero", 1, zero))
-    tags = {k: p.reg(f"{name}_r_{k}", len(v), v) for k, v in tags.items()}
+    tags = {k: p.tag(f"{name}_r_{k}", len(v), v) for k, v in tags.items()}
     return out, tags
 
 

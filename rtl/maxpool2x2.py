@@ -123,7 +123,9 @@ class MaxPool2x2(wiring.Component):
 
         # s1: the beat taken last cycle, next to its entry's partial maximum.
         s1_valid = Signal()
-        s1_v = Signal(layout)
+        # The beats' data (s1_v .. s4_data, s2_fwd_data) have no reset: read under the valid
+        # and write flags only, so the core's flush does not fan out into them.
+        s1_v = Signal(layout, reset_less=True)
         s1_addr = Signal(range(self._depth))
         s1_first = Signal()
         s1_emit = Signal()
@@ -160,7 +162,7 @@ class MaxPool2x2(wiring.Component):
         # with it; their data is forwarded (the newer wins), chosen in s1 and registered with the
         # beat so that no logic follows the RAM's output. Older writes are in the RAM.
         s2_valid = Signal()
-        s2_v = Signal(layout)
+        s2_v = Signal(layout, reset_less=True)
         s2_held = Signal(layout)
         s2_addr = Signal(range(self._depth))
         s2_first = Signal()
@@ -174,12 +176,12 @@ class MaxPool2x2(wiring.Component):
         m.d.comb += s2_writes.eq(s2_valid & ~s2_emit & ~s2_drop)
         s3_writes = Signal()
         s3_addr = Signal(range(self._depth))
-        s3_data = Signal(layout)
+        s3_data = Signal(layout, reset_less=True)
         s4_writes = Signal()
         s4_addr = Signal(range(self._depth))
-        s4_data = Signal(layout)
+        s4_data = Signal(layout, reset_less=True)
         s2_fwd = Signal()
-        s2_fwd_data = Signal(layout)
+        s2_fwd_data = Signal(layout, reset_less=True)
         hit2 = s2_writes & (s2_addr == s1_addr)
         hit3 = s3_writes & (s3_addr == s1_addr)
         hit4 = s4_writes & (s4_addr == s1_addr)

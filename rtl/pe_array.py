@@ -33,7 +33,8 @@ The weight load is registered the same way (``w1``: write enables, an address co
 data per group of rows), so a block written by a load beat can be read by a tap accepted in the
 next cycle, as before.
 
-Register copies of the same value are ``TRELLIS_FF`` instances on ECP5 (see :func:`_replica`):
+Register copies of the same value are ``TRELLIS_FF`` instances on ECP5 (see
+:func:`~jacquard.rtl.replica.replica`):
 yosys merges identical flip-flops, which would undo the replication.
 
 On ECP5 (``platform.family == "ecp5"``) each product is a ``MULT18X18D`` instance whose input and
@@ -52,7 +53,7 @@ multipliers do useful work, so depthwise utilization is ``1/oc_par`` (6.25% for 
 
 
 
-from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -61,6 +62,7 @@ from amaranth.utils import ceil_log2
 from .bram import RegisteredRam
 from .dsp import registered_product
 from .layouts import acc_layout, pixel_layout, tap_layout
+from .replica import replica
 
 __all__ = ["PEArray", "PEError", "weight_block_layout", "weight_row_layout"]
 
@@ -71,26 +73,6 @@ TILES_BITS = 16
 # Rows (output channels) served by one copy of a value replicated in two register levels (the tap,
 # the weight-load data): the first level has oc_par/_GROUP copies, the second one per row.
 _GROUP = 4
-
-
-def _replica(m: Module, platform, value: Value, name: str) -> Signal:
-    """A register of ``value`` (initially 0) that synthesis keeps although identical copies exist.
-
-    yosys merges flip-flops that have the same input (``opt_merge``), which would undo the
-    replication that puts one copy of a broadcast next to each group of its consumers. On ECP5 each
-    bit is a ``TRELLIS_FF`` instance, which yosys does not merge; elsewhere it is a plain register.
-    """
-    value = Value.cast(value)
-    q = Signal(len(value), name=name)
-    if getattr(platform, "family", None) != "ecp5":
-        m.d.sync += q.eq(value)
-        return q
-    for b in range(len(value)):
-        m.submodules[f"{name}_ff{b}"] = Instance(
-            "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK", p_LSRMUX="LSR",
-            p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
-            i_CLK=ClockSignal("sync"), i_LSR=0, i_DI=value[b], o_Q=q[b])
-    return q
 
 
 class PEError(enum.Enum, shape=3):
@@ -249,7 +231,7 @@ class PEArray(wiring.Component):
         """
         prod = registered_product(m, platform, Value.cast(a).as_signed(), Value.cast(b).as_signed(),
                                   f"dsp_{name}")
-        copy = Signal(signed(16), name=f"s7_prod_{name}")
+        copy = Signal(signed(16), name=f"s7_prod_{name}", reset_less=True)
         m.d.sync += copy.eq(prod)
         return copy
 
@@ -307,9 +289,9 @@ class PEArray(wiring.Component):
         w1_en = Signal(oc_par)
         m.d.sync += w1_en.eq(w_en)
         m.d.comb += ram.w_en.eq(w1_en)
-        w1_data = {g: _replica(m, platform, self.wl.payload.data.as_value(), f"w1_data_{g}") for g in groups}
+        w1_data = {g: replica(m, platform, self.wl.payload.data.as_value(), f"w1_data_{g}") for g in groups}
         for r in range(oc_par):
-            w1_addr = _replica(m, platform, cur_block[:addr_bits], f"w1_addr_{r}")
+            w1_addr = replica(m, platform, cur_block[:addr_bits], f"w1_addr_{r}")
             m.d.comb += [ram.w_addr[r].eq(w1_addr),
                          ram.w_data[r * 8 * c_par:(r + 1) * 8 * c_par].eq(w1_data[r - r % _GROUP])]
 
@@ -356,15 +338,19 @@ class PEArray(wiring.Component):
                 m.d.comb += raise_err.eq(PEError.WEIGHT_RANGE)
             with m.Else():
                 m.d.comb += s0_good.eq(1)
-                last_tile = tile == tiles_m1
-                wrap = at_last & last_tile
-                m.d.sync += [at_first.eq(at_last),
-                             remain.eq(Mux(at_first, taps_m1, remain - 1)),
-                             remain_last.eq(Mux(at_first, two_taps, remain == 2)),
-                             offset.eq(Mux(wrap, 0, offset + 1)), off_zero.eq(wrap),
-                             slack.eq(Mux(off_zero, max_offset, slack) - 1)]
-                with m.If(at_last):
-                    m.d.sync += tile.eq(Mux(last_tile, 0, tile + 1))
+            # The position flags advance on every accepted tap, checked or not: a failed check
+            # halts the array until ``clear``, which restarts them, so what they hold after one
+            # is never used. Their ~60 flops' enable is then the handshake alone (registers); it
+            # took the framing compare of the line buffer's output before (12.5 ns in the chain).
+            last_tile = tile == tiles_m1
+            wrap = at_last & last_tile
+            m.d.sync += [at_first.eq(at_last),
+                         remain.eq(Mux(at_first, taps_m1, remain - 1)),
+                         remain_last.eq(Mux(at_first, two_taps, remain == 2)),
+                         offset.eq(Mux(wrap, 0, offset + 1)), off_zero.eq(wrap),
+                         slack.eq(Mux(off_zero, max_offset, slack) - 1)]
+            with m.If(at_last):
+                m.d.sync += tile.eq(Mux(last_tile, 0, tile + 1))
         # ``room`` is computed from ``inflight`` a cycle before it is used, so it keeps a margin
         # of 2 (inflight grows by at most 1 a cycle): the acceptance logic stays off its path.
         m.d.sync += [inflight.eq(inflight + (s0_good & tap.last) - (self.o.valid & self.o.ready)),
@@ -372,32 +358,35 @@ class PEArray(wiring.Component):
         m.d.comb += self.busy.eq(inflight != 0)
 
         # --- s1: tap and weight address registered (one address copy per row) ----------------
+        # The data registers of s1..s7, the adder trees and the accumulators have no reset: they
+        # are read only under the valid bits of ``*_ctl``, and a reset into each of them made the
+        # core's flush a net into ~6,500 flops' resets across the DSP rows (85F SoC).
         s1_valid, s1_first, s1_last = Signal(), Signal(), Signal()
-        s1_tap = Signal(8 * c_par)
+        s1_tap = Signal(8 * c_par, reset_less=True)
         m.d.sync += [s1_valid.eq(s0_good), s1_first.eq(tap.first), s1_last.eq(tap.last),
                      s1_tap.eq(tap.data.as_value())]
         r_addr = (self.w_base + offset)[:addr_bits]
         for r in range(oc_par):
-            m.d.comb += ram.r_addr[r].eq(_replica(m, platform, r_addr, f"s1_addr_{r}"))
+            m.d.comb += ram.r_addr[r].eq(replica(m, platform, r_addr, f"s1_addr_{r}"))
         # --- s2: the RAMs read ---------------------------------------------------------------
         s2_valid, s2_first, s2_last = Signal(), Signal(), Signal()
-        s2_tap = Signal(8 * c_par)
+        s2_tap = Signal(8 * c_par, reset_less=True)
         m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_tap.eq(s1_tap)]
         m.d.comb += self.mac_active.eq(s2_valid)  # one cycle per useful tap
         # --- s3: weight block in the RAMs' output registers; tap copied per group, flags per row
         s3_w = Signal(weight_block_layout(c_par, oc_par))
         m.d.comb += s3_w.eq(ram.r_data)
         s2_ctl = Cat(s2_valid, s2_first, s2_last)
-        s3_ctl = [_replica(m, platform, s2_ctl, f"s3_ctl_{o}") for o in range(oc_par)]
-        s3_tap = {g: _replica(m, platform, s2_tap, f"s3_tap_{g}") for g in groups}
+        s3_ctl = [replica(m, platform, s2_ctl, f"s3_ctl_{o}") for o in range(oc_par)]
+        s3_tap = {g: replica(m, platform, s2_tap, f"s3_tap_{g}") for g in groups}
         # The depthwise flag (configuration, stable during a layer) reaches each row through a
         # register of its own rather than one net over the whole array.
-        dw = [_replica(m, platform, self.depthwise, f"dw_{o}") for o in range(oc_par)]
+        dw = [replica(m, platform, self.depthwise, f"dw_{o}") for o in range(oc_par)]
         # --- s4: multiplier operands in the fabric (tap copied per row, depthwise mask applied)
         s4_ctl = [Signal(3, name=f"s4_ctl_{o}") for o in range(oc_par)]
-        s4_tap = [data.View(pixel_layout(c_par), _replica(m, platform, s3_tap[o - o % _GROUP], f"s4_tap_{o}"))
+        s4_tap = [data.View(pixel_layout(c_par), replica(m, platform, s3_tap[o - o % _GROUP], f"s4_tap_{o}"))
                   for o in range(oc_par)]
-        s4_w = Signal(weight_block_layout(c_par, oc_par))
+        s4_w = Signal(weight_block_layout(c_par, oc_par), reset_less=True)
         for o in range(oc_par):
             m.d.sync += s4_ctl[o].eq(s3_ctl[o])
             for c in range(c_par):
@@ -425,7 +414,7 @@ class PEArray(wiring.Component):
                 for _ in range(n_levels):
                     terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j]
                              for j in range(0, len(terms), 2)]
-                regs = [Signal(signed(16 + ceil_log2(c_par)), name=f"st{k}_sum_{o}_{j}")
+                regs = [Signal(signed(16 + ceil_log2(c_par)), name=f"st{k}_sum_{o}_{j}", reset_less=True)
                         for j in range(len(terms))]
                 m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
                 nxt_sums.append(regs)
@@ -434,7 +423,7 @@ class PEArray(wiring.Component):
         # --- accumulators and the output FIFO, one per row -------------------------------------
         for o in range(oc_par):
             valid, first, last = ctl[o][0], ctl[o][1], ctl[o][2]
-            acc = Signal(signed(32), name=f"acc_{o}")
+            acc = Signal(signed(32), name=f"acc_{o}", reset_less=True)
             acc_done = Signal(name=f"acc_done_{o}")  # acc holds a finished sum
             m.d.sync += acc_done.eq(valid & last)
             with m.If(valid):

@@ -124,14 +124,16 @@ class Pool(wiring.Component):
         # accumulator's clock enable and selects then come from registers: the framing check,
         # the 32-bit add, the consumer's ready and the enable's fan-out in one cycle were
         # gap_sum's critical path (10.2 ns).
-        acc = Signal(acc_layout(c_par))
+        # acc, mx, sk and s0 hold data read only under their flags: no resets (a reset made the
+        # core's flush a net into every one of their flops).
+        acc = Signal(acc_layout(c_par), reset_less=True)
         done = Signal()
         sk_valid = Signal()
-        sk = Signal(acc_layout(c_par))
+        sk = Signal(acc_layout(c_par), reset_less=True)
         move = Signal()  # the finished window leaves the accumulator
         s0_valid = Signal()
         s0_go = Signal()  # s0's tap enters the reduction
-        s0 = Signal.like(self.i.payload)
+        s0 = Signal.like(self.i.payload, reset_less=True)
         m.d.comb += [
             move.eq(done & ~sk_valid),
             s0_go.eq(s0_valid & (~done | ~sk_valid)),
@@ -162,7 +164,7 @@ class Pool(wiring.Component):
         # Both reductions run on every tap, each in its own register, and the output takes the
         # mode's: a mode-selected update merged the sum's carry chain and the max compare into
         # the accumulator's clock enable (10.0 ns).
-        mx = Signal(pixel_layout(c_par))  # the running max: int8
+        mx = Signal(pixel_layout(c_par), reset_less=True)  # the running max: int8
         with m.If(s0_go):
             m.d.sync += done.eq(s0.last)
             for c in range(c_par):

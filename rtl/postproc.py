@@ -202,7 +202,7 @@ class PostProcessor(wiring.Component):
         # -- loading ---------------------------------------------------------------------------
         row = Signal(range(n_rows))
         lane = Signal(range(n_r))
-        p_buf = Signal(data.ArrayLayout(ChannelParamsLayout(), n_r))
+        p_buf = Signal(data.ArrayLayout(ChannelParamsLayout(), n_r), reset_less=True)
         width = ChannelParamsLayout().size
         shifted = Signal.like(p_buf)
         # New channels enter at the top lane, so after n_r beats lane 0 holds the first one.
@@ -267,7 +267,10 @@ class PostProcessor(wiring.Component):
         groups_acc = [Signal(data.ArrayLayout(signed(32), n_r), name=f"f_group{k}") for k in range(groups)]
         for k, g in enumerate(groups_acc):
             m.d.comb += g.eq(Cat(self.i.payload[k * n_r + j] for j in range(n_r)))
-        x_acc = Signal(data.ArrayLayout(signed(32), n_r))
+        # The data registers (x_acc .. group_y, a_buf, p_buf) have no reset: they are read only
+        # under v_valid/lane, and resets into them made the core's flush a net into ~3,700
+        # flops' resets (85F SoC).
+        x_acc = Signal(data.ArrayLayout(signed(32), n_r), reset_less=True)
         m.d.sync += [
             x_acc.eq(_select(f_group, groups_acc)),
             v_valid.eq(Cat(issue, v_valid[:-1])),
@@ -275,10 +278,10 @@ class PostProcessor(wiring.Component):
         ]
 
         # p: registered memory output; b: bias add (int32, wrapping like the accumulators).
-        p_acc = Signal.like(x_acc)
-        p_params = Signal(data.ArrayLayout(ChannelParamsLayout(), n_r))
-        b_acc = Signal(data.ArrayLayout(signed(32), n_r))
-        b_mult = Signal(data.ArrayLayout(32, n_r))
+        p_acc = Signal.like(x_acc)  # reset_less, like x_acc
+        p_params = Signal(data.ArrayLayout(ChannelParamsLayout(), n_r), reset_less=True)
+        b_acc = Signal(data.ArrayLayout(signed(32), n_r), reset_less=True)
+        b_mult = Signal(data.ArrayLayout(32, n_r), reset_less=True)
         m.d.sync += [p_acc.eq(x_acc), p_params.eq(p_rd.data)]
         for j in range(n_r):
             m.d.sync += [
@@ -287,8 +290,8 @@ class PostProcessor(wiring.Component):
             ]
 
         # s1..s14: requantizer lanes in lock step; then l: the LUT (one read port per lane), q.
-        l_y = Signal(data.ArrayLayout(signed(8), n_r))
-        group_y = Signal(data.ArrayLayout(signed(8), n_r))
+        l_y = Signal(data.ArrayLayout(signed(8), n_r), reset_less=True)
+        group_y = Signal(data.ArrayLayout(signed(8), n_r), reset_less=True)
         invalid = Signal()
         for j in range(n_r):
             pipe = RequantPipe()
@@ -314,7 +317,7 @@ class PostProcessor(wiring.Component):
         q_valid, q_last = v_valid[-1], v_last[-1]
         beat = group_y.as_value()
         if groups > 1:
-            a_buf = Signal(8 * n_r * (groups - 1))
+            a_buf = Signal(8 * n_r * (groups - 1), reset_less=True)
             with m.If(q_valid & ~q_last):
                 m.d.sync += a_buf.eq(Cat(a_buf[8 * n_r:], group_y))
             beat = Cat(a_buf, group_y)

@@ -81,8 +81,10 @@ class RequantPipe(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
 
+        # No resets: the stages are read only under the owner's valid bits, and a reset into
+        # each flop made the core's flush a net into thousands of resets (85F SoC).
         def reg(name, shape, value):
-            sig = Signal(shape, name=name)
+            sig = Signal(shape, name=name, reset_less=True)
             with m.If(self.en):
                 m.d.sync += sig.eq(value)
             return sig
