@@ -18,11 +18,12 @@ core is slow. Whole models run over the bridge with ``uart=False``: the serializ
 and the bridge's byte streams are the ports (``tests/test_uart_device.py``).
 
 :class:`BridgeSoc` is the part that simulates (no clocking, pins as ports); :class:`BoardTop` adds
-the PLL, reset and the board's pins for a platform from :mod:`jacquard.boards.configs`.
+the PLL, the clock gate or reset until it locks, and the board's pins for a platform from
+:mod:`jacquard.boards.configs`.
 """
 
 
-from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -38,8 +39,13 @@ from jacquard.rtl.uart import UartRx, UartTx, uart_divisor
 from jacquard.sim.isa import HardwareConfig
 from jacquard.sim.isa_regs import register
 
-__all__ = ["AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll", "ecp5_pll_params",
-           "ice40_pll_params"]
+#: The net of the ECP5 board top's PLL-side clock. It clocks only the three flops that
+#: synchronize the PLL's lock into the core clock's enable, so reports keep it apart from the
+#: core clock (``jacquard.boards.synth``).
+PLL_CLOCK_NET = "pll_clk"
+
+__all__ = ["PLL_CLOCK_NET", "AxiSram", "BoardTop", "BridgeSoc", "PlaceholderCore", "ecp5_pll",
+           "ecp5_pll_params", "ice40_pll_params"]
 
 
 class PlaceholderCore(wiring.Component):
@@ -319,7 +325,9 @@ def ice40_pll_params(f_in: float, f_out: float) -> dict[str, int]:
 
 
 class BoardTop(Elaboratable):
-    """A board's top: PLL -> ``sync``, reset held until lock, :class:`BridgeSoc` on the board's pins.
+    """A board's top: PLL -> ``sync``, :class:`BridgeSoc` on the board's pins.
+
+    Until the PLL locks, ECP5 boards hold the clock (a DCCA's enable) and iCE40 boards the reset.
 
     Parameters
     ----------
@@ -350,13 +358,26 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self.board
-        m.domains.sync = cd_sync = ClockDomain("sync")
+        ecp5 = cfg.family == "ecp5"
+        # ECP5: no reset net. The core clock is the PLL's through a global buffer (DCCA) whose
+        # enable rises, and stays up, once the PLL has locked; until then the design sees no
+        # clock edge, so every flop starts from the initial value the bitstream configures,
+        # which is what a reset would give. A reset net into every flop's reset was the 85F
+        # SoC's worst path once the core's flush was registered (21 ns from the synchronizer,
+        # 9 ns of it one chip-wide net). The core's own stop (flush) resets its units as before.
+        m.domains.sync = cd_sync = ClockDomain("sync", reset_less=ecp5)
         locked = Signal()
         clk_port = platform.request(platform.default_clk, dir="-")
-        if cfg.family == "ecp5":
+        if ecp5:
             m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_port)
             p = self.pll
-            m.submodules.pll = ecp5_pll(cfg.input_clock_mhz, p, clk_buf.i, cd_sync.clk, locked)
+            m.domains.pll = cd_pll = ClockDomain("pll", reset_less=True, local=True)
+            assert cd_pll.clk.name == PLL_CLOCK_NET
+            m.submodules.pll = ecp5_pll(cfg.input_clock_mhz, p, clk_buf.i, cd_pll.clk, locked)
+            lock_sync = Signal(2)
+            running = Signal()
+            m.d.pll += [lock_sync.eq(Cat(locked, lock_sync[0])), running.eq(running | lock_sync[1])]
+            m.submodules.clk_gate = Instance("DCCA", i_CLKI=cd_pll.clk, i_CE=running, o_CLKO=cd_sync.clk)
         else:
             p = self.pll
             m.submodules.pll = Instance(
@@ -366,7 +387,8 @@ class BoardTop(Elaboratable):
                 i_PACKAGEPIN=clk_port.io, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=cd_sync.clk, o_LOCK=locked)
         platform.add_clock_constraint(cd_sync.clk, self.pll["f_out"] * 1e6)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        if not ecp5:
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
         m.submodules.soc = soc = self.soc
         # Every subsignal raw ("-"): the ULX3S's uart also has rts/dtr, and a subsignal left out

@@ -48,7 +48,7 @@ writer side was ready (the requantizers were busy).
 
 import math
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, Value, signed
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -468,6 +468,8 @@ class JacquardCore(wiring.Component):
         # multiple of this many bytes, and the packer shifts by that unit.
         packer = _Packer(width, wb, math.gcd(c_par, oc_par, wb, lut_channels))
         route = fifo.SyncFIFOBuffered(width=3, depth=8)
+        pin = _Skid(data.ArrayLayout(signed(8), width))
+        rskid = _Skid(reader.o.payload.shape())
         pgear = _Gearbox(wbits, c_par // wb, 1)
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
         # Weight words reach the gearbox through a skid, so the read router's ready is a register
@@ -485,7 +487,8 @@ class JacquardCore(wiring.Component):
         gap = bool(cfg.ops & {Op.AVGPOOL, Op.GLOBAL_AVGPOOL})  # a whole-map AVGPOOL runs as one
         units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lut_in": lut_in, "lutpad": lutpad,
                  "lut_out": lut_out, "maxpool": mp,
-                 "maxreduce": mr, "packer": packer, "route": route, "pixel_gear": pgear, "weight_skid": wskid,
+                 "maxreduce": mr, "packer": packer, "packer_in": pin, "route": route, "pixel_gear": pgear,
+                 "weight_skid": wskid, "read_skid": rskid,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
@@ -540,7 +543,7 @@ class JacquardCore(wiring.Component):
             seq.dma_error.eq(reader.error | writer.error),
             seq.dma_error_code.eq(Mux(reader.error, reader.error_code, writer.error_code)),
             seq.dma_error_tag.eq(Mux(reader.error, reader.error_tag, writer.error_tag)),
-            seq.dma_busy.eq(reader.busy | writer.busy),
+            seq.dma_busy.eq(reader.busy | rskid.busy | writer.busy),
         ]
 
         # -- read router: one target per command in flight ---------------------------------------
@@ -553,7 +556,11 @@ class JacquardCore(wiring.Component):
         ]
         target = Signal(ReadTarget)
         m.d.comb += target.eq(route.r_data)
-        words = reader.o
+        # The words reach the router through a skid, so the reader's ready is a register: the
+        # consumers' readies (the read router, EltwiseAdd's take) ran into the reader's output
+        # and skid registers (17.6 ns on the 85F).
+        wiring.connect(m, reader.o, rskid.i)
+        words = rskid.o
         consumers = {
             ReadTarget.DESC: seq.desc_word,
             ReadTarget.LUT: lutpad.load,
@@ -633,17 +640,27 @@ class JacquardCore(wiring.Component):
         m.d.comb += bank_ok.eq(w_ok.bit_select(s.bank, 1))
 
         # -- datapath configuration ----------------------------------------------------------
-        go = seq.group_start
+        # A group starts its units a cycle after GROUP_START, each unit from its own kept register
+        # of it: the state decode as one net into every unit's configuration loads crossed the
+        # chip (16-20 ns paths into the line buffer's, the PE array's and the counters' flops on
+        # the 85F). The setup is registered before GROUP_START, and a group's first DMA word
+        # comes several cycles after its first read is issued, which is after GROUP_START.
+        def go_for(unit: str):
+            return replica(m, platform, seq.group_start, f"go_{unit}")
+
+        go = go_for("glue")
         conv = ~s.pool & ~s.avg & ~s.gap & ~s.add
         m.d.comb += [
-            lb.config.eq(s.lb), lb.start.eq(go & (conv | s.pool | s.avg)),
+            lb.config.eq(s.lb), lb.start.eq(go_for("line_buffer") & (conv | s.pool | s.avg)),
             pe.taps.eq(s.taps), pe.n_oc_tiles.eq(s.n_tiles), pe.depthwise.eq(s.depthwise),
-            pe.w_base.eq(Mux(s.bank, bank_blocks, 0)), pe.clear.eq(go | flush),
-            pp.start.eq(go & conv), pp.n_oc_tiles.eq(s.n_tiles), pp.zero_point.eq(s.zero_point),
-            pp.lo.eq(s.lo), pp.hi.eq(s.hi), pp.lut_enable.eq(0),
-            lutpad.setup.eq(s), lutpad.start.eq(go),
-            mp.start.eq(go & s.fuse_maxpool), mp.width.eq(s.conv_w), mp.n_oc_tiles.eq(s.n_tiles),
-            packer.setup.eq(s), packer.start.eq(go),
+            pe.w_base.eq(Mux(s.bank, bank_blocks, 0)),
+            pe.clear.eq(replica(m, platform, seq.group_start | flush, "clear_pe_array")),
+            pp.start.eq(go_for("postproc") & conv), pp.n_oc_tiles.eq(s.n_tiles),
+            pp.zero_point.eq(s.zero_point), pp.lo.eq(s.lo), pp.hi.eq(s.hi), pp.lut_enable.eq(0),
+            lutpad.setup.eq(s), lutpad.start.eq(go_for("lutpad")),
+            mp.start.eq(go_for("maxpool") & s.fuse_maxpool), mp.width.eq(s.conv_w),
+            mp.n_oc_tiles.eq(s.n_tiles),
+            packer.setup.eq(s), packer.start.eq(go_for("packer")),
         ]
 
         # -- streams --------------------------------------------------------------------------
@@ -685,10 +702,11 @@ class JacquardCore(wiring.Component):
             avg.in_h.eq(s.lb.height), avg.in_w.eq(s.lb.width), avg.out_h.eq(s.out_h), avg.out_w.eq(s.out_w),
             avg.kh.eq(s.lb.kh), avg.kw.eq(s.lb.kw), avg.stride.eq(s.lb.stride), avg.pad_t.eq(s.lb.pad_top),
             avg.pad_l.eq(s.lb.pad_left), avg.pad_b.eq(s.lb.pad_bottom), avg.pad_r.eq(s.lb.pad_right),
-            avg.n_tiles.eq(s.n_tiles), avg.count_include_pad.eq(s.count_include_pad), avg.clear.eq(go),
+            avg.n_tiles.eq(s.n_tiles), avg.count_include_pad.eq(s.count_include_pad),
+            avg.clear.eq(go_for("avgpool")),
         ]
         # GLOBAL_AVGPOOL: c_par sums per tile, requantized one by one, collected into one beat.
-        m.d.comb += [gsum.mode.eq(PoolMode.SUM), gsum.taps.eq(s.gap_taps), gsum.clear.eq(go),
+        m.d.comb += [gsum.mode.eq(PoolMode.SUM), gsum.taps.eq(s.gap_taps), gsum.clear.eq(go_for("gap_sum")),
                      grq.zero_point.eq(s.zero_point), grq.lo.eq(-128), grq.hi.eq(127)]
         g_sums = Signal(gsum.o_sum.payload.shape())
         g_full = Signal()
@@ -726,27 +744,30 @@ class JacquardCore(wiring.Component):
                          pp.o.ready.eq(lut_in.i.ready)]
         wiring.connect(m, lut_in.o, lutpad.i)
         wiring.connect(m, lutpad.o, lut_out.i)
-        # LutPad -> (MaxPool2x2) -> packer, or MaxReduce / AvgPool / the global average -> packer.
+        # LutPad -> (MaxPool2x2) -> packer, or MaxReduce / AvgPool / the global average -> packer,
+        # through a skid (``pin``) whose ready is a register: the packer's ready ran back through
+        # the source multiplexer into MaxReduce and the line buffer's output FIFO (18.0 ns, 85F).
         m.d.comb += [mp.i.payload.eq(lut_out.o.payload), mp.i.valid.eq(lut_out.o.valid & s.fuse_maxpool)]
         with m.If(s.pool):
-            m.d.comb += [packer.i.payload.eq(mr.o.payload.as_value()), packer.i.valid.eq(mr.o.valid),
-                         mr.o.ready.eq(packer.i.ready)]
+            m.d.comb += [pin.i.payload.eq(mr.o.payload.as_value()), pin.i.valid.eq(mr.o.valid),
+                         mr.o.ready.eq(pin.i.ready)]
         with m.Elif(s.avg):
-            m.d.comb += [packer.i.payload.eq(avg.o.payload.as_value()), packer.i.valid.eq(avg.o.valid),
-                         avg.o.ready.eq(packer.i.ready)]
+            m.d.comb += [pin.i.payload.eq(avg.o.payload.as_value()), pin.i.valid.eq(avg.o.valid),
+                         avg.o.ready.eq(pin.i.ready)]
         with m.Elif(s.gap):
-            m.d.comb += [packer.i.payload.eq(g_beat.as_value()), packer.i.valid.eq(g_beat_valid)]
-            with m.If(g_beat_valid & packer.i.ready):
+            m.d.comb += [pin.i.payload.eq(g_beat.as_value()), pin.i.valid.eq(g_beat_valid)]
+            with m.If(g_beat_valid & pin.i.ready):
                 m.d.sync += g_beat_valid.eq(0)
         with m.Elif(s.add & Const(not add_via_lut)):
-            m.d.comb += [packer.i.payload.eq(eadd.o.payload.as_value()), packer.i.valid.eq(eadd.o.valid),
-                         eadd.o.ready.eq(packer.i.ready)]
+            m.d.comb += [pin.i.payload.eq(eadd.o.payload.as_value()), pin.i.valid.eq(eadd.o.valid),
+                         eadd.o.ready.eq(pin.i.ready)]
         with m.Elif(s.fuse_maxpool):
-            m.d.comb += [packer.i.payload.eq(mp.o.payload.as_value()), packer.i.valid.eq(mp.o.valid),
-                         mp.o.ready.eq(packer.i.ready), lut_out.o.ready.eq(mp.i.ready)]
+            m.d.comb += [pin.i.payload.eq(mp.o.payload.as_value()), pin.i.valid.eq(mp.o.valid),
+                         mp.o.ready.eq(pin.i.ready), lut_out.o.ready.eq(mp.i.ready)]
         with m.Else():
-            m.d.comb += [packer.i.payload.eq(lut_out.o.payload.as_value()),
-                         packer.i.valid.eq(lut_out.o.valid), lut_out.o.ready.eq(packer.i.ready)]
+            m.d.comb += [pin.i.payload.eq(lut_out.o.payload.as_value()),
+                         pin.i.valid.eq(lut_out.o.valid), lut_out.o.ready.eq(pin.i.ready)]
+        wiring.connect(m, pin.o, packer.i)
         wiring.connect(m, packer.o, writer.i)
         # Icarus leaves the line buffer's ``busy`` (a case on its FSM state) at X until that state
         # first changes, so the line buffer counts as idle until it has been started once.
@@ -755,13 +776,20 @@ class JacquardCore(wiring.Component):
             m.d.sync += lb_started.eq(1)
         # The next group starts as soon as the datapath is idle, while the previous group's write
         # drains, so idle covers the accumulations inside the PE array's pipeline too (before,
-        # the write's done implied it).
-        m.d.comb += seq.datapath_idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
-                                         & ~packer.busy
-                                         & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
-                                         & ~pgear.o.valid & ~avg.o.valid
-                                         & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
-                                         & ~afifo.r_rdy)
+        # the write's done implied it). The sequencer sees it registered, taken with the reader
+        # idle so that no word can enter the datapath in the cycle it lags: gathered from every
+        # unit across the 85F, it ran into the sequencer's setup loads (17.9 ns). It is only
+        # waited on in GROUP_READY and LAYER_END, many cycles after a group's start.
+        idle = Signal()
+        idle_q = Signal()
+        m.d.sync += idle_q.eq(idle & ~reader.busy & ~rskid.busy)
+        m.d.comb += seq.datapath_idle.eq(idle_q)
+        m.d.comb += idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
+                            & ~packer.busy & ~pin.busy
+                            & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
+                            & ~pgear.o.valid & ~avg.o.valid
+                            & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
+                            & ~afifo.r_rdy)
 
         # -- performance counters -------------------------------------------------------------
         counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
@@ -779,15 +807,18 @@ class JacquardCore(wiring.Component):
             "stall_output": tap_wait & out_block,
             "stall_requant": tap_wait & ~out_block,
         }
-        # The clear is registered, one kept copy per counter: from the sequencer's state and its
-        # inputs to the 64 flops' reset of every counter it was the SoC's critical path (5.6 ns
-        # of fan-out routing on the 25F). A counter cleared a cycle late starts from that cycle's
-        # increment, so from the cycle after the clear on, every value is what an immediate clear
-        # gives; no register read can land in the one cycle between.
+        # The clear and the increments are registered, the clear once per counter (a kept copy):
+        # from the sequencer's state and its inputs to the 64 flops' reset of every counter it was
+        # the 25F SoC's critical path (5.6 ns of fan-out routing), and the stall conditions
+        # (setup, line buffer, PE array, packer) ran across the 85F into the 64-bit adds. Each
+        # counter is then exactly its unregistered self one cycle later; a register read takes
+        # more than a cycle, so a read after ``done`` still sees the whole run.
         clear = ctrl.clear_counters | seq.clear_status
         for name, ctr in counters.items():
             clear_q = replica(m, platform, clear, f"ctr_{name}_clear")
-            m.d.sync += ctr.eq(Mux(clear_q, incs[name], ctr + incs[name]))
+            inc = Value.cast(incs[name])
+            inc_q = Signal(inc.shape(), name=f"ctr_{name}_inc")
+            m.d.sync += [inc_q.eq(inc), ctr.eq(Mux(clear_q, 0, ctr + inc_q))]
             m.d.comb += getattr(csr, name).eq(ctr)
         return m
 
