@@ -80,6 +80,30 @@ def _results_markdown(report: dict, block: str) -> str:
             "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n{crit}\n")
 
 
+def _placed_markdown(report: dict, block: str) -> str:
+    """A placement-only build: nextpnr's estimate, resources, and the worst paths from its SDF."""
+    rows = [f"| Fmax `{clk}` estimated after placement | {mhz} MHz |"
+            for clk, mhz in report["fmax_mhz"].items()]
+    for key, label in (("cells", "logic cells"), ("dsps", "DSPs"), ("brams", "block RAMs")):
+        used, avail = report[key]["used"], report[key]["available"]
+        rows.append(f"| {label} | {used} / {avail} ({100 * used / max(avail, 1):.1f} %) |")
+    rows += [f"| MACs | {report['macs']} |", f"| build time | {report['build_seconds']} s |"]
+    text = (f"### Synthesis: {report['board']} ({block}, config `{report['config']}`): placed, not routed\n\n"
+            "| figure | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+    timing = report.get("placed_timing") or {}
+    if timing:
+        path = timing["worst_path"]
+        text += (f"\nStatic timing over nextpnr's post-placement SDF (`jacquard.boards.sdf_timing`): worst "
+                 f"{timing['worst_ns']} ns from `{path[0]}` to `{path[-1]}` ({len(path) // 2} nets); "
+                 f"{timing['endpoints_over']} of {timing['endpoints']} endpoints over the "
+                 f"{timing['over_ns']} ns clock period. The worst groups of endpoints by the modules "
+                 "their paths start and end in:\n\n"
+                 "| from | to | endpoints | worst ns |\n|---|---|---:|---:|\n" +
+                 "\n".join(f"| `{g['from']}` | `{g['to']}` | {g['endpoints']} | {g['worst_ns']} |"
+                            for g in timing["groups"]) + "\n")
+    return text
+
+
 def _failure_markdown(report: dict, block: str) -> str:
     """Why a build failed, with the numbers: the placer's over-capacity cells and memory per block."""
     rows = [f"| {cell} | {u['used']} / {u['available']} ({100 * u['used'] / max(u['available'], 1):.0f} %) |"
@@ -154,11 +178,15 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     report = result["report"]
     _print_report(report)
     print(f"report: {build_dir / 'report.json'}")
-    if args.block == "soc" and args.results and not args.place_only:
+    if args.block == "soc" and args.results:
         from jacquard.host.results import write_section
 
-        write_section(f"synth-{args.board}", _results_markdown(report, args.block),
-                      command=f"nox -s synthesize -- {args.board}")
+        if args.place_only:
+            write_section(f"synth-{args.board}", _placed_markdown(report, args.block),
+                          command=f"nox -s synthesize -- {args.board} --place-only")
+        else:
+            write_section(f"synth-{args.board}", _results_markdown(report, args.block),
+                          command=f"nox -s synthesize -- {args.board}")
         print("wrote the figures to docs/RESULTS.md")
     return 0
 

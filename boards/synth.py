@@ -17,6 +17,7 @@ from pathlib import Path
 from amaranth.hdl import Elaboratable
 
 from jacquard.boards.configs import BOARDS, PLACERS, BoardConfig
+from jacquard.boards.sdf_timing import analyse, parse_sdf, summary
 from jacquard.boards.soc import PLL_CLOCK_NET
 from jacquard.host.toolchain import toolchain_env
 
@@ -44,6 +45,10 @@ ROUTERS = ("router1", "router2")
 
 
 
+#: The SDF a placement-only build writes into its build dir.
+PLACED_SDF = "placed.sdf"
+
+
 def nextpnr_options(router: str = "router2", *, placer: str = "heap", place_only: bool = False,
                     allow_fail: bool = False, extra: tuple[str, ...] = ()) -> str:
     """The extra nextpnr command line of a build (the report JSON is always written).
@@ -57,7 +62,8 @@ def nextpnr_options(router: str = "router2", *, placer: str = "heap", place_only
     place_only : bool
         Stop after placement (``--no-route``): nextpnr's post-placement Fmax estimate (from its
         log), in a fraction of a full build's time. nextpnr 0.11 fills the report's critical paths
-        only after routing, so a placement-only report has none.
+        only after routing, so a placement-only build also writes ``placed.sdf`` (the placer's
+        predicted delays), from which :mod:`jacquard.boards.sdf_timing` finds the worst paths.
     allow_fail : bool
         ``--timing-allow-fail``: a design that misses its clock constraint still completes, so its
         achieved Fmax is reported (smoke builds of single blocks).
@@ -79,7 +85,7 @@ def nextpnr_options(router: str = "router2", *, placer: str = "heap", place_only
     opts = ["--report nextpnr-report.json", "--detailed-timing-report", f"--placer {placer}",
             f"--router {router}"]
     if place_only:
-        opts.append("--no-route")
+        opts += ["--no-route", f"--sdf {PLACED_SDF}"]
     if allow_fail:
         opts.append("--timing-allow-fail")
     opts += [shlex.quote(a) for a in extra]
@@ -268,6 +274,10 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     # fmax_mhz is the design's clock.
     housekeeping = {clk: mhz for clk, mhz in fmax.items() if clk == PLL_CLOCK_NET}
     fmax = {clk: mhz for clk, mhz in fmax.items() if clk != PLL_CLOCK_NET}
+    # After --no-route nextpnr names no critical path: the worst paths come from its SDF.
+    sdf = build_dir / PLACED_SDF
+    placed_timing = (summary(analyse(parse_sdf(sdf.read_text())), over_ns=1000 / target.clock_mhz)
+                     if place_only and sdf.exists() else None)
     bitstreams = [] if place_only else [p.name for p in build_dir.glob(f"{name}.b*")
                                         if p.suffix in (".bin", ".bit")]
     core_mhz = min(fmax.values()) if fmax else 0.0
@@ -295,6 +305,7 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         "peak_gops": round(2 * macs * core_mhz / 1000, 2),
         "critical_path": critical_path(log.read_text(errors="replace")) if log.exists() else None,
         "critical_paths": report_paths(nextpnr),
+        "placed_timing": placed_timing,
         "cells": _utilization(nextpnr, target.logic_cells),
         # Per type: on ECP5 the LUTs (TRELLIS_COMB) are what fills up and congests first.
         "cells_by_type": {c: _utilization(nextpnr, (c,)) for c in target.logic_cells},

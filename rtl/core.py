@@ -471,6 +471,7 @@ class JacquardCore(wiring.Component):
         pin = _Skid(data.ArrayLayout(signed(8), width))
         rskid = _Skid(reader.o.payload.shape())
         pgear = _Gearbox(wbits, c_par // wb, 1)
+        pskid = _Skid(pgear.o.payload.shape())
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
         # Weight words reach the gearbox through a skid, so the read router's ready is a register
         # there: the gearbox's ready (the PE array's weight-load ready, its repeat count compare)
@@ -488,7 +489,7 @@ class JacquardCore(wiring.Component):
         units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lut_in": lut_in, "lutpad": lutpad,
                  "lut_out": lut_out, "maxpool": mp,
                  "maxreduce": mr, "packer": packer, "packer_in": pin, "route": route, "pixel_gear": pgear,
-                 "weight_skid": wskid, "read_skid": rskid,
+                 "pixel_skid": pskid, "weight_skid": wskid, "read_skid": rskid,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
@@ -665,6 +666,10 @@ class JacquardCore(wiring.Component):
 
         # -- streams --------------------------------------------------------------------------
         wiring.connect(m, afifo.r_stream, pgear.i)
+        # The gearbox's pixels reach their consumer through a skid, so its ready is a register:
+        # the consumers' readies (global sum, EltwiseAdd, line buffer, placed apart) ran through
+        # the multiplexer into the gearbox's count and the input FIFO (23.1 ns on the 85F).
+        wiring.connect(m, pgear.o, pskid.i)
         wiring.connect(m, bgear.o, eadd.b)
         # Pixels: line buffer (CONV, MAXPOOL, AVGPOOL), the global sum, or ADD's first input.
         # The global sum's framing flags (g_cnt == 0, g_cnt == gap_taps - 1) are registers kept with
@@ -675,15 +680,15 @@ class JacquardCore(wiring.Component):
         g_taps_m2 = Signal(24)  # gap_taps - 2 (the setup holds still through a layer)
         g_single = Signal()     # gap_taps == 1
         m.d.sync += [g_taps_m2.eq(s.gap_taps - 2), g_single.eq(s.gap_taps == 1)]
-        m.d.comb += [lb.i.payload.eq(pgear.o.payload), eadd.a.payload.eq(pgear.o.payload),
-                     gsum.i.payload.data.eq(pgear.o.payload), gsum.i.payload.first.eq(g_first),
+        m.d.comb += [lb.i.payload.eq(pskid.o.payload), eadd.a.payload.eq(pskid.o.payload),
+                     gsum.i.payload.data.eq(pskid.o.payload), gsum.i.payload.first.eq(g_first),
                      gsum.i.payload.last.eq(g_last)]
         with m.If(s.gap):
-            m.d.comb += [gsum.i.valid.eq(pgear.o.valid), pgear.o.ready.eq(gsum.i.ready)]
+            m.d.comb += [gsum.i.valid.eq(pskid.o.valid), pskid.o.ready.eq(gsum.i.ready)]
         with m.Elif(s.add):
-            m.d.comb += [eadd.a.valid.eq(pgear.o.valid), pgear.o.ready.eq(eadd.a.ready)]
+            m.d.comb += [eadd.a.valid.eq(pskid.o.valid), pskid.o.ready.eq(eadd.a.ready)]
         with m.Else():
-            m.d.comb += [lb.i.valid.eq(pgear.o.valid), pgear.o.ready.eq(lb.i.ready)]
+            m.d.comb += [lb.i.valid.eq(pskid.o.valid), pskid.o.ready.eq(lb.i.ready)]
         with m.If(gsum.i.valid & gsum.i.ready):
             m.d.sync += [g_cnt.eq(Mux(g_last, 0, g_cnt + 1)), g_first.eq(g_last),
                          g_last.eq(Mux(g_last, g_single, g_cnt == g_taps_m2))]
@@ -748,22 +753,25 @@ class JacquardCore(wiring.Component):
         # through a skid (``pin``) whose ready is a register: the packer's ready ran back through
         # the source multiplexer into MaxReduce and the line buffer's output FIFO (18.0 ns, 85F).
         m.d.comb += [mp.i.payload.eq(lut_out.o.payload), mp.i.valid.eq(lut_out.o.valid & s.fuse_maxpool)]
+        # Every source sees the skid's ready, whichever the layer uses (only that one has a valid
+        # beat): taken through the source multiplexer, it ran from the setup into MaxPool2x2's
+        # block RAM enables (16.4 ns on the 85F).
+        m.d.comb += [mr.o.ready.eq(pin.i.ready), avg.o.ready.eq(pin.i.ready), mp.o.ready.eq(pin.i.ready)]
+        if not add_via_lut:  # else EltwiseAdd feeds the LUT (above)
+            m.d.comb += eadd.o.ready.eq(pin.i.ready)
         with m.If(s.pool):
-            m.d.comb += [pin.i.payload.eq(mr.o.payload.as_value()), pin.i.valid.eq(mr.o.valid),
-                         mr.o.ready.eq(pin.i.ready)]
+            m.d.comb += [pin.i.payload.eq(mr.o.payload.as_value()), pin.i.valid.eq(mr.o.valid)]
         with m.Elif(s.avg):
-            m.d.comb += [pin.i.payload.eq(avg.o.payload.as_value()), pin.i.valid.eq(avg.o.valid),
-                         avg.o.ready.eq(pin.i.ready)]
+            m.d.comb += [pin.i.payload.eq(avg.o.payload.as_value()), pin.i.valid.eq(avg.o.valid)]
         with m.Elif(s.gap):
             m.d.comb += [pin.i.payload.eq(g_beat.as_value()), pin.i.valid.eq(g_beat_valid)]
             with m.If(g_beat_valid & pin.i.ready):
                 m.d.sync += g_beat_valid.eq(0)
         with m.Elif(s.add & Const(not add_via_lut)):
-            m.d.comb += [pin.i.payload.eq(eadd.o.payload.as_value()), pin.i.valid.eq(eadd.o.valid),
-                         eadd.o.ready.eq(pin.i.ready)]
+            m.d.comb += [pin.i.payload.eq(eadd.o.payload.as_value()), pin.i.valid.eq(eadd.o.valid)]
         with m.Elif(s.fuse_maxpool):
             m.d.comb += [pin.i.payload.eq(mp.o.payload.as_value()), pin.i.valid.eq(mp.o.valid),
-                         mp.o.ready.eq(pin.i.ready), lut_out.o.ready.eq(mp.i.ready)]
+                         lut_out.o.ready.eq(mp.i.ready)]
         with m.Else():
             m.d.comb += [pin.i.payload.eq(lut_out.o.payload.as_value()),
                          pin.i.valid.eq(lut_out.o.valid), lut_out.o.ready.eq(pin.i.ready)]
@@ -787,7 +795,7 @@ class JacquardCore(wiring.Component):
         m.d.comb += idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
                             & ~packer.busy & ~pin.busy
                             & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
-                            & ~pgear.o.valid & ~avg.o.valid
+                            & ~pgear.o.valid & ~pskid.busy & ~avg.o.valid
                             & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
                             & ~afifo.r_rdy)
 

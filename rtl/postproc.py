@@ -325,9 +325,13 @@ class PostProcessor(wiring.Component):
                      self.o.valid.eq(out_fifo.r_rdy), self.o.payload.eq(out_fifo.r_data),
                      out_fifo.r_en.eq(self.o.ready)]
         # ``room`` is computed from ``inflight`` a cycle before it is used, so it keeps a margin
-        # of 2 (inflight grows by at most 1 a cycle).
+        # of 2 (inflight grows by at most 1 a cycle). A beat taken is counted a cycle late
+        # (``sent``): the consumer's ready stays off this count, and a late decrement only
+        # overstates what is in flight.
         issued = issue & (f_group == groups - 1)
-        m.d.sync += [inflight.eq(inflight + issued - (self.o.valid & self.o.ready)),
+        sent = Signal()
+        m.d.sync += [sent.eq(self.o.valid & self.o.ready),
+                     inflight.eq(inflight + issued - sent),
                      room.eq(inflight < self.out_fifo_depth - 2)]
         return m
 

@@ -102,7 +102,7 @@ def test_maxpool_refuses_bad_config(width, n_oc_tiles, busy):
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await ctx.tick().repeat(2)
+        await ctx.tick().repeat(dut.check_cycles - 1)
         seen["error"] = ctx.get(dut.error)
         ctx.set(dut.i.valid, 1)
         await ctx.tick()
