@@ -137,7 +137,7 @@ def placed_fmax(log: str) -> dict[str, float]:
     """Fmax per clock that nextpnr last printed (MHz): after placement it is an estimate from
     predicted delays, so a build stopped while routing still says how far from timing it was."""
     return {clk: float(mhz) for clk, mhz in
-            re.findall(r"Info: Max frequency for clock '([^']*)': ([\d.]+) MHz", log)}
+            re.findall(r"Info: Max frequency for clock\s+'([^']*)': ([\d.]+) MHz", log)}
 
 
 def memory_bits(rtlil: str) -> dict[str, int]:

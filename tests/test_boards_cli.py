@@ -84,6 +84,9 @@ def test_failure_report_parsers():
                                                 "MULT18X18D": {"used": 141, "available": 156}}
     assert device_utilization("Info: no table here\n") == {}
     assert placed_fmax(_NEXTPNR_LOG) == {"$glbnet$clk": 30.59}
+    # With two clocks nextpnr pads the shorter name.
+    two = "Info: Max frequency for clock     'clk': 54.73 MHz (FAIL at 100.00 MHz)\n"
+    assert placed_fmax(two) == {"clk": 54.73}
     assert placed_fmax("Info: no timing yet\n") == {}
     assert list(memory_bits(_RTLIL).items()) == [("soc.core.line_buffer", 64 * 32768),
                                                  ("soc.sram", 2 * 32 * 512)]
