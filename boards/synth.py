@@ -140,6 +140,12 @@ def placed_fmax(log: str) -> dict[str, float]:
             re.findall(r"Info: Max frequency for clock\s+'([^']*)': ([\d.]+) MHz", log)}
 
 
+def _design_clocks(per_clock: dict[str, float]) -> dict[str, float]:
+    """``per_clock`` without the ECP5 top's PLL-side clock, which runs only the lock synchronizer
+    (reported apart, so that ``fmax_mhz`` is the design's clock)."""
+    return {clk: v for clk, v in per_clock.items() if clk != PLL_CLOCK_NET}
+
+
 def memory_bits(rtlil: str) -> dict[str, int]:
     """Bits of memory declared per module of an RTLIL netlist (Amaranth's ``top.il``), largest first.
 
@@ -270,10 +276,8 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
     log = build_dir / f"{name}.tim"
     if place_only and not fmax and log.exists():  # the estimate is only in the log
         fmax = placed_fmax(log.read_text(errors="replace"))
-    # The PLL-side clock of the ECP5 top runs only the lock synchronizer: reported apart, so that
-    # fmax_mhz is the design's clock.
     housekeeping = {clk: mhz for clk, mhz in fmax.items() if clk == PLL_CLOCK_NET}
-    fmax = {clk: mhz for clk, mhz in fmax.items() if clk != PLL_CLOCK_NET}
+    fmax = _design_clocks(fmax)
     # After --no-route nextpnr names no critical path: the worst paths come from its SDF.
     sdf = build_dir / PLACED_SDF
     placed_timing = (summary(analyse(parse_sdf(sdf.read_text())), over_ns=1000 / target.clock_mhz)
@@ -298,8 +302,8 @@ def synthesize(board: str, top: Elaboratable, build_dir: Path, name: str = "top"
         "placed": place_only,
         "fmax_mhz": fmax,
         "housekeeping_fmax_mhz": housekeeping,
-        "fmax_constraint_mhz": {clk: round(v["constraint"], 2) for clk, v in nextpnr.get("fmax", {}).items()
-                                if clk != PLL_CLOCK_NET},
+        "fmax_constraint_mhz": _design_clocks({clk: round(v["constraint"], 2)
+                                               for clk, v in nextpnr.get("fmax", {}).items()}),
         "macs": macs,
         # The slowest domain limits the core (the SoC has one: the PLL's `sync`).
         "peak_gops": round(2 * macs * core_mhz / 1000, 2),
@@ -330,7 +334,7 @@ def _failure(board: str, target: BoardConfig, build_dir: Path, name: str, macs: 
         "board": board, "config": target.hw_config, "config_hash": None, "lut_mapper": lut_mapper,
         "macs": macs, "error": errors[0] if errors else "the open flow failed (see top.rpt / top.tim)",
         "over_capacity": over, "device_utilization": util,
-        "placed_fmax_mhz": {clk: mhz for clk, mhz in placed_fmax(log).items() if clk != PLL_CLOCK_NET},
+        "placed_fmax_mhz": _design_clocks(placed_fmax(log)),
         "memory_bits": memory_bits(il_path.read_text()) if il_path.exists() else {},
         "build_seconds": round(seconds, 1), "bitstream": [],
     }

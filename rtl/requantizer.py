@@ -32,7 +32,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from jacquard.rtl.dsp import registered_product
-from jacquard.rtl.fp32 import SAT_MAGNITUDE, _leading_zeros
+from jacquard.rtl.fp32 import SAT_MAGNITUDE, _leading_zeros, _Pipe
 
 __all__ = ["RequantInLayout", "RequantPipe", "Requantizer"]
 
@@ -81,13 +81,9 @@ class RequantPipe(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
 
-        # No resets: the stages are read only under the owner's valid bits, and a reset into
-        # each flop made the core's flush a net into thousands of resets (85F SoC).
-        def reg(name, shape, value):
-            sig = Signal(shape, name=name, reset_less=True)
-            with m.If(self.en):
-                m.d.sync += sig.eq(value)
-            return sig
+        # Data registers without reset (_Pipe.reg): the stages are read only under the owner's
+        # valid bits.
+        reg = _Pipe(m, self.en).reg
 
         # s1: sign and magnitude; -INT32_MIN = 2^31 still fits 32 unsigned bits.
         acc, mult = self.i_acc, self.i_multiplier

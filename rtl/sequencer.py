@@ -627,30 +627,29 @@ class Sequencer(wiring.Component):
         # read is picked (gtile, add_off, add_rest), and a_*/add_size, registered, lag them by one.
         # Each payload field loads from its own kept copy of the pick: from one register the
         # enable and select fan-out took 6.5 ns of routing (11.3 ns, the sequencer's critical
-        # path alone). A state picks a read in ``rd_req_d``/``rd_pick_d`` (comb), the copies and
-        # rd_req/rd_pick are their registers.
+        # path alone). A state picks a read in ``rd_req_d``/``rd_pick_d`` (comb); rd_req and the
+        # copies are their registers (a pick is read only with its request).
         rd_req, rd_req_d = Signal(), Signal()
-        rd_pick = Signal(range(len(reads)))
-        rd_pick_d = Signal.like(rd_pick)
-        m.d.comb += rd_pick_d.eq(rd_pick)
-        m.d.sync += [rd_req.eq(rd_req_d), rd_pick.eq(rd_pick_d)]
+        rd_pick_d = Signal(range(len(reads)))
+        m.d.sync += rd_req.eq(rd_req_d)
 
         def read(name):
             return [rd_req_d.eq(1), rd_pick_d.eq(list(reads).index(name))]
 
         with m.If(rd_req):
             m.d.sync += rd.valid.eq(1)
-        fields = {"addr": 0, "inner_bytes": 1, "count1": 2, "stride1": 3, "count2": 4, "stride2": 5}
-        loads = [(getattr(rd.payload, f), i) for f, i in fields.items()] + [(self.rd_target, None)]
-        for dst, i in loads:
-            name = "target" if i is None else list(fields)[i]
+        fields = {name: [] for name in ("addr", "inner_bytes", "count1", "stride1", "count2", "stride2",
+                                        "target")}
+        for target, addr, inner, *rest in reads.values():
+            for name, value in zip(fields, (addr, inner, *(*rest, 1, 0, 1, 0)[:4], target), strict=True):
+                fields[name].append(value)
+        for name, values in fields.items():
+            dst = self.rd_target if name == "target" else getattr(rd.payload, name)
             req = replica(m, platform, rd_req_d, f"rd_req_{name}")
             pick = replica(m, platform, rd_pick_d, f"rd_pick_{name}")
             with m.If(req):
                 with m.Switch(pick):
-                    for k, (target, addr, inner, *rest) in enumerate(reads.values()):
-                        count1, stride1, count2, stride2 = (*rest, 1, 0, 1, 0)[:4]
-                        value = target if i is None else (addr, inner, count1, stride1, count2, stride2)[i]
+                    for k, value in enumerate(values):
                         with m.Case(k):
                             m.d.sync += dst.eq(value)
 
@@ -822,7 +821,6 @@ class Sequencer(wiring.Component):
                 ready = Mux(pre, self.weights_loaded, ~self.dma_busy & (wr_out == 0))
                 m.d.sync += gr_ok.eq(self.datapath_idle & ready & cmd_free & ~wr.valid)
                 with m.If(gr_ok):
-                    m.d.sync += gr_ok.eq(0)
                     m.d.sync += [setup.n_tiles.eq(Mux(is_op(Op.CONV), g_tiles,
                                                       Mux(is_add, add_gch >> ct_shift, n_ct))),
                                  setup.lb.oc_tiles.eq(Mux(is_conv & ~dw, g_tiles, 1)),
