@@ -472,6 +472,13 @@ class JacquardCore(wiring.Component):
         rskid = _Skid(reader.o.payload.shape())
         pgear = _Gearbox(wbits, c_par // wb, 1)
         pskid = _Skid(pgear.o.payload.shape())
+        # One more skid in front of each pixel consumer, so the pixel skid's output enable takes
+        # registered readies only (below).
+        lb_in, gsum_in, eadd_in = (_Skid(pgear.o.payload.shape()) for _ in range(3))
+        # The PE array's results reach the post-processor through a skid: the post-processor's
+        # ready ran across the DSP rows into the read enables of the array's 16 output FIFOs
+        # (15.5 ns, 717 endpoints over 10 ns on the 85F). 512 + 512 flops, one cycle per group.
+        pe_out = _Skid(pe.o.payload.shape())
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
         # Weight words reach the gearbox through a skid, so the read router's ready is a register
         # there: the gearbox's ready (the PE array's weight-load ready, its repeat count compare)
@@ -489,11 +496,13 @@ class JacquardCore(wiring.Component):
         units = {"line_buffer": lb, "pe_array": pe, "postproc": pp, "lut_in": lut_in, "lutpad": lutpad,
                  "lut_out": lut_out, "maxpool": mp,
                  "maxreduce": mr, "packer": packer, "packer_in": pin, "route": route, "pixel_gear": pgear,
-                 "pixel_skid": pskid, "weight_skid": wskid, "read_skid": rskid,
+                 "pixel_skid": pskid, "weight_skid": wskid, "read_skid": rskid, "line_buffer_in": lb_in,
+                 "gap_sum_in": gsum_in, "eltwise_add_in": eadd_in, "pe_out": pe_out,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
-                  "gap_requant": gap, "eltwise_add": Op.ADD in cfg.ops, "pixel2_gear": Op.ADD in cfg.ops}
+                  "gap_requant": gap, "eltwise_add": Op.ADD in cfg.ops, "pixel2_gear": Op.ADD in cfg.ops,
+                  "gap_sum_in": gap, "eltwise_add_in": Op.ADD in cfg.ops}
         # Each unit's reset is its own kept register of ``flush``: the flush is the sequencer's
         # STOP decode, and as one net into the resets of every unit across the chip it started
         # the 85F SoC's worst paths (22.4 ns: two chip-wide nets of 8-9 ns each; 25k of the 30k
@@ -502,10 +511,11 @@ class JacquardCore(wiring.Component):
         for name, unit in units.items():
             if needed.get(name, True):
                 m.submodules[name] = ResetInserter(replica(m, platform, flush, f"flush_{name}"))(unit)
-        mr, avg, gsum, grq, eadd, bgear = (
+        mr, avg, gsum, grq, eadd, bgear, gsum_in, eadd_in = (
             unit if needed[name] else _stand_in(unit, name)
             for name, unit in (("maxreduce", mr), ("avgpool", avg), ("gap_sum", gsum), ("gap_requant", grq),
-                               ("eltwise_add", eadd), ("pixel2_gear", bgear)))
+                               ("eltwise_add", eadd), ("pixel2_gear", bgear), ("gap_sum_in", gsum_in),
+                               ("eltwise_add_in", eadd_in)))
 
         # -- registers <-> sequencer ------------------------------------------------------------
         ctrl = register("CTRL").layout()(csr.ctrl)
@@ -680,15 +690,21 @@ class JacquardCore(wiring.Component):
         g_taps_m2 = Signal(24)  # gap_taps - 2 (the setup holds still through a layer)
         g_single = Signal()     # gap_taps == 1
         m.d.sync += [g_taps_m2.eq(s.gap_taps - 2), g_single.eq(s.gap_taps == 1)]
-        m.d.comb += [lb.i.payload.eq(pskid.o.payload), eadd.a.payload.eq(pskid.o.payload),
-                     gsum.i.payload.data.eq(pskid.o.payload), gsum.i.payload.first.eq(g_first),
-                     gsum.i.payload.last.eq(g_last)]
-        with m.If(s.gap):
-            m.d.comb += [gsum.i.valid.eq(pskid.o.valid), pskid.o.ready.eq(gsum.i.ready)]
-        with m.Elif(s.add):
-            m.d.comb += [eadd.a.valid.eq(pskid.o.valid), pskid.o.ready.eq(eadd.a.ready)]
-        with m.Else():
-            m.d.comb += [lb.i.valid.eq(pskid.o.valid), pskid.o.ready.eq(lb.i.ready)]
+        # The pixel skid picks its consumer's skid by the layer kind, from copies of the setup's
+        # kind bits kept beside it, so its output enable is a mux of registers there: the
+        # consumers' readies, and the setup from the sequencer, took two long nets into it
+        # (18.3 ns on the 85F, one net of 9.4 ns from the line buffer). The copies lag the setup
+        # by a cycle; the setup changes only while the datapath is idle, before a group's reads.
+        pix_gap, pix_add = replica(m, platform, Cat(s.gap, s.add), "pixel_kind")
+        pix_consumers = [(pix_gap, gsum_in), (pix_add & ~pix_gap, eadd_in), (~pix_gap & ~pix_add, lb_in)]
+        for sel, sk in pix_consumers:
+            m.d.comb += [sk.i.payload.eq(pskid.o.payload), sk.i.valid.eq(pskid.o.valid & sel)]
+        m.d.comb += pskid.o.ready.eq(Cat(sel & sk.i.ready for sel, sk in pix_consumers).any())
+        wiring.connect(m, lb_in.o, lb.i)
+        wiring.connect(m, eadd_in.o, eadd.a)
+        m.d.comb += [gsum.i.payload.data.eq(gsum_in.o.payload), gsum.i.payload.first.eq(g_first),
+                     gsum.i.payload.last.eq(g_last), gsum.i.valid.eq(gsum_in.o.valid),
+                     gsum_in.o.ready.eq(gsum.i.ready)]
         with m.If(gsum.i.valid & gsum.i.ready):
             m.d.sync += [g_cnt.eq(Mux(g_last, 0, g_cnt + 1)), g_first.eq(g_last),
                          g_last.eq(Mux(g_last, g_single, g_cnt == g_taps_m2))]
@@ -739,7 +755,8 @@ class JacquardCore(wiring.Component):
         # ADD: the sum through the LUT/pad unit (its lanes are oc_par wide), or straight to the packer.
         add_via_lut = c_par <= oc_par
         m.d.comb += [eadd.ra.eq(s.ra), eadd.rb.eq(s.rb), eadd.k.eq(s.k), eadd.lo.eq(s.lo), eadd.hi.eq(s.hi)]
-        wiring.connect(m, pe.o, pp.i)
+        wiring.connect(m, pe.o, pe_out.i)
+        wiring.connect(m, pe_out.o, pp.i)
         with m.If(s.add):
             if add_via_lut:
                 m.d.comb += [lut_in.i.payload.eq(eadd.o.payload.as_value()), lut_in.i.valid.eq(eadd.o.valid),
@@ -795,7 +812,8 @@ class JacquardCore(wiring.Component):
         m.d.comb += idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
                             & ~packer.busy & ~pin.busy
                             & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
-                            & ~pgear.o.valid & ~pskid.busy & ~avg.o.valid
+                            & ~pgear.o.valid & ~pskid.busy & ~lb_in.busy & ~gsum_in.busy
+                            & ~eadd_in.busy & ~pe_out.busy & ~avg.o.valid
                             & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
                             & ~afifo.r_rdy)
 
