@@ -254,6 +254,9 @@ class LineBuffer(wiring.Component):
         wr_row = Signal(17)
         wr_x = Signal(range(self._max_width + 1))
         wr_ct = Signal(aw)
+        # The beat taken now is the last of its pixel / of its row (read by the row-done check
+        # and by the write counters).
+        wr_px_end, wr_row_end = Signal(), Signal()
         wr_col = Signal(aw)
         wr_limit = Signal(signed(yw + 1))   # rows below this may be written (registered copy)
         wr_all = Signal()
@@ -422,7 +425,7 @@ class LineBuffer(wiring.Component):
                 with m.If(s0_done & wr_all & (inflight == 0)):
                     m.next = "IDLE"
                 m.d.comb += self.i.ready.eq(wr_ok)
-                row_done = self.i.valid & wr_ok & (wr_ct == ct_max) & (wr_x == W - 1)
+                row_done = self.i.valid & wr_ok & wr_row_end
                 m.d.sync += wr_ok.eq(~wr_all & Mux(row_done, (wr_row != H - 1) & (wr_row + 1 < wr_limit),
                                                    wr_row < wr_limit))
                 m.d.sync += wr_limit.eq(Mux(s0_done, 1 << 17, s0_iy0 + rows))
@@ -444,11 +447,12 @@ class LineBuffer(wiring.Component):
             *(ram.w_data.eq(wq_data) for ram in banks),
             *(ram.w_en.eq(wq_en[b]) for b, ram in enumerate(banks)),
         ]
+        m.d.comb += [wr_px_end.eq(wr_ct == ct_max), wr_row_end.eq(wr_px_end & (wr_x == W - 1))]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [wr_ct.eq(wr_ct + 1), wr_col.eq(wr_col + 1)]
-            with m.If(wr_ct == ct_max):
+            with m.If(wr_px_end):
                 m.d.sync += [wr_ct.eq(0), wr_x.eq(wr_x + 1)]
-                with m.If(wr_x == W - 1):
+                with m.If(wr_row_end):
                     m.d.sync += [wr_x.eq(0), wr_col.eq(0), wr_row.eq(wr_row + 1)]
                     with m.If(wr_row == H - 1):
                         m.d.sync += wr_all.eq(1)

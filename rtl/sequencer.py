@@ -487,14 +487,19 @@ class Sequencer(wiring.Component):
         chk_run, chk_live = Signal(), Signal()
 
         # -- status -------------------------------------------------------------------------
-        stop_code = Signal(ErrorCode)
         stop_soft = Signal()
         m.d.comb += self.current_desc.eq(index)
 
+        def clear_status():
+            """A soft reset's status clear (STOP after a soft reset, or a soft reset while idle)."""
+            m.d.sync += [self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
+                         self.error_field.eq(NO_FIELD), self.error_addr.eq(0), self.desc_index.eq(0),
+                         index.eq(0)]
+            m.d.comb += self.clear_status.eq(1)
+
         def fail(code, fld, addr, idx=None):
             return [self.error_code.eq(code), self.error_field.eq(_field_code(fld)),
-                    self.error_addr.eq(addr), self.desc_index.eq(index if idx is None else idx),
-                    stop_code.eq(code)]
+                    self.error_addr.eq(addr), self.desc_index.eq(index if idx is None else idx)]
 
         # -- group state --------------------------------------------------------------------
         tile0 = Signal(17)
@@ -934,9 +939,7 @@ class Sequencer(wiring.Component):
                 with m.If(~self.dma_busy):
                     m.d.sync += [self.busy.eq(0), self.error.eq(~stop_soft), stop_soft.eq(0)]
                     with m.If(stop_soft):
-                        m.d.sync += [self.done.eq(0), self.error_code.eq(0), self.error_field.eq(NO_FIELD),
-                                     self.error_addr.eq(0), self.desc_index.eq(0), index.eq(0)]
-                        m.d.comb += self.clear_status.eq(1)
+                        clear_status()
                     with m.Else():
                         m.d.comb += self.irq_error.eq(1)
                     m.next = "IDLE"
@@ -967,10 +970,7 @@ class Sequencer(wiring.Component):
 
         # A soft reset while idle just clears the status.
         with m.If(~self.busy & self.soft_reset):
-            m.d.sync += [self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
-                         self.error_field.eq(NO_FIELD), self.error_addr.eq(0), self.desc_index.eq(0),
-                         index.eq(0)]
-            m.d.comb += self.clear_status.eq(1)
+            clear_status()
         return m
 
     def _is_op(self, op_flags, o):
