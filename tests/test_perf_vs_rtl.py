@@ -94,7 +94,8 @@ def measure(tmp_path, img: Image, descs: list[LayerDescriptor], seed: int) -> li
         est = estimate_descriptor(d, CFG)
         model = est.cycles + program_overhead(CFG)
         rtl = c["BUSY_CYCLES"]
-        rows.append({"layer": layer_label(d), "model": model, "rtl": rtl, "error": (model - rtl) / rtl,
+        rows.append({"layer": layer_label(d), "desc": d, "model": model, "rtl": rtl,
+                     "error": (model - rtl) / rtl,
                      "macs": est.macs, "rtl_util": est.macs / (CFG.macs * rtl), "counters": c,
                      # issue 5's whole-network figure counts the MAC layers that fill the c_par lanes
                      "wide": d.op == Op.CONV and d.in_c >= CFG.c_par})
