@@ -475,10 +475,6 @@ class JacquardCore(wiring.Component):
         # One more skid in front of each pixel consumer, so the pixel skid's output enable takes
         # registered readies only (below).
         lb_in, gsum_in, eadd_in = (_Skid(pgear.o.payload.shape()) for _ in range(3))
-        # The PE array's results reach the post-processor through a skid: the post-processor's
-        # ready ran across the DSP rows into the read enables of the array's 16 output FIFOs
-        # (15.5 ns, 717 endpoints over 10 ns on the 85F). 512 + 512 flops, one cycle per group.
-        pe_out = _Skid(pe.o.payload.shape())
         wgear = _Gearbox(wbits, c_par // wb, oc_par)
         # Weight words reach the gearbox through a skid, so the read router's ready is a register
         # there: the gearbox's ready (the PE array's weight-load ready, its repeat count compare)
@@ -497,7 +493,7 @@ class JacquardCore(wiring.Component):
                  "lut_out": lut_out, "maxpool": mp,
                  "maxreduce": mr, "packer": packer, "packer_in": pin, "route": route, "pixel_gear": pgear,
                  "pixel_skid": pskid, "weight_skid": wskid, "read_skid": rskid, "line_buffer_in": lb_in,
-                 "gap_sum_in": gsum_in, "eltwise_add_in": eadd_in, "pe_out": pe_out,
+                 "gap_sum_in": gsum_in, "eltwise_add_in": eadd_in,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
@@ -710,12 +706,18 @@ class JacquardCore(wiring.Component):
                          g_last.eq(Mux(g_last, g_single, g_cnt == g_taps_m2))]
         with m.If(go):
             m.d.sync += [g_cnt.eq(0), g_first.eq(1), g_last.eq(g_single)]
-        gate = bank_ok | s.pool | s.avg
+        # The line buffer's taps go to the PE array, MaxReduce or AvgPool by copies of the layer
+        # kind and bank kept beside the router, as the pixels do (above): from the setup in the
+        # sequencer through the router into the PE array's acceptance and the line buffer's
+        # output FIFO ran 15.1 ns on the 85F. The copies are current a cycle after the setup,
+        # which the group's go waits for anyway.
+        t_conv, t_pool, t_avg, t_bank = replica(m, platform, Cat(conv, s.pool, s.avg, s.bank), "tap_kind")
+        gate = w_ok.bit_select(t_bank, 1) | t_pool | t_avg
         m.d.comb += [
             pe.i.payload.eq(lb.o.payload), mr.i.payload.eq(lb.o.payload), avg.i.payload.eq(lb.o.payload),
-            pe.i.valid.eq(lb.o.valid & gate & conv), mr.i.valid.eq(lb.o.valid & s.pool),
-            avg.i.valid.eq(lb.o.valid & s.avg),
-            lb.o.ready.eq(Mux(s.pool, mr.i.ready, Mux(s.avg, avg.i.ready, pe.i.ready & gate))),
+            pe.i.valid.eq(lb.o.valid & gate & t_conv), mr.i.valid.eq(lb.o.valid & t_pool),
+            avg.i.valid.eq(lb.o.valid & t_avg),
+            lb.o.ready.eq(Mux(t_pool, mr.i.ready, Mux(t_avg, avg.i.ready, pe.i.ready & gate))),
         ]
         # AVGPOOL: the window geometry is the line buffer's.
         m.d.comb += [
@@ -755,9 +757,13 @@ class JacquardCore(wiring.Component):
         # ADD: the sum through the LUT/pad unit (its lanes are oc_par wide), or straight to the packer.
         add_via_lut = c_par <= oc_par
         m.d.comb += [eadd.ra.eq(s.ra), eadd.rb.eq(s.rb), eadd.k.eq(s.k), eadd.lo.eq(s.lo), eadd.hi.eq(s.hi)]
-        wiring.connect(m, pe.o, pe_out.i)
-        wiring.connect(m, pe_out.o, pp.i)
-        with m.If(s.add):
+        wiring.connect(m, pe.o, pp.i)
+        # The output side picks its sources by copies of the layer kind kept beside it (as the
+        # pixels and the taps do): from the setup into MaxPool2x2's and the LUT stage's enables
+        # ran 14.9 ns on the 85F.
+        o_pool, o_avg, o_gap, o_add, o_fuse = replica(
+            m, platform, Cat(s.pool, s.avg, s.gap, s.add, s.fuse_maxpool), "out_kind")
+        with m.If(o_add):
             if add_via_lut:
                 m.d.comb += [lut_in.i.payload.eq(eadd.o.payload.as_value()), lut_in.i.valid.eq(eadd.o.valid),
                              eadd.o.ready.eq(lut_in.i.ready)]
@@ -769,24 +775,24 @@ class JacquardCore(wiring.Component):
         # LutPad -> (MaxPool2x2) -> packer, or MaxReduce / AvgPool / the global average -> packer,
         # through a skid (``pin``) whose ready is a register: the packer's ready ran back through
         # the source multiplexer into MaxReduce and the line buffer's output FIFO (18.0 ns, 85F).
-        m.d.comb += [mp.i.payload.eq(lut_out.o.payload), mp.i.valid.eq(lut_out.o.valid & s.fuse_maxpool)]
+        m.d.comb += [mp.i.payload.eq(lut_out.o.payload), mp.i.valid.eq(lut_out.o.valid & o_fuse)]
         # Every source sees the skid's ready, whichever the layer uses (only that one has a valid
         # beat): taken through the source multiplexer, it ran from the setup into MaxPool2x2's
         # block RAM enables (16.4 ns on the 85F).
         m.d.comb += [mr.o.ready.eq(pin.i.ready), avg.o.ready.eq(pin.i.ready), mp.o.ready.eq(pin.i.ready)]
         if not add_via_lut:  # else EltwiseAdd feeds the LUT (above)
             m.d.comb += eadd.o.ready.eq(pin.i.ready)
-        with m.If(s.pool):
+        with m.If(o_pool):
             m.d.comb += [pin.i.payload.eq(mr.o.payload.as_value()), pin.i.valid.eq(mr.o.valid)]
-        with m.Elif(s.avg):
+        with m.Elif(o_avg):
             m.d.comb += [pin.i.payload.eq(avg.o.payload.as_value()), pin.i.valid.eq(avg.o.valid)]
-        with m.Elif(s.gap):
+        with m.Elif(o_gap):
             m.d.comb += [pin.i.payload.eq(g_beat.as_value()), pin.i.valid.eq(g_beat_valid)]
             with m.If(g_beat_valid & pin.i.ready):
                 m.d.sync += g_beat_valid.eq(0)
-        with m.Elif(s.add & Const(not add_via_lut)):
+        with m.Elif(o_add & Const(not add_via_lut)):
             m.d.comb += [pin.i.payload.eq(eadd.o.payload.as_value()), pin.i.valid.eq(eadd.o.valid)]
-        with m.Elif(s.fuse_maxpool):
+        with m.Elif(o_fuse):
             m.d.comb += [pin.i.payload.eq(mp.o.payload.as_value()), pin.i.valid.eq(mp.o.valid),
                          lut_out.o.ready.eq(mp.i.ready)]
         with m.Else():
@@ -813,14 +819,14 @@ class JacquardCore(wiring.Component):
                             & ~packer.busy & ~pin.busy
                             & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
                             & ~pgear.o.valid & ~pskid.busy & ~lb_in.busy & ~gsum_in.busy
-                            & ~eadd_in.busy & ~pe_out.busy & ~avg.o.valid
+                            & ~eadd_in.busy & ~avg.o.valid
                             & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
                             & ~afifo.r_rdy)
 
         # -- performance counters -------------------------------------------------------------
         counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
         conv_run = seq.busy & conv & lb_started & lb.busy
-        tap_wait = lb.o.valid & ~pe.i.ready & gate & conv
+        tap_wait = lb.o.valid & ~pe.i.ready & gate & t_conv
         out_block = packer.i.valid & ~packer.i.ready
         incs = {
             "cycles": 1,
