@@ -119,6 +119,7 @@ class _LutPad(wiring.Component):
             "load": In(stream.Signature(32)),
             "setup": In(LayerSetup()),
             "start": In(1),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform) -> Module:
@@ -149,30 +150,41 @@ class _LutPad(wiring.Component):
         with m.If(self.start):
             m.d.sync += [word.eq(0), row.eq(0)]
 
-        # -- lookup: one stage --------------------------------------------------------------
+        # -- lookup: two stages under one enable -----------------------------------------------
+        # s1: the memories read (their output is unregistered: about 5.8 ns clock to out on a
+        # DP16KD); s2: each lane's byte picked from its word and registered beside its memory.
+        # The pick, the pad and the LUT muxes in one stage ran from the 16 memories, spread over
+        # the block RAM columns, into the output skid (14.2 ns on the 85F).
         en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        s1_valid = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en),
+                     self.busy.eq(s1_valid | self.o.valid)]
         tile = Signal(16)
         ch = Signal(17)
-        s1_x = Signal(out_layout(n))
-        s1_pad = Signal(n)
+        s1_x = Signal(out_layout(n), reset_less=True)
+        s1_pad = Signal(n, reset_less=True)
+        s2_x = Signal(out_layout(n), reset_less=True)
+        s2_pad = Signal(n, reset_less=True)
+        s2_looked = Signal(out_layout(n), reset_less=True)
         take = self.i.valid & self.i.ready
         for j, (_, rp) in enumerate(mems):
             x = self.i.payload[j].as_unsigned() ^ 0x80
             m.d.comb += [rp.addr.eq(Cat(x[2:], Mux(s.lut_per_channel, tile, 0))), rp.en.eq(en)]
         with m.If(en):
-            m.d.sync += [self.o.valid.eq(take), s1_x.eq(self.i.payload),
-                         s1_pad.eq(Cat(*[ch + j >= s.out_c for j in range(n)]))]
+            m.d.sync += [s1_valid.eq(take), s1_x.eq(self.i.payload),
+                         s1_pad.eq(Cat(*[ch + j >= s.out_c for j in range(n)])),
+                         self.o.valid.eq(s1_valid), s2_x.eq(s1_x), s2_pad.eq(s1_pad)]
+            for j, (_, rp) in enumerate(mems):
+                sel = (s1_x[j].as_unsigned() ^ 0x80)[:2]
+                m.d.sync += s2_looked[j].eq(rp.data.word_select(sel, 8))
         with m.If(take):
             m.d.sync += [tile.eq(tile + 1), ch.eq(ch + s.lanes)]
             with m.If(tile == s.n_tiles - 1):
                 m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
         with m.If(self.start):
             m.d.sync += [tile.eq(0), ch.eq(s.ch0)]
-        for j, (_, rp) in enumerate(mems):
-            sel = (s1_x[j].as_unsigned() ^ 0x80)[:2]
-            looked = rp.data.word_select(sel, 8)
-            m.d.comb += self.o.payload[j].eq(Mux(s1_pad[j], s.zero_point, Mux(s.lut, looked, s1_x[j])))
+        for j in range(n):
+            m.d.comb += self.o.payload[j].eq(Mux(s2_pad[j], s.zero_point, Mux(s.lut, s2_looked[j], s2_x[j])))
         return m
 
 
@@ -504,9 +516,15 @@ class JacquardCore(wiring.Component):
         # the 85F SoC's worst paths (22.4 ns: two chip-wide nets of 8-9 ns each; 25k of the 30k
         # endpoints over 10 ns). Units reset a cycle late, for as many cycles as STOP lasts (at
         # least one); the next start reads its program before any unit is used.
+        # The PE array resets on every group start as well (the datapath is idle then, its
+        # pipeline drained and no weight load in progress), from the one register that is also
+        # its ``clear``: its flops' resets were the flush copy OR the clear copy, one LUT whose
+        # net crossed the DSP rows (14.6 ns on the 85F).
+        pe_clear = replica(m, platform, seq.group_start | flush, "clear_pe_array")
         for name, unit in units.items():
             if needed.get(name, True):
-                m.submodules[name] = ResetInserter(replica(m, platform, flush, f"flush_{name}"))(unit)
+                rst = pe_clear if unit is pe else replica(m, platform, flush, f"flush_{name}")
+                m.submodules[name] = ResetInserter(rst)(unit)
         mr, avg, gsum, grq, eadd, bgear, gsum_in, eadd_in = (
             unit if needed[name] else _stand_in(unit, name)
             for name, unit in (("maxreduce", mr), ("avgpool", avg), ("gap_sum", gsum), ("gap_requant", grq),
@@ -661,7 +679,7 @@ class JacquardCore(wiring.Component):
             lb.config.eq(s.lb), lb.start.eq(go_for("line_buffer") & (conv | s.pool | s.avg)),
             pe.taps.eq(s.taps), pe.n_oc_tiles.eq(s.n_tiles), pe.depthwise.eq(s.depthwise),
             pe.w_base.eq(Mux(s.bank, bank_blocks, 0)),
-            pe.clear.eq(replica(m, platform, seq.group_start | flush, "clear_pe_array")),
+            pe.clear.eq(pe_clear),
             pp.start.eq(go_for("postproc") & conv), pp.n_oc_tiles.eq(s.n_tiles),
             pp.zero_point.eq(s.zero_point), pp.lo.eq(s.lo), pp.hi.eq(s.hi), pp.lut_enable.eq(0),
             lutpad.setup.eq(s), lutpad.start.eq(go_for("lutpad")),
@@ -817,7 +835,7 @@ class JacquardCore(wiring.Component):
         m.d.comb += seq.datapath_idle.eq(idle_q)
         m.d.comb += idle.eq(~(lb_started & lb.busy) & ~pe.busy & ~pp.busy & ~mp.busy
                             & ~packer.busy & ~pin.busy
-                            & ~mr.o.valid & ~lut_in.busy & ~lutpad.o.valid & ~lut_out.busy
+                            & ~mr.o.valid & ~lut_in.busy & ~lutpad.busy & ~lut_out.busy
                             & ~pgear.o.valid & ~pskid.busy & ~lb_in.busy & ~gsum_in.busy
                             & ~eadd_in.busy & ~avg.o.valid
                             & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
