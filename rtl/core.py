@@ -365,6 +365,40 @@ class _Skid(wiring.Component):
         return m
 
 
+class _Crossing(wiring.Component):
+    """A stream carried across the chip as plain data: the source is read against credits for a
+    queue beside the sink, and its words pass a free-running register on the way.
+
+    ``i.ready`` is a register (a credit left), and no enable or ready runs from the sink back
+    to the source's output registers. ``depth`` credits cover the round trip (read, register,
+    queue write, take, credit back: 5 cycles) at full rate.
+    """
+
+    def __init__(self, shape, depth: int = 8) -> None:
+        self._depth = depth
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)),
+                          "busy": Out(1)})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        width = len(self.i.payload.as_value())
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
+        credits = Signal(range(self._depth + 1), init=self._depth)
+        credit_ok = Signal(init=1)
+        read, v1, took = Signal(), Signal(), Signal()
+        d1 = Signal(width, reset_less=True)
+        m.d.comb += [read.eq(self.i.valid & credit_ok), self.i.ready.eq(credit_ok)]
+        m.d.sync += [v1.eq(read), d1.eq(self.i.payload), took.eq(self.o.valid & self.o.ready)]
+        after = Signal.like(credits)
+        m.d.comb += after.eq(credits - read + took)
+        m.d.sync += [credits.eq(after), credit_ok.eq(after != 0)]
+        m.d.comb += [queue.w_en.eq(v1), queue.w_data.eq(d1),
+                     self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data),
+                     queue.r_en.eq(self.o.ready),
+                     self.busy.eq(v1 | (queue.level != 0))]
+        return m
+
+
 def _stand_in(unit: wiring.Component, name: str):
     """Ports like ``unit``'s, for a unit the config does not build (its outputs stay at reset)."""
     unit._MustUse__silence = True  # built only for its signature, never elaborated
@@ -484,6 +518,11 @@ class JacquardCore(wiring.Component):
         rskid = _Skid(reader.o.payload.shape())
         pgear = _Gearbox(wbits, c_par // wb, 1)
         pskid = _Skid(pgear.o.payload.shape())
+        # The PE array's results reach the post-processor across the chip through credits: its
+        # 16 output FIFOs' read enable came from the post-processor's ready (or a skid's), and
+        # the FIFOs' output registers were pulled beside their consumer, so the enable's net
+        # crossed the DSP rows twice (15.6-16.6 ns, 700+ endpoints on the 85F).
+        pe_link = _Crossing(pe.o.payload.shape())
         # One more skid in front of each pixel consumer, so the pixel skid's output enable takes
         # registered readies only (below).
         lb_in, gsum_in, eadd_in = (_Skid(pgear.o.payload.shape()) for _ in range(3))
@@ -505,7 +544,7 @@ class JacquardCore(wiring.Component):
                  "lut_out": lut_out, "maxpool": mp,
                  "maxreduce": mr, "packer": packer, "packer_in": pin, "route": route, "pixel_gear": pgear,
                  "pixel_skid": pskid, "weight_skid": wskid, "read_skid": rskid, "line_buffer_in": lb_in,
-                 "gap_sum_in": gsum_in, "eltwise_add_in": eadd_in,
+                 "gap_sum_in": gsum_in, "eltwise_add_in": eadd_in, "pe_link": pe_link,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
                  "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
@@ -775,7 +814,8 @@ class JacquardCore(wiring.Component):
         # ADD: the sum through the LUT/pad unit (its lanes are oc_par wide), or straight to the packer.
         add_via_lut = c_par <= oc_par
         m.d.comb += [eadd.ra.eq(s.ra), eadd.rb.eq(s.rb), eadd.k.eq(s.k), eadd.lo.eq(s.lo), eadd.hi.eq(s.hi)]
-        wiring.connect(m, pe.o, pp.i)
+        wiring.connect(m, pe.o, pe_link.i)
+        wiring.connect(m, pe_link.o, pp.i)
         # The output side picks its sources by copies of the layer kind kept beside it (as the
         # pixels and the taps do): from the setup into MaxPool2x2's and the LUT stage's enables
         # ran 14.9 ns on the 85F.
@@ -837,7 +877,7 @@ class JacquardCore(wiring.Component):
                             & ~packer.busy & ~pin.busy
                             & ~mr.o.valid & ~lut_in.busy & ~lutpad.busy & ~lut_out.busy
                             & ~pgear.o.valid & ~pskid.busy & ~lb_in.busy & ~gsum_in.busy
-                            & ~eadd_in.busy & ~avg.o.valid
+                            & ~eadd_in.busy & ~pe_link.busy & ~avg.o.valid
                             & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
                             & ~afifo.r_rdy)
 

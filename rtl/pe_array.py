@@ -205,7 +205,7 @@ class PEArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Clock edges from a ``last`` tap's acceptance to its result on ``o`` (output never stalled)."""
-        return 10 + self._tree_stages()
+        return 9 + self._tree_stages()
 
     def _tree_levels(self) -> list[int]:
         """Adder levels per tree register stage: 1 each (``ceil_log2(c_par)`` in all).
@@ -433,16 +433,9 @@ class PEArray(wiring.Component):
             m.d.sync += acc_done.eq(valid & last)
             with m.If(valid):
                 m.d.sync += acc.eq(Mux(first, 0, acc) + sums[o][0])
-            # A free-running register stage (no enable) into the FIFO, so the FIFO can sit by the
-            # array's consumer and the crossing is a plain data path: with the FIFO between the
-            # DSP rows and the post-processor, the read enable ran 7.6 ns to its memory and 7.8 ns
-            # on to its output register (15.6 ns on the 85F, 672 endpoints over 10 ns).
-            acc_q = Signal(signed(32), name=f"acc_q_{o}", reset_less=True)
-            done_q = Signal(name=f"acc_done_q_{o}")
-            m.d.sync += [acc_q.eq(acc), done_q.eq(acc_done)]
             m.submodules[f"out_fifo_{o}"] = fifo = SyncFIFOBuffered(width=32, depth=self._fifo_depth)
             # Every row's FIFO sees the same writes and reads, so they stay in step.
-            m.d.comb += [fifo.w_en.eq(done_q), fifo.w_data.eq(acc_q), fifo.r_en.eq(self.o.ready),
+            m.d.comb += [fifo.w_en.eq(acc_done), fifo.w_data.eq(acc), fifo.r_en.eq(self.o.ready),
                          self.o.payload[o].eq(fifo.r_data)]
             if o == 0:
                 m.d.comb += self.o.valid.eq(fifo.r_rdy)
