@@ -531,12 +531,20 @@ class JacquardCore(wiring.Component):
         # there: the gearbox's ready (the PE array's weight-load ready, its repeat count compare)
         # ran through the router into the route FIFO and the reader (10 levels in the 85F SoC).
         wskid = _Skid(wbits)
+        # Likewise a skid in front of every read target whose ready is logic (input FIFO, second
+        # input's gearbox, the parameter pairing), so the router's ready is a mux of registers:
+        # from the route FIFO through the targets' readies into the read skid and the weight
+        # skid ran 15-16 ns on the 85F. The descriptor and LUT targets are always ready.
+        in_skid, in2_skid, par_skid = _Skid(wbits), _Skid(wbits), _Skid(wbits)
         avg = AvgPool(c_par)
         gsum = Pool(c_par)
         grq = Requantizer()
         eadd = EltwiseAdd(c_par, lanes=self._add_lanes)
         afifo = fifo.SyncFIFOBuffered(width=wbits, depth=ADD_CHUNK_WORDS)
         bgear = _Gearbox(wbits, c_par // wb, 1)
+        # ADD's second input reaches EltwiseAdd through a skid, as the first does (its take into
+        # the gearbox's count: 14.6 ns on the 85F).
+        eadd_b_in = _Skid(bgear.o.payload.shape())
         # The units of the ops the config leaves out are not built: the sequencer refuses those ops
         # (BAD_OPCODE), so their stand-in ports stay idle and synthesis removes what they feed.
         gap = bool(cfg.ops & {Op.AVGPOOL, Op.GLOBAL_AVGPOOL})  # a whole-map AVGPOOL runs as one
@@ -546,10 +554,13 @@ class JacquardCore(wiring.Component):
                  "pixel_skid": pskid, "weight_skid": wskid, "read_skid": rskid, "line_buffer_in": lb_in,
                  "gap_sum_in": gsum_in, "eltwise_add_in": eadd_in, "pe_link": pe_link,
                  "weight_gear": wgear, "avgpool": avg, "gap_sum": gsum, "gap_requant": grq,
-                 "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear}
+                 "eltwise_add": eadd, "input_fifo": afifo, "pixel2_gear": bgear,
+                 "input_skid": in_skid, "input2_skid": in2_skid, "params_skid": par_skid,
+                 "eltwise_add_b_in": eadd_b_in}
         needed = {"maxreduce": Op.MAXPOOL in cfg.ops, "avgpool": Op.AVGPOOL in cfg.ops, "gap_sum": gap,
                   "gap_requant": gap, "eltwise_add": Op.ADD in cfg.ops, "pixel2_gear": Op.ADD in cfg.ops,
-                  "gap_sum_in": gap, "eltwise_add_in": Op.ADD in cfg.ops}
+                  "gap_sum_in": gap, "eltwise_add_in": Op.ADD in cfg.ops, "input2_skid": Op.ADD in cfg.ops,
+                  "eltwise_add_b_in": Op.ADD in cfg.ops}
         # Each unit's reset is its own kept register of ``flush``: the flush is the sequencer's
         # STOP decode, and as one net into the resets of every unit across the chip it started
         # the 85F SoC's worst paths (22.4 ns: two chip-wide nets of 8-9 ns each; 25k of the 30k
@@ -564,11 +575,12 @@ class JacquardCore(wiring.Component):
             if needed.get(name, True):
                 rst = pe_clear if unit is pe else replica(m, platform, flush, f"flush_{name}")
                 m.submodules[name] = ResetInserter(rst)(unit)
-        mr, avg, gsum, grq, eadd, bgear, gsum_in, eadd_in = (
+        mr, avg, gsum, grq, eadd, bgear, gsum_in, eadd_in, in2_skid, eadd_b_in = (
             unit if needed[name] else _stand_in(unit, name)
             for name, unit in (("maxreduce", mr), ("avgpool", avg), ("gap_sum", gsum), ("gap_requant", grq),
                                ("eltwise_add", eadd), ("pixel2_gear", bgear), ("gap_sum_in", gsum_in),
-                               ("eltwise_add_in", eadd_in)))
+                               ("eltwise_add_in", eadd_in), ("input2_skid", in2_skid),
+                               ("eltwise_add_b_in", eadd_b_in)))
 
         # -- registers <-> sequencer ------------------------------------------------------------
         ctrl = register("CTRL").layout()(csr.ctrl)
@@ -577,7 +589,9 @@ class JacquardCore(wiring.Component):
             seq.start.eq(ctrl.start), seq.abort.eq(ctrl.abort), seq.soft_reset.eq(ctrl.soft_reset),
             seq.prog_base.eq(csr.prog_base), seq.prog_len.eq(csr.prog_len),
             seq.window_base.eq(csr.window_base), seq.window_limit.eq(csr.window_limit),
-            csr.soft_reset.eq(seq.clear_status),
+            # Registered: from the DMA's busy through STOP's decode into the registers' resets it
+            # ran 15.7 ns on the 85F. The status clears a cycle later, as the counters' clear does.
+            csr.soft_reset.eq(replica(m, platform, seq.clear_status, "csr_soft_reset")),
             status.busy.eq(seq.busy), status.done.eq(seq.done), status.error.eq(seq.error),
             status.error_code.eq(seq.error_code), status.desc_index.eq(seq.desc_index),
             csr.status.eq(status),
@@ -629,9 +643,13 @@ class JacquardCore(wiring.Component):
             ReadTarget.DESC: seq.desc_word,
             ReadTarget.LUT: lutpad.load,
             ReadTarget.WEIGHTS: wskid.i,
-            ReadTarget.INPUT: afifo.w_stream,
-            ReadTarget.INPUT2: bgear.i,
+            ReadTarget.INPUT: in_skid.i,
+            ReadTarget.INPUT2: in2_skid.i,
+            ReadTarget.PARAMS: par_skid.i,
         }
+        m.d.comb += [afifo.w_data.eq(in_skid.o.payload), afifo.w_en.eq(in_skid.o.valid),
+                     in_skid.o.ready.eq(afifo.w_rdy)]
+        wiring.connect(m, in2_skid.o, bgear.i)
         word_ready = Signal()
         for tgt, sink in consumers.items():
             hit = route.r_rdy & (target == tgt)
@@ -644,19 +662,19 @@ class JacquardCore(wiring.Component):
         p_lane = Signal(8)
         p_gap = Signal()
         s = seq.setup
-        hit_p = route.r_rdy & (target == ReadTarget.PARAMS)
+        pw = par_skid.o
         with m.If(p_gap):
             m.d.comb += [pp.params.valid.eq(1), pp.params.payload.eq(0)]
             with m.If(pp.params.ready):
                 m.d.sync += p_lane.eq(p_lane + 1)
                 with m.If(p_lane == oc_par - 1):
                     m.d.sync += [p_lane.eq(0), p_gap.eq(0)]
-        with m.Elif(hit_p):
-            m.d.comb += [pp.params.payload.eq(Cat(p_lo, words.payload.data)),
-                         pp.params.valid.eq(words.valid & p_half),
-                         word_ready.eq(~p_half | pp.params.ready)]
-            with m.If(words.valid & ~p_half):
-                m.d.sync += [p_lo.eq(words.payload.data), p_half.eq(1)]
+        with m.Else():
+            m.d.comb += [pp.params.payload.eq(Cat(p_lo, pw.payload)),
+                         pp.params.valid.eq(pw.valid & p_half),
+                         pw.ready.eq(~p_half | pp.params.ready)]
+            with m.If(pw.valid & ~p_half):
+                m.d.sync += [p_lo.eq(pw.payload), p_half.eq(1)]
             with m.If(pp.params.valid & pp.params.ready):
                 m.d.sync += [p_half.eq(0), p_lane.eq(p_lane + 1)]
                 with m.If(s.depthwise & (p_lane == c_par - 1) & (c_par < oc_par)):
@@ -733,7 +751,8 @@ class JacquardCore(wiring.Component):
         # the consumers' readies (global sum, EltwiseAdd, line buffer, placed apart) ran through
         # the multiplexer into the gearbox's count and the input FIFO (23.1 ns on the 85F).
         wiring.connect(m, pgear.o, pskid.i)
-        wiring.connect(m, bgear.o, eadd.b)
+        wiring.connect(m, bgear.o, eadd_b_in.i)
+        wiring.connect(m, eadd_b_in.o, eadd.b)
         # Pixels: line buffer (CONV, MAXPOOL, AVGPOOL), the global sum, or ADD's first input.
         # The global sum's framing flags (g_cnt == 0, g_cnt == gap_taps - 1) are registers kept with
         # the count: compared each beat, they ran into the Pool's framing check and its accumulator
@@ -879,7 +898,8 @@ class JacquardCore(wiring.Component):
                             & ~pgear.o.valid & ~pskid.busy & ~lb_in.busy & ~gsum_in.busy
                             & ~eadd_in.busy & ~pe_link.busy & ~avg.o.valid
                             & ~g_full & ~g_beat_valid & ~eadd.o.valid & ~bgear.o.valid
-                            & ~afifo.r_rdy)
+                            & ~afifo.r_rdy & ~in_skid.busy & ~in2_skid.busy & ~par_skid.busy
+                            & ~eadd_b_in.busy)
 
         # -- performance counters -------------------------------------------------------------
         counters = {name.lower(): Signal(64, name=f"ctr_{name.lower()}") for name, _ in PERF_COUNTERS}
