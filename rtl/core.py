@@ -353,7 +353,7 @@ class _Skid(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         skid_valid = Signal()
-        skid = Signal.like(self.i.payload)
+        skid = Signal.like(self.i.payload, reset_less=True)
         m.d.comb += [self.i.ready.eq(~skid_valid), self.busy.eq(self.o.valid | skid_valid)]
         with m.If(~self.o.valid | self.o.ready):
             with m.If(skid_valid):
@@ -361,7 +361,12 @@ class _Skid(wiring.Component):
             with m.Else():
                 m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
         with m.Elif(self.i.valid & ~skid_valid):
-            m.d.sync += [skid_valid.eq(1), skid.eq(self.i.payload)]
+            m.d.sync += skid_valid.eq(1)
+        # The skid register loads whenever it is empty (it is read only while full), so its
+        # enable is that flag alone: taken with the input's valid, the read router's decode
+        # fanned out into the enables of every skid's register (13.7 ns on the 85F).
+        with m.If(~skid_valid):
+            m.d.sync += skid.eq(self.i.payload)
         return m
 
 
